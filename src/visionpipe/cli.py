@@ -1,0 +1,112 @@
+"""Command line: ``kedro run`` runs each task in its own session (one MLflow run per task), and the
+``visionpipe`` script adds ``predict`` and ``export-onnx``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+from kedro.framework.cli.project import run as kedro_run
+
+from visionpipe import TASKS
+
+logger = logging.getLogger(__name__)
+
+
+def _expand(pipeline: str | None, pipelines: list[str] | None) -> list[str]:
+    names = [pipeline] if pipeline else (list(pipelines) if pipelines else ["__default__"])
+    out: list[str] = []
+    for name in names:
+        out += list(TASKS) if name == "__default__" else [name]
+    return out
+
+
+def _run(**kwargs):
+    """Run each task pipeline in its own Kedro session, so each gets its own MLflow run."""
+    names = _expand(kwargs.pop("pipeline"), kwargs.pop("pipelines"))
+    results = {}
+    for name in names:
+        if len(names) > 1:
+            click.secho(f"=== kedro run --pipelines={name}", fg="cyan")
+        results[name] = kedro_run.callback(pipeline=None, pipelines=[name], **kwargs)
+    return results
+
+
+run = click.Command(
+    name="run",
+    params=kedro_run.params,
+    callback=_run,
+    help="Run the pipeline. Without --pipelines, every task (classification, detection, segmentation) runs in "
+         "turn, each in its own session and MLflow run.",
+)
+
+
+@click.group(name="visionpipe")
+def cli() -> None:
+    """visionpipe commands."""
+
+
+cli.add_command(run)
+
+
+def _default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+@cli.command()
+@click.option("--task", type=click.Choice(TASKS), required=True)
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Folder of images (searched recursively).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSON file to write.")
+@click.option("--model-uri", default=None, help="Default: models:/visionpipe-<task>@champion.")
+@click.option("--tracking-uri", default=None, help="Default: MLFLOW_TRACKING_URI or ./mlflow.db.")
+def predict(task: str, images_dir: Path, output: Path, model_uri: str | None, tracking_uri: str | None) -> None:
+    """Run a registered model (the champion by default) on a folder of images."""
+    import mlflow
+    import pandas as pd
+
+    from visionpipe.data.images import is_image_file
+
+    mlflow.set_tracking_uri(tracking_uri or _default_tracking_uri())
+    model_uri = model_uri or f"models:/visionpipe-{task}@champion"
+    files = sorted(p for p in images_dir.rglob("*") if p.is_file() and is_image_file(p))
+    if not files:
+        raise click.ClickException(f"{images_dir}: no images found")
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except Exception as err:  # MlflowException for a missing model or alias
+        raise click.ClickException(f"cannot load {model_uri}: {err}. Run `kedro run --pipelines={task}` first") from None
+    frame = model.predict(pd.DataFrame({"image": [str(f) for f in files]}))
+    records = frame.to_dict(orient="records")
+    for f, rec in zip(files, records):
+        rec["image"] = str(f.relative_to(images_dir))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(json.dumps(records, indent=2, default=str))
+    os.replace(tmp, output)
+    click.echo(f"{len(records)} predictions from {model_uri} written to {output}")
+
+
+@cli.command("export-onnx")
+@click.option("--model-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="A trained model folder, e.g. data/06_models/classification/model.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def export_onnx_command(model_dir: Path, output: Path) -> None:
+    """Export a trained classification or segmentation model to ONNX."""
+    from visionpipe.export import export_onnx
+
+    export_onnx(model_dir, output)
+    click.echo(f"ONNX model written to {output}")
+
+
+def main() -> None:
+    """Entry point of the ``visionpipe`` script (``kedro`` commands stay available through ``kedro``)."""
+    from kedro.framework.startup import bootstrap_project
+
+    if (Path.cwd() / "pyproject.toml").is_file() and "run" in sys.argv[1:2]:
+        bootstrap_project(Path.cwd())
+    cli()

@@ -1,0 +1,145 @@
+"""Typed parameter blocks. Unknown keys are errors that name the key, as in kedro-mlflow's config."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from visionpipe.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class BuiltinDataConfig(_Strict):
+    """Size of the generated built-in dataset."""
+
+    image_size: int = Field(64, ge=16, le=1024)
+    train_images: int = Field(240, ge=2)
+    val_images: int = Field(60, ge=1)
+    num_classes: int = Field(6, ge=1, le=6)
+    min_objects: int = Field(1, ge=1)
+    max_objects: int = Field(3, ge=1)
+    seed: int = 0
+    path: str = "data/01_raw/builtin"
+
+
+class DataConfig(_Strict):
+    root: str | None = None
+    format: Literal["imagefolder", "coco", "voc", "yolo", "masks"]
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    classes: list[str] | None = None
+    ignore_index: int = 255
+    builtin: BuiltinDataConfig = BuiltinDataConfig()
+    # validation policy: strict fails on the first bad file set, skip drops bad files and reports them
+    validation: Literal["strict", "skip"] = "strict"
+    max_image_pixels: int = Field(89_478_485, ge=1)
+    num_workers: int | Literal["auto"] = "auto"
+    # detection/segmentation in COCO format: annotation files and image folders, relative to root
+    train_annotations: str = "annotations/instances_train.json"
+    val_annotations: str = "annotations/instances_val.json"
+    train_images: str = "images/train"
+    val_images: str = "images/val"
+
+
+class ModelConfig(_Strict):
+    """``name`` is a timm model (classification), a detector (detection) or an smp architecture."""
+
+    name: str
+    backbone: str | None = None  # detection: timm backbone; segmentation: smp encoder (or tu-<timm>)
+    pretrained_path: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(32, ge=1)
+    image_size: int = Field(64, ge=16)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["none", "cosine", "step", "onecycle"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0)
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda", "mps"] | str = "auto"
+    amp: bool | Literal["auto", "bf16", "fp16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool = False
+    grad_accum_steps: int = Field(1, ge=1)
+    max_grad_norm: float | None = None
+    resume: bool = False
+    checkpoint_dir: str | None = None
+    deterministic: bool = True
+    log_every_n_steps: int = Field(50, ge=1)
+    progress_bar: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:"):
+            return value
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:<n> or mps, got {value!r}")
+
+
+class LossConfig(_Strict):
+    name: Literal["ce", "dice", "focal", "jaccard", "lovasz", "tversky"]
+    weight: float = Field(1.0, gt=0)
+
+
+class EvaluationConfig(_Strict):
+    batch_size: int = Field(32, ge=1)
+    # detection post-processing
+    score_threshold: float = Field(0.05, ge=0, le=1)
+    nms_threshold: float = Field(0.5, gt=0, le=1)
+    max_detections: int = Field(100, ge=1)
+
+
+class RegistryConfig(_Strict):
+    model_name: str
+    alias: str = "champion"
+    metric: str
+    greater_is_better: bool = True
+    enabled: bool = True
+
+
+class TaskConfig(_Strict):
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig = TrainConfig()
+    augment: list[dict[str, Any]] = Field(default_factory=list)
+    losses: list[LossConfig] = Field(default_factory=lambda: [LossConfig(name="ce")])
+    evaluation: EvaluationConfig = EvaluationConfig()
+    registry: RegistryConfig
+
+    @model_validator(mode="after")
+    def _objects(self):
+        b = self.data.builtin
+        if b.min_objects > b.max_objects:
+            raise ValueError("data.builtin.min_objects must not exceed data.builtin.max_objects")
+        return self
+
+
+def _format_errors(block: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in (block, *e["loc"]))
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key (check the spelling; see conf/base/parameters_{block}.yml)")
+        else:
+            lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_task_config(block: str, params: dict[str, Any]) -> TaskConfig:
+    """Validate a task's parameter block, raising ConfigError that names every bad key."""
+    if isinstance(params, TaskConfig):
+        return params
+    try:
+        return TaskConfig.model_validate(params)
+    except ValidationError as err:
+        raise ConfigError(f"Invalid parameters under '{block}':\n{_format_errors(block, err)}") from None

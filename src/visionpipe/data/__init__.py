@@ -1,0 +1,1 @@
+"""Data layer: built-in data, format readers, validation, augmentation and torch datasets."""

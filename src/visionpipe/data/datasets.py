@@ -1,0 +1,79 @@
+"""Torch datasets over an index, with augmentation randomness fixed by (seed, epoch, sample index).
+
+Seeding each sample's transform from (seed, epoch, index) makes augmentation independent of worker
+count and order, so a resumed or distributed run sees exactly the augmentations a plain run sees.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+
+from visionpipe.data.images import load_rgb
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return zlib.crc32(f"{seed}:{epoch}:{index}".encode()) & 0x7FFFFFFF
+
+
+class IndexDataset(Dataset):
+    """Items are ``make_sample(pixels, record, transform)`` for each record of one split."""
+
+    def __init__(self, index: dict, split: str, transform, make_sample: Callable, seed: int = 0, max_pixels: int | None = None):
+        self.root = Path(index["root"])
+        self.records = index[split]
+        self.classes = index["classes"]
+        self.transform = transform
+        self.make_sample = make_sample
+        self.seed = seed
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
+        record = self.records[i]
+        self.transform.set_random_seed(sample_seed(self.seed, epoch, i))
+        pixels = load_rgb(self.root / record["image"], max_pixels=self.max_pixels)
+        return self.make_sample(pixels, record, self.root, self.transform, i)
+
+
+class EpochSampler(Sampler):
+    """DistributedSampler whose indices carry the epoch, so datasets in workers can seed by epoch."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1, drop_last: bool = False):
+        self.base = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.base.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((i, self.epoch) for i in self.base)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
+class ShardSampler(Sampler):
+    """Every ``world_size``-th index from ``rank``: evaluation shards without padding duplicates."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, n, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def stack_images(batch: list) -> torch.Tensor:
+    return torch.stack([b[0] for b in batch])

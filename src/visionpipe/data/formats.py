@@ -1,0 +1,381 @@
+"""Readers for the formats users already have, all producing one internal index.
+
+The index is a JSON-serialisable dict::
+
+    {"task", "format", "root", "classes", "train": [record, ...], "val": [...], "problems": [...]}
+
+with records, paths relative to ``root``:
+
+- classification: ``{"image", "label"}``
+- detection: ``{"image", "image_id", "width", "height", "boxes": [[x0, y0, x1, y1]], "labels", "iscrowd"}``
+  (labels index ``classes``; boxes in pixels, corners)
+- segmentation: ``{"image", "mask"}`` (mask files) or ``{"image", "width", "height", "segments"}``
+  (COCO polygons/RLE, rasterised when loaded)
+
+Readers parse; they do not judge. What they cannot parse into a record goes to ``problems`` (each
+naming the file) for the validation stage to report or fail on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from visionpipe.data.images import image_size, is_image_file
+from visionpipe.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+
+
+def _problem(split: str, file: str, problem: str, image: str | None = None) -> dict[str, Any]:
+    return {"split": split, "file": file, "image": image, "problem": problem}
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _require_dir(path: Path, what: str, fix: str) -> None:
+    if not path.is_dir():
+        raise DataError(path, f"{what} not found", fix)
+
+
+def _split_stratified(items: list[Any], key, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Split items so every group keeps about ``val_fraction`` in val (at least one when it has two)."""
+    groups: dict[Any, list] = defaultdict(list)
+    for item in items:
+        groups[key(item)].append(item)
+    rng = random.Random(seed)
+    train, val = [], []
+    for group in sorted(groups, key=str):
+        members = sorted(groups[group], key=lambda r: r["image"])
+        rng.shuffle(members)
+        n_val = round(len(members) * val_fraction)
+        if len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    return sorted(train, key=lambda r: r["image"]), sorted(val, key=lambda r: r["image"])
+
+
+# ---------------------------------------------------------------- classification
+
+def read_imagefolder(root: Path, val_fraction: float, seed: int, classes: list[str] | None = None) -> dict:
+    """``root/train/<class>/*`` + ``root/val/<class>/*``, or ``root/<class>/*`` split by ``val_fraction``."""
+    _require_dir(root, "data root", "Set classification.data.root to a folder of class folders")
+    presplit = (root / "train").is_dir() and (root / "val").is_dir()
+    problems: list[dict] = []
+    if presplit:
+        class_dirs = {s: sorted(p for p in (root / s).iterdir() if p.is_dir() and not p.name.startswith(".")) for s in SPLITS}
+        found = [p.name for p in class_dirs["train"]]
+    else:
+        class_dirs = {"all": sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))}
+        found = [p.name for p in class_dirs["all"]]
+    if not found:
+        raise DataError(root, "no class folders found", "Lay images out as <root>/<class>/<image> or <root>/train/<class>/<image>")
+    classes = list(classes) if classes else found
+    class_index = {name: i for i, name in enumerate(classes)}
+    splits: dict[str, list] = {}
+    for split, dirs in class_dirs.items():
+        records = []
+        for class_dir in dirs:
+            files = sorted(p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p))
+            if class_dir.name not in class_index:
+                problems.append(
+                    _problem(split, str(class_dir), f"class folder '{class_dir.name}' is not in the training classes {classes}")
+                )
+                for f in files:
+                    problems.append(_problem(split, str(f), f"class '{class_dir.name}' absent from train", _rel(f, root)))
+                    records.append({"image": _rel(f, root), "label": -1})
+                continue
+            if not files:
+                problems.append(_problem(split, str(class_dir), f"class folder '{class_dir.name}' has no images"))
+            records.extend({"image": _rel(f, root), "label": class_index[class_dir.name]} for f in files)
+        splits[split] = records
+    if not presplit:
+        splits["train"], splits["val"] = _split_stratified(splits.pop("all"), lambda r: r["label"], val_fraction, seed)
+    return {"classes": classes, **splits, "problems": problems}
+
+
+# ---------------------------------------------------------------- COCO
+
+def _load_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(path, "annotation file not found", "Point data.train_annotations/val_annotations at COCO instances JSON files")
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(path, f"invalid JSON ({err})", "Fix or re-export the annotation file") from None
+    for key in ("images", "annotations", "categories"):
+        if key not in content:
+            raise DataError(path, f"missing top-level key '{key}'", "A COCO instances file needs images, annotations and categories")
+    return content
+
+
+def read_coco(root: Path, ann_files: dict[str, str], image_dirs: dict[str, str], task: str) -> dict:
+    """COCO instances JSON per split. Categories are mapped to contiguous indices in id order."""
+    _require_dir(root, "data root", f"Set {task}.data.root to a COCO-layout folder")
+    contents = {s: _load_json(root / ann_files[s]) for s in SPLITS}
+    categories = sorted(contents["train"]["categories"], key=lambda c: c["id"])
+    names = [c["name"] for c in categories]
+    cat_index = {c["id"]: i for i, c in enumerate(categories)}
+    offset = 1 if task == "segmentation" else 0  # segmentation index 0 is background
+    problems: list[dict] = []
+    out: dict[str, list] = {}
+    for split in SPLITS:
+        ann_path = root / ann_files[split]
+        content = contents[split]
+        image_dir = root / image_dirs[split]
+        images: dict[int, dict] = {}
+        for img in content["images"]:
+            rel = _rel(image_dir / img["file_name"], root)
+            if img["id"] in images:
+                problems.append(_problem(split, str(ann_path), f"duplicate image id {img['id']} ({img['file_name']})", rel))
+                continue
+            record = {"image": rel, "image_id": int(img["id"]), "width": int(img.get("width", 0)), "height": int(img.get("height", 0))}
+            if task == "segmentation":
+                record["segments"] = []
+            else:
+                record.update(boxes=[], labels=[], iscrowd=[])
+            images[img["id"]] = record
+        seen_ann: set = set()
+        for ann in content["annotations"]:
+            rec = images.get(ann.get("image_id"))
+            if ann.get("id") in seen_ann:
+                problems.append(_problem(split, str(ann_path), f"duplicate annotation id {ann.get('id')}", rec and rec["image"]))
+            seen_ann.add(ann.get("id"))
+            if rec is None:
+                problems.append(_problem(split, str(ann_path), f"annotation {ann.get('id')} points at missing image id {ann.get('image_id')}"))
+                continue
+            if ann.get("category_id") not in cat_index:
+                problems.append(_problem(split, str(ann_path), f"annotation {ann.get('id')} has unknown category_id {ann.get('category_id')}", rec["image"]))
+                continue
+            label = cat_index[ann["category_id"]] + offset
+            if task == "segmentation":
+                if ann.get("segmentation"):
+                    rec["segments"].append({"label": label, "segmentation": ann["segmentation"], "iscrowd": int(ann.get("iscrowd", 0))})
+                continue
+            bbox = ann.get("bbox")
+            if not bbox or len(bbox) != 4:
+                problems.append(_problem(split, str(ann_path), f"annotation {ann.get('id')} has no valid bbox", rec["image"]))
+                continue
+            x, y, w, h = (float(v) for v in bbox)
+            rec["boxes"].append([x, y, x + w, y + h])
+            rec["labels"].append(label)
+            rec["iscrowd"].append(int(ann.get("iscrowd", 0)))
+        out[split] = sorted(images.values(), key=lambda r: r["image_id"])
+    classes = ["background", *names] if task == "segmentation" else names
+    return {"classes": classes, **out, "problems": problems}
+
+
+# ---------------------------------------------------------------- Pascal VOC
+
+def _voc_text(node: ET.Element, tag: str, xml_path: Path) -> str:
+    child = node.find(tag)
+    if child is None or child.text is None:
+        raise DataError(xml_path, f"missing <{tag}>", "Each VOC annotation needs filename, size and object/bndbox entries")
+    return child.text.strip()
+
+
+def read_voc(root: Path, val_fraction: float, seed: int, classes: list[str] | None) -> dict:
+    """``root/Annotations/*.xml`` + ``root/JPEGImages``; splits from ``ImageSets/Main/{train,val}.txt``."""
+    ann_dir = root / "Annotations"
+    _require_dir(ann_dir, "Annotations folder", "A Pascal VOC root holds Annotations/, JPEGImages/ and optionally ImageSets/Main/")
+    records, problems, names = [], [], set()
+    for i, xml_path in enumerate(sorted(ann_dir.glob("*.xml"))):
+        try:
+            tree = ET.parse(xml_path).getroot()
+        except ET.ParseError as err:
+            problems.append(_problem("train", str(xml_path), f"invalid XML ({err})"))
+            continue
+        filename = _voc_text(tree, "filename", xml_path)
+        size = tree.find("size")
+        width = int(float(_voc_text(size, "width", xml_path))) if size is not None else 0
+        height = int(float(_voc_text(size, "height", xml_path))) if size is not None else 0
+        rec = {"image": f"JPEGImages/{filename}", "image_id": i + 1, "width": width, "height": height,
+               "boxes": [], "labels": [], "iscrowd": [], "_names": [], "_id": xml_path.stem}
+        for obj in tree.findall("object"):
+            name = _voc_text(obj, "name", xml_path)
+            box = obj.find("bndbox")
+            if box is None:
+                problems.append(_problem("train", str(xml_path), f"object '{name}' has no <bndbox>", rec["image"]))
+                continue
+            x0, y0, x1, y1 = (float(_voc_text(box, t, xml_path)) for t in ("xmin", "ymin", "xmax", "ymax"))
+            rec["boxes"].append([x0 - 1, y0 - 1, x1, y1])  # VOC is 1-based and inclusive
+            rec["_names"].append(name)
+            difficult = obj.find("difficult")
+            rec["iscrowd"].append(int(difficult is not None and (difficult.text or "0").strip() == "1"))
+            names.add(name)
+        records.append(rec)
+    classes = list(classes) if classes else sorted(names)
+    class_index = {n: i for i, n in enumerate(classes)}
+    for rec in records:
+        for name in rec.pop("_names"):
+            if name not in class_index:
+                problems.append(_problem("train", str(root / "Annotations" / f"{rec['_id']}.xml"), f"class '{name}' is not in data.classes", rec["image"]))
+                rec["labels"].append(-1)
+            else:
+                rec["labels"].append(class_index[name])
+    sets = root / "ImageSets" / "Main"
+    if (sets / "train.txt").is_file() and (sets / "val.txt").is_file():
+        ids = {s: {line.split()[0] for line in (sets / f"{s}.txt").read_text().splitlines() if line.strip()} for s in SPLITS}
+        splits = {s: [r for r in records if r["_id"] in ids[s]] for s in SPLITS}
+    else:
+        splits = dict(zip(SPLITS, _split_stratified(records, lambda r: r["labels"][0] if r["labels"] else -1, val_fraction, seed)))
+    for recs in splits.values():
+        for r in recs:
+            r.pop("_id", None)
+    return {"classes": classes, **splits, "problems": problems}
+
+
+# ---------------------------------------------------------------- YOLO
+
+def _yolo_classes(root: Path, classes: list[str] | None) -> list[str]:
+    if classes:
+        return list(classes)
+    if (root / "classes.txt").is_file():
+        return [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
+    for name in ("data.yaml", "dataset.yaml"):
+        if (root / name).is_file():
+            names = (yaml.safe_load((root / name).read_text()) or {}).get("names")
+            if isinstance(names, dict):
+                return [names[k] for k in sorted(names)]
+            if isinstance(names, list):
+                return names
+    raise DataError(root, "no class names for YOLO labels", "Add classes.txt (one name a line) or data.yaml with 'names', or set data.classes")
+
+
+def read_yolo(root: Path, classes: list[str] | None) -> dict:
+    """``root/images/{train,val}/*`` with ``root/labels/{train,val}/<stem>.txt`` (class cx cy w h, normalised)."""
+    _require_dir(root / "images", "images folder", "A YOLO root holds images/{train,val}/ and labels/{train,val}/")
+    classes = _yolo_classes(root, classes)
+    problems: list[dict] = []
+    out: dict[str, list] = {}
+    next_id = 1
+    for split in SPLITS:
+        image_dir = root / "images" / split
+        _require_dir(image_dir, f"images/{split} folder", "YOLO data needs images/train and images/val")
+        records = []
+        for img_path in sorted(p for p in image_dir.rglob("*") if p.is_file() and is_image_file(p)):
+            rel = _rel(img_path, root)
+            label_path = root / "labels" / split / img_path.relative_to(image_dir).with_suffix(".txt")
+            try:
+                width, height = image_size(img_path)
+            except DataError as err:
+                problems.append(_problem(split, str(img_path), err.problem, rel))
+                width = height = 0
+            rec = {"image": rel, "image_id": next_id, "width": width, "height": height, "boxes": [], "labels": [], "iscrowd": []}
+            next_id += 1
+            lines = label_path.read_text().splitlines() if label_path.is_file() else []  # no file = no objects
+            for n, line in enumerate(lines, 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                try:
+                    cls, cx, cy, w, h = int(parts[0]), *(float(v) for v in parts[1:5])
+                except (ValueError, IndexError):
+                    problems.append(_problem(split, f"{label_path}:{n}", f"cannot parse '{line}' as 'class cx cy w h'", rel))
+                    continue
+                if not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h)):
+                    problems.append(_problem(split, f"{label_path}:{n}", f"coordinates {cx, cy, w, h} outside [0, 1]", rel))
+                    continue
+                if not 0 <= cls < len(classes):
+                    problems.append(_problem(split, f"{label_path}:{n}", f"class {cls} outside 0..{len(classes) - 1}", rel))
+                    continue
+                rec["boxes"].append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+                rec["labels"].append(cls)
+                rec["iscrowd"].append(0)
+            records.append(rec)
+        out[split] = records
+    return {"classes": classes, **out, "problems": problems}
+
+
+# ---------------------------------------------------------------- image + mask folders
+
+def read_mask_folders(root: Path, classes: list[str] | None) -> dict:
+    """``root/{train,val}/images/*`` matched by stem with ``root/{train,val}/masks/*.png``."""
+    problems: list[dict] = []
+    out: dict[str, list] = {}
+    for split in SPLITS:
+        img_dir, mask_dir = root / split / "images", root / split / "masks"
+        _require_dir(img_dir, f"{split}/images folder", "Mask data needs <root>/train/images, <root>/train/masks, <root>/val/images and <root>/val/masks")
+        _require_dir(mask_dir, f"{split}/masks folder", "Mask data needs a masks folder beside each images folder, PNGs named like the images")
+        masks = {p.stem: p for p in mask_dir.iterdir() if p.is_file() and is_image_file(p)}
+        records = []
+        for img in sorted(p for p in img_dir.iterdir() if p.is_file() and is_image_file(p)):
+            if img.stem not in masks:
+                problems.append(_problem(split, str(img), f"no mask named {img.stem}.png in {mask_dir}", _rel(img, root)))
+                continue
+            records.append({"image": _rel(img, root), "mask": _rel(masks[img.stem], root)})
+        out[split] = records
+    if not classes:
+        raise DataError(root, "data.classes is not set for mask data", "List the class names in parameters_segmentation.yml (index 0 first, usually 'background')")
+    return {"classes": list(classes), **out, "problems": problems}
+
+
+# ---------------------------------------------------------------- dispatch
+
+FORMATS_BY_TASK = {
+    "classification": ("imagefolder",),
+    "detection": ("coco", "voc", "yolo"),
+    "segmentation": ("masks", "coco"),
+}
+
+
+def read_dataset(task: str, root: str | Path, data_cfg) -> dict:
+    """Read ``root`` in ``data_cfg.format`` into the internal index for ``task``."""
+    root = Path(root).resolve()
+    fmt = data_cfg.format
+    if fmt not in FORMATS_BY_TASK[task]:
+        raise DataError(root, f"format '{fmt}' is not available for {task}", f"Use one of {list(FORMATS_BY_TASK[task])} in {task}.data.format")
+    if not root.exists():
+        raise DataError(root, "data root does not exist", f"Create it or fix {task}.data.root (null uses the built-in data)")
+    seed = data_cfg.builtin.seed
+    if fmt == "imagefolder":
+        index = read_imagefolder(root, data_cfg.val_fraction, seed, data_cfg.classes)
+    elif fmt == "coco":
+        index = read_coco(
+            root,
+            {"train": data_cfg.train_annotations, "val": data_cfg.val_annotations},
+            {"train": data_cfg.train_images, "val": data_cfg.val_images},
+            task,
+        )
+        if task == "segmentation" and data_cfg.classes:
+            index["classes"] = list(data_cfg.classes)
+    elif fmt == "voc":
+        index = read_voc(root, data_cfg.val_fraction, seed, data_cfg.classes)
+    elif fmt == "yolo":
+        index = read_yolo(root, data_cfg.classes)
+    else:
+        index = read_mask_folders(root, data_cfg.classes)
+    index.update(task=task, format=fmt, root=str(root))
+    index["fingerprint"] = fingerprint(root, index)
+    logger.info("Read %s data from %s: %d train, %d val, %d classes, %d problems",
+                fmt, root, len(index["train"]), len(index["val"]), len(index["classes"]), len(index["problems"]))
+    return index
+
+
+def fingerprint(root: Path, index: dict) -> str:
+    """A content-light hash of the data: every file's path and size, plus the annotations read.
+
+    DVC hashes content; when ``<root>.dvc`` exists its md5 is the data version (see lineage).
+    """
+    h = hashlib.md5()
+    for split in SPLITS:
+        for rec in index[split]:
+            h.update(json.dumps(rec, sort_keys=True).encode())
+            for key in ("image", "mask"):
+                if key in rec:
+                    p = root / rec[key]
+                    h.update(f"{rec[key]}:{p.stat().st_size if p.exists() else -1}".encode())
+    return h.hexdigest()

@@ -1,0 +1,69 @@
+"""Augmentation pipelines from albumentations' own serialised form (``A.from_dict`` / ``A.to_dict``)."""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from typing import Any
+
+import albumentations as A
+from albumentations.core.serialization import SERIALIZABLE_REGISTRY
+from pydantic import ValidationError
+
+from visionpipe.errors import ConfigError
+
+# Keys of the composed dict that we add ourselves; users list only their augmentations.
+BBOX_PARAMS = {"format": "pascal_voc", "label_fields": ["labels"], "clip": True, "min_area": 1.0,
+               "min_width": 1.0, "min_height": 1.0, "filter_invalid_bboxes": True}
+
+
+def _known_transforms() -> list[str]:
+    return sorted(SERIALIZABLE_REGISTRY.keys())
+
+
+def build_transform(spec: dict[str, Any], where: str) -> A.BasicTransform:
+    """Build one transform from its serialised dict, with errors that name the entry and suggest names."""
+    if not isinstance(spec, dict) or "__class_fullname__" not in spec:
+        raise ConfigError(f"{where}: each augmentation needs '__class_fullname__' (e.g. HorizontalFlip), got {spec!r}")
+    name = spec["__class_fullname__"]
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*not valid for transform.*")
+            return A.from_dict({"transform": spec})
+    except KeyError:
+        close = difflib.get_close_matches(name, _known_transforms(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else " See albumentations' list of transforms."
+        raise ConfigError(f"{where}: unknown albumentations transform '{name}'.{hint}") from None
+    except UserWarning as warn:
+        raise ConfigError(f"{where}: {warn}") from None
+    except (ValidationError, TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: invalid arguments for {name}: {err}") from None
+
+
+def compose(
+    task: str,
+    augment: list[dict[str, Any]],
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    train: bool,
+    block: str | None = None,
+) -> A.Compose:
+    """User augmentations (train only), then the task's resize, normalisation and tensor conversion."""
+    block = block or task
+    steps = [build_transform(t, f"{block}.augment[{i}]") for i, t in enumerate(augment)] if train else []
+    steps += [
+        A.Resize(image_size, image_size),
+        A.Normalize(mean=mean, std=std, max_pixel_value=255.0),
+        A.ToTensorV2(),
+    ]
+    bbox_params = A.BboxParams(**BBOX_PARAMS) if task == "detection" else None
+    return A.Compose(steps, bbox_params=bbox_params)
+
+
+def to_dict(transform: A.Compose) -> dict[str, Any]:
+    return A.to_dict(transform)
+
+
+def from_dict(spec: dict[str, Any]) -> A.Compose:
+    return A.from_dict(spec)

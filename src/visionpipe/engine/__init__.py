@@ -1,0 +1,1 @@
+"""Training engine: device/precision resolution, the loop, checkpoints and distributed helpers."""

@@ -1,0 +1,86 @@
+"""Atomic checkpoints that load with ``weights_only=True`` (no pickle from user paths)."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from visionpipe.errors import ConfigError
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through ``write(tmp_path)`` then rename: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "numpy_key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+        "numpy_pos": int(np_state["state"]["pos"]),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+    np.random.set_state({"bit_generator": "MT19937", "state": {"key": state["numpy_key"].numpy().astype(np.uint32), "pos": state["numpy_pos"]},
+                         "has_gauss": 0, "gauss": 0.0})
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict from safetensors, or from a torch file with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: pretrained weights file not found. Set model.pretrained_path to a local .safetensors or .pt/.pth file")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError subclasses and RuntimeErrors here
+        raise ConfigError(
+            f"{path}: cannot be loaded safely ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            "Only tensors are accepted: re-save it with torch.save(model.state_dict()) or as .safetensors"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}

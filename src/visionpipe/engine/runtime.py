@@ -1,0 +1,76 @@
+"""Resolve device, precision and DataLoader settings from the config and the machine."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from visionpipe.engine import distributed
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None: full precision
+    channels_last: bool
+    num_workers: int
+    pin_memory: bool
+
+    @property
+    def amp_name(self) -> str:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "off")
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", distributed.env_world()[2])
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda", distributed.env_world()[2])
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {name!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def resolve_runtime(train_cfg, data_cfg) -> Runtime:
+    device = resolve_device(train_cfg.device)
+    amp = train_cfg.amp
+    if amp in (False, "off"):
+        dtype = None
+    elif amp in (True, "auto"):
+        if device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = None if amp == "auto" else torch.bfloat16
+    else:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    channels_last = device.type == "cuda" if train_cfg.channels_last == "auto" else bool(train_cfg.channels_last)
+    workers = data_cfg.num_workers
+    if workers == "auto":
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus //= max(1, distributed.world_size())
+        workers = 0 if cpus <= 2 else min(8, cpus - 1)
+    return Runtime(device, dtype, channels_last, int(workers), device.type == "cuda")
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)

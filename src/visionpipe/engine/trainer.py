@@ -1,0 +1,280 @@
+"""The training loop shared by every task: AMP, channels_last, accumulation, DDP, resumable checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from visionpipe.data.datasets import EpochSampler, ShardSampler
+from visionpipe.engine import distributed
+from visionpipe.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from visionpipe.engine.runtime import Runtime
+from visionpipe.errors import TrainingError
+
+logger = logging.getLogger(__name__)
+
+
+class Evaluator(Protocol):
+    def update(self, model: torch.nn.Module, batch: Any) -> None: ...
+    def compute(self) -> dict[str, float]: ...
+
+
+class TaskAdapter(Protocol):
+    """What the loop needs from a task (see visionpipe.tasks)."""
+
+    primary_metric: str
+    greater_is_better: bool
+
+    def collate(self, batch: list) -> Any: ...
+    def to_device(self, batch: Any, runtime: Runtime) -> Any: ...
+    def batch_size(self, batch: Any) -> int: ...
+    def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor: ...
+    def evaluator(self, runtime: Runtime, keep_predictions: bool = False) -> Evaluator: ...
+
+
+class Callback:
+    """Hooks the loop calls on the main process; subclasses override what they need."""
+
+    def on_fit_start(self, info: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
+    def on_fit_end(self, result: "FitResult") -> None: ...
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from_epoch: int | None = None
+
+
+def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule from torch's own schedulers, with optional linear warm-up."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
+    sched = torch.optim.lr_scheduler
+    if cfg.scheduler == "onecycle":
+        return sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
+    if cfg.scheduler == "cosine":
+        main = sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+    elif cfg.scheduler == "step":
+        main = sched.StepLR(optimizer, step_size=cfg.step_size * steps_per_epoch, gamma=cfg.gamma)
+    else:
+        main = sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warmup <= 0:
+        return main
+    return sched.SequentialLR(optimizer, [sched.LinearLR(optimizer, start_factor=0.01, total_iters=warmup), main], milestones=[warmup])
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)  # torch.compile wrapper
+
+
+def _is_better(value: float, best: float | None, greater: bool) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value > best if greater else value < best
+
+
+class Trainer:
+    """Fit a model with a task adapter; the main process writes checkpoints and runs callbacks."""
+
+    def __init__(self, adapter: TaskAdapter, model: torch.nn.Module, cfg, runtime: Runtime,
+                 checkpoint_dir: Path | None = None, callbacks: list[Callback] | None = None, signature: dict | None = None):
+        self.adapter = adapter
+        self.cfg = cfg
+        self.runtime = runtime
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.callbacks = callbacks or []
+        self.signature = signature or {}
+        self.model = model.to(runtime.device)
+        if runtime.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    # -------------------------------------------------------------- data
+    def loaders(self, train_ds, val_ds) -> tuple[DataLoader, DataLoader, EpochSampler]:
+        rank, world = distributed.rank(), distributed.world_size()
+        sampler = EpochSampler(len(train_ds), shuffle=True, seed=self.cfg.seed, rank=rank, world_size=world)
+        common = dict(collate_fn=self.adapter.collate, num_workers=self.runtime.num_workers, pin_memory=self.runtime.pin_memory,
+                      persistent_workers=self.runtime.num_workers > 0)
+        if self.runtime.num_workers > 0:
+            common["prefetch_factor"] = 4
+        train = DataLoader(train_ds, batch_size=self.cfg.batch_size, sampler=sampler, drop_last=len(train_ds) > self.cfg.batch_size * world, **common)
+        val = DataLoader(val_ds, batch_size=self.cfg.batch_size, sampler=ShardSampler(len(val_ds), rank, world), **common)
+        return train, val, sampler
+
+    # -------------------------------------------------------------- evaluation
+    @torch.inference_mode()
+    def evaluate(self, loader: DataLoader, keep_predictions: bool = False, model: torch.nn.Module | None = None):
+        model = model or self.model
+        model.eval()
+        evaluator = self.adapter.evaluator(self.runtime, keep_predictions=keep_predictions)
+        for batch in loader:
+            batch = self.adapter.to_device(batch, self.runtime)
+            with self.runtime.autocast():
+                evaluator.update(model, batch)
+        return evaluator
+
+    # -------------------------------------------------------------- checkpoints
+    def _ckpt_path(self) -> Path | None:
+        return self.checkpoint_dir / "last.pt" if self.checkpoint_dir else None
+
+    def _try_resume(self, model, optimizer, scheduler, scaler) -> dict | None:
+        path = self._ckpt_path()
+        if not (self.cfg.resume and path and path.is_file()):
+            if self.cfg.resume:
+                logger.info("train.resume is set but no checkpoint at %s: starting from scratch", path)
+            return None
+        state = load_checkpoint(path)
+        if state.get("signature") != self.signature:
+            raise TrainingError(
+                f"{path}: checkpoint was written for a different model/data ({state.get('signature')} vs {self.signature}). "
+                "Delete it or set train.resume: false"
+            )
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        logger.info("Resumed from %s after epoch %d", path, state["epoch"])
+        return state
+
+    # -------------------------------------------------------------- the loop
+    def fit(self, train_ds, val_ds) -> FitResult:
+        cfg, rt = self.cfg, self.runtime
+        main = distributed.is_main_process()
+        train_loader, val_loader, sampler = self.loaders(train_ds, val_ds)
+        steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum_steps))
+        optimizer = build_optimizer(self.model, cfg)
+        scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+        scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
+
+        model = self.model
+        if distributed.is_distributed():
+            model = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        resumed = self._try_resume(model, optimizer, scheduler, scaler)
+        start_epoch = resumed["epoch"] + 1 if resumed else 0
+        history = list(resumed["history"]) if resumed else []
+        best_state = resumed["best_state"] if resumed else None
+        best_metrics = dict(resumed["best_metrics"]) if resumed else {}
+        best_epoch = resumed["best_epoch"] if resumed else -1
+        if cfg.compile:
+            model = torch.compile(model)
+
+        for cb in self.callbacks if main else []:
+            cb.on_fit_start({"steps_per_epoch": steps_per_epoch, "train_images": len(train_ds), "val_images": len(val_ds),
+                             "world_size": distributed.world_size(), "start_epoch": start_epoch})
+        for epoch in range(start_epoch, cfg.epochs):
+            sampler.set_epoch(epoch)
+            metrics = self._train_epoch(model, train_loader, optimizer, scheduler, scaler, epoch)
+            metrics.update(self.evaluate(val_loader, model=model).compute())
+            metrics["epoch"] = epoch
+            history.append(metrics)
+            score = metrics.get(self.adapter.primary_metric, float("nan"))
+            if _is_better(score, best_metrics.get(self.adapter.primary_metric), self.adapter.greater_is_better) or best_state is None:
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
+                best_metrics, best_epoch = dict(metrics), epoch
+            if main:
+                logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs, " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
+                if self._ckpt_path():
+                    save_checkpoint({
+                        "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler else {}, "epoch": epoch, "rng": rng_state(), "history": history,
+                        "best_state": best_state, "best_metrics": best_metrics, "best_epoch": best_epoch, "signature": self.signature,
+                    }, self._ckpt_path())
+                for cb in self.callbacks:
+                    cb.on_epoch_end(epoch, metrics)
+            distributed.barrier()
+        if best_state is None:  # resumed after the last epoch
+            best_state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+        result = FitResult(best_state, best_epoch, best_metrics, history, resumed["epoch"] if resumed else None)
+        for cb in self.callbacks if main else []:
+            cb.on_fit_end(result)
+        return result
+
+    def _train_epoch(self, model, loader, optimizer, scheduler, scaler, epoch: int) -> dict[str, float]:
+        cfg, rt = self.cfg, self.runtime
+        model.train()
+        device = rt.device
+        loss_sum = torch.zeros((), device=device)
+        seen = torch.zeros((), device=device)
+        accum = cfg.grad_accum_steps
+        start = time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress_bar and distributed.is_main_process()),
+                   leave=False, dynamic_ncols=True)
+        optimizer.zero_grad(set_to_none=True)
+        n_batches = len(loader)
+        for step, batch in enumerate(bar):
+            batch = self.adapter.to_device(batch, rt)
+            bs = self.adapter.batch_size(batch)
+            last_micro = (step + 1) % accum == 0 or step + 1 == n_batches
+            sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last_micro else contextlib.nullcontext()
+            with sync:
+                with rt.autocast():
+                    loss = self.adapter.loss(model, batch)
+                (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+            loss_sum += loss.detach().float() * bs
+            seen += bs
+            if last_micro:
+                if cfg.max_grad_norm:
+                    if scaler:
+                        scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+            if (step + 1) % cfg.log_every_n_steps == 0:  # the only host sync inside the epoch
+                running = (loss_sum / seen.clamp(min=1)).item()
+                self._check_finite(running, epoch, step)
+                bar.set_postfix(loss=f"{running:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        if rt.device.type == "cuda":
+            torch.cuda.synchronize(rt.device)
+        elapsed = time.perf_counter() - start
+        totals = distributed.all_reduce_sum(torch.stack([loss_sum, seen]))
+        train_loss = (totals[0] / totals[1].clamp(min=1)).item()
+        self._check_finite(train_loss, epoch, n_batches - 1)
+        return {"train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed,
+                "images_per_s": totals[1].item() / max(elapsed, 1e-9)}
+
+    def _check_finite(self, value: float, epoch: int, step: int) -> None:
+        if not math.isfinite(value):
+            kept = f" The last good checkpoint is kept at {self._ckpt_path()}." if self._ckpt_path() and self._ckpt_path().exists() else ""
+            raise TrainingError(
+                f"Training loss became {value} at epoch {epoch + 1}, step {step + 1}.{kept} "
+                "Lower train.lr, set train.max_grad_norm, or check the data for bad labels"
+            )
+
+
+def copy_model(model: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(_unwrap(model))

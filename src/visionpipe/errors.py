@@ -1,0 +1,28 @@
+"""User-facing errors: each says which file or setting is wrong, what is wrong, and what to do."""
+
+from __future__ import annotations
+
+
+class VisionpipeError(Exception):
+    """Base class for errors meant to be read by a user, not debugged."""
+
+
+class ConfigError(VisionpipeError):
+    """A parameter block is invalid."""
+
+
+class DataError(VisionpipeError):
+    """A data file is missing, unreadable or inconsistent."""
+
+    def __init__(self, path, problem: str, fix: str | None = None):
+        self.path = str(path)
+        self.problem = problem
+        self.fix = fix
+        message = f"{self.path}: {problem}"
+        if fix:
+            message += f". {fix}"
+        super().__init__(message)
+
+
+class TrainingError(VisionpipeError):
+    """Training cannot go on (non-finite loss, resume mismatch...)."""

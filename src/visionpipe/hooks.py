@@ -1,0 +1,65 @@
+"""Project hooks: system-metrics defaults for MLflow, and the torchrun (DDP) process group."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from kedro.framework.hooks import hook_impl
+from kedro.io import MemoryDataset
+
+from visionpipe.engine import distributed
+
+logger = logging.getLogger(__name__)
+
+
+class VisionpipeHooks:
+    def __init__(self):
+        self._monitor = None
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        distributed.init_from_env()
+
+    @hook_impl
+    def before_node_run(self) -> None:
+        """Start MLflow's system-metrics sampler (CPU, RAM, and GPU through nvidia-ml-py) once per run.
+
+        Started here rather than through MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING because kedro-mlflow
+        re-enters its run at every node, which would start one sampler per node.
+        """
+        if self._monitor is not None or os.environ.get("VISIONPIPE_SYSTEM_METRICS", "true").lower() == "false":
+            return
+        import mlflow
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        run = mlflow.active_run()
+        if run is None or not distributed.is_main_process():
+            return
+        interval = float(os.environ.get("VISIONPIPE_SYSTEM_METRICS_INTERVAL", "5"))
+        self._monitor = SystemMetricsMonitor(run.info.run_id, sampling_interval=interval, samples_before_logging=1)
+        self._monitor.start()
+
+    def _stop_monitor(self) -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        """Under torchrun every rank runs the pipeline; only rank 0 writes files (and MLflow, see settings)."""
+        if distributed.is_main_process():
+            return
+        for name in pipeline.datasets():
+            if not (name.startswith("params:") or name == "parameters"):
+                catalog[name] = MemoryDataset()
+        logger.info("Rank %d: catalog outputs kept in memory; rank 0 writes them", distributed.rank())
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._stop_monitor()
+        distributed.barrier()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._stop_monitor()

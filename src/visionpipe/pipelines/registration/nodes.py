@@ -1,0 +1,32 @@
+"""Registration node."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from visionpipe.config import parse_task_config
+from visionpipe.engine import distributed
+
+logger = logging.getLogger(__name__)
+
+
+def register_model(model: dict, metrics: dict[str, float], index: dict, params: dict[str, Any], task: str) -> dict:
+    """Register the model in the MLflow Model Registry; the alias goes to it only if it beats the champion."""
+    import mlflow
+
+    from visionpipe.tracking.lineage import lineage_tags
+    from visionpipe.tracking.registry import register_and_gate
+
+    cfg = parse_task_config(task, params)
+    if not cfg.registry.enabled:
+        return {"skipped": f"{task}.registry.enabled is false"}
+    if not distributed.is_main_process():
+        return {"skipped": f"rank {distributed.rank()} does not register"}
+    if mlflow.active_run() is None:
+        logger.warning("No active MLflow run (is kedro-mlflow disabled for this pipeline?): %s is not registered", task)
+        return {"skipped": "no active MLflow run"}
+    tags = {"visionpipe.task": task, "visionpipe.model": cfg.model.name, **lineage_tags(index)}
+    if cfg.model.backbone:
+        tags["visionpipe.backbone"] = cfg.model.backbone
+    return register_and_gate(model, metrics, cfg.registry.model_dump(), tags)

@@ -1,0 +1,37 @@
+"""The registered model: an MLflow pyfunc that takes raw images and returns task outputs."""
+
+from __future__ import annotations
+
+import mlflow.pyfunc
+import pandas as pd
+
+
+class VisionPipeModel(mlflow.pyfunc.PythonModel):
+    """Input: a DataFrame with an ``image`` column (file paths or base64-encoded image bytes).
+
+    Output, one row per image: classification ``label, score, top_labels, top_scores``; detection
+    ``boxes [[x0, y0, x1, y1]], labels, scores`` (after NMS, original pixel coordinates); segmentation
+    ``mask_png``: the class-index mask at the image's size, as base64 PNG.
+    """
+
+    def load_context(self, context) -> None:
+        import torch
+
+        from visionpipe.inference import Predictor
+
+        self.predictor = Predictor.from_folder(context.artifacts["bundle"], device="cuda" if torch.cuda.is_available() else "cpu")
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would treat them as a schema
+        from visionpipe.inference import encode_png
+
+        if isinstance(model_input, pd.DataFrame):
+            column = "image" if "image" in model_input.columns else model_input.columns[0]
+            images = model_input[column].tolist()
+        elif isinstance(model_input, dict):
+            images = list(model_input["image"])
+        else:
+            images = list(model_input)
+        results = self.predictor.predict(images)
+        if self.predictor.spec["task"] == "segmentation":
+            results = [{"mask_png": encode_png(r["mask"])} for r in results]
+        return pd.DataFrame(results)
