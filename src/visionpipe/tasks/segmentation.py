@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from visionpipe.data.images import load_mask
 from visionpipe.engine.runtime import Runtime
@@ -100,7 +100,6 @@ class SegmentationEvaluator:
         self.task = task
         self.iou = MulticlassJaccardIndex(k, average="none", ignore_index=ignore, zero_division=float("nan")).to(device)
         self.acc = MulticlassAccuracy(k, average="micro", ignore_index=ignore).to(device)
-        self.dice = MulticlassF1Score(k, average="none", ignore_index=ignore, zero_division=float("nan")).to(device)
         self.loss_sum = torch.zeros((), device=device)
         self.count = torch.zeros((), device=device)
         self.keep = keep_predictions
@@ -117,14 +116,14 @@ class SegmentationEvaluator:
             pred = up.argmax(1)
             self.iou.update(pred, original[None])
             self.acc.update(pred, original[None])
-            self.dice.update(pred, original[None])
             if self.keep:
                 self.predictions[meta["index"]] = pred[0].to(torch.uint8).cpu().numpy()
 
     def compute(self) -> dict[str, float]:
         from visionpipe.engine.distributed import all_reduce_sum
 
-        iou, dice = self.iou.compute().cpu(), self.dice.compute().cpu()
+        iou = self.iou.compute().cpu()
+        dice = 2 * iou / (1 + iou)  # per class, Dice = 2TP/(2TP+FP+FN) = 2 IoU / (1 + IoU) on the same counts
         totals = all_reduce_sum(torch.stack([self.loss_sum, self.count]))
         metrics = {"val_loss": (totals[0] / totals[1].clamp(min=1)).item(), "miou": float(torch.nanmean(iou)),
                    "pixel_accuracy": float(self.acc.compute()), "dice": float(torch.nanmean(dice))}

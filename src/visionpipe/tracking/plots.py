@@ -104,7 +104,8 @@ def mask_overlays(masks: dict, index: dict) -> plt.Figure:
     root = Path(index["root"])
     for i, rec in enumerate(records):
         image = load_rgb(root / rec["image"])
-        predicted = np.asarray(masks[Path(rec["image"]).stem])
+        predicted = masks[Path(rec["image"]).stem]
+        predicted = np.asarray(predicted() if callable(predicted) else predicted)  # PartitionedDataset loads lazily
         panels = [("image", image, None), ("predicted", image, predicted)]
         if "mask" in rec:
             panels.insert(1, ("true", image, load_mask(root / rec["mask"])))
