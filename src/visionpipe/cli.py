@@ -91,6 +91,29 @@ def predict(task: str, images_dir: Path, output: Path, model_uri: str | None, tr
     click.echo(f"{len(records)} predictions from {model_uri} written to {output}")
 
 
+def load_task_params(task: str, env: str | None = None) -> dict:
+    """The task's parameter block as Kedro's config loader resolves it (base + local)."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(Path.cwd())
+    with KedroSession.create(project_path=Path.cwd(), env=env) as session:
+        return session.load_context().params[task]
+
+
+@cli.command("builtin-data")
+@click.argument("task", type=click.Choice(TASKS))
+@click.option("--env", default=None, help="Kedro configuration environment.")
+def builtin_data(task: str, env: str | None) -> None:
+    """Generate the built-in dataset of TASK (what `dvc repro` tracks as data/01_raw/builtin/<task>)."""
+    from visionpipe.config import parse_task_config
+    from visionpipe.data.builtin import ensure_builtin_dataset
+
+    cfg = parse_task_config(task, load_task_params(task, env)).data.builtin
+    root = ensure_builtin_dataset(Path(cfg.path) / task, task, cfg.model_dump(exclude={"path"}))
+    click.echo(f"built-in {task} data in {root}")
+
+
 @cli.command("export-onnx")
 @click.option("--model-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="A trained model folder, e.g. data/06_models/classification/model.")
