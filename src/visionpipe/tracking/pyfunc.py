@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import mlflow.pyfunc
 import pandas as pd
+
+# Inputs are validated by the logged signature (a string column of paths or base64 images), not by
+# type hints, which MLflow would otherwise ask for at every load.
+warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
 
 
 class VisionPipeModel(mlflow.pyfunc.PythonModel):

@@ -18,7 +18,6 @@ from mlflow.models import infer_signature
 
 import visionpipe
 from visionpipe.inference import Predictor, encode_png, save_bundle
-from visionpipe.tracking.pyfunc import VisionPipeModel
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ def log_pyfunc_model(bundle: dict[str, Any], name: str = "model") -> Any:
             signature = infer_signature(example)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=VisionPipeModel(),
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # models-from-code: nothing pickled
             artifacts={"bundle": str(folder)},
             code_paths=[str(Path(visionpipe.__file__).parent)],
             signature=signature,

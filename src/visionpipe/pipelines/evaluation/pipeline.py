@@ -2,6 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from visionpipe.pipelines import per_task
 from visionpipe.pipelines.evaluation import nodes
 
 # task -> (evaluate node, its task-specific outputs, plot node, plot inputs, plot names)
@@ -15,14 +16,14 @@ _EVAL = {
 }
 
 
+def _nodes(task: str) -> list[Node]:
+    evaluate, outputs, plot, plot_inputs, plot_names = _EVAL[task]
+    return [
+        Node(evaluate, inputs=["model", "clean_index", "augmentation", f"params:{task}"],
+             outputs=["metrics", "mlflow_metrics", *outputs], name="evaluate"),
+        Node(plot, inputs=plot_inputs, outputs=[f"plot_{p}" for p in plot_names], name="plot"),
+    ]
+
+
 def create_pipeline(**kwargs) -> Pipeline:
-    out = []
-    for t, (evaluate, outputs, plot, plot_inputs, plot_names) in _EVAL.items():
-        out += [
-            Node(evaluate, inputs=[f"{t}.model", f"{t}.clean_index", f"{t}.augmentation", f"params:{t}"],
-                 outputs=[f"{t}.metrics", f"{t}.mlflow_metrics", *(f"{t}.{o}" for o in outputs)], name=f"{t}.evaluate",
-                 tags=[t, "evaluation"]),
-            Node(plot, inputs=[f"{t}.{i}" for i in plot_inputs], outputs=[f"{t}.plot_{p}" for p in plot_names],
-                 name=f"{t}.plot", tags=[t, "evaluation"]),
-        ]
-    return Pipeline(out)
+    return per_task("evaluation", _nodes)
