@@ -1,0 +1,176 @@
+"""Whole `kedro run`s on tiny built-in data in a copy of the project; every output is read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import PROJECT, TINY
+
+pytestmark = pytest.mark.slow
+TASKS = ("classification", "detection", "segmentation")
+
+
+def _flatten(prefix: str, value) -> list[str]:
+    if isinstance(value, dict):
+        return [item for k, v in value.items() for item in _flatten(f"{prefix}.{k}", v)]
+    return [f"{prefix}={value}"]
+
+
+def tiny_params(tasks=TASKS, **extra) -> str:
+    items = []
+    for task in tasks:
+        items += _flatten(task, TINY[task])
+        items += [f"{task}.data.num_workers=0", f"{task}.train.device=cpu", f"{task}.train.progress_bar=false"]
+    items += [f"{k}={v}" for k, v in extra.items()]
+    return ",".join(items)
+
+
+def kedro(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env.update(KEDRO_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", VISIONPIPE_SYSTEM_METRICS_INTERVAL="1")
+    proc = subprocess.run([str(Path(sys.executable).parent / "kedro"), *args], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A copy of the project (configuration only: the package is installed) after one default `kedro run`."""
+    root = tmp_path_factory.mktemp("project")
+    shutil.copy(PROJECT / "pyproject.toml", root)
+    shutil.copytree(PROJECT / "conf", root / "conf", ignore=shutil.ignore_patterns("credentials*", "*.local.yml"))
+    shutil.copytree(PROJECT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (root / "data").mkdir()
+    kedro(root, "run", f"--params={tiny_params()}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def client(project):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    yield mlflow.MlflowClient()
+    mlflow.set_tracking_uri(None)
+
+
+def _runs(client, name):
+    exp = client.get_experiment_by_name("visionpipe")
+    return client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{name}'", order_by=["attributes.start_time ASC"])
+
+
+def test_default_run_makes_one_mlflow_run_per_task(project, client):
+    for task in TASKS:
+        runs = _runs(client, task)
+        assert len(runs) == 1, task
+        run = runs[0]
+        assert run.info.status == "FINISHED"
+        assert run.data.params[f"{task}.train.epochs"] == "1"
+        assert run.data.tags["visionpipe.task"] == task
+        for tag in ("git.commit", "git.dirty", "data.fingerprint", "data.dvc_md5", "visionpipe.device_name", "visionpipe.torch_version",
+                    "visionpipe.amp_dtype", "kedro.run_id"):
+            assert tag in run.data.tags, (task, tag)
+        history = client.get_metric_history(run.info.run_id, "train/loss")
+        assert [m.step for m in history] == [0]
+        assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert "plots/loss_curves.png" in artifacts
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "reports")} >= {"reports/validation.json", "reports/history.csv"}
+
+
+def test_classification_outputs(project, client):
+    metrics = json.loads((project / "data/08_reporting/classification/metrics.json").read_text())
+    assert 0 <= metrics["top1"] <= metrics["top5"] <= 1
+    predictions = pd.read_csv(project / "data/07_model_output/classification/predictions.csv")
+    assert list(predictions.columns[:7]) == ["image", "target", "top1", "top2", "top3", "top4", "top5"]
+    assert len(predictions) == TINY["classification"]["data"]["builtin"]["val_images"]
+    assert (predictions["target"] == predictions["top1"]).mean() == pytest.approx(metrics["top1"])
+    hits5 = [row.target in (row.top1, row.top2, row.top3, row.top4, row.top5) for row in predictions.itertuples()]
+    assert np.mean(hits5) == pytest.approx(metrics["top5"])
+    run = _runs(client, "classification")[0]
+    assert run.data.metrics["top1"] == pytest.approx(metrics["top1"])
+    version = client.get_model_version_by_alias("visionpipe-classification", "champion")
+    assert version.run_id == run.info.run_id and int(version.version) == 1
+
+
+def test_detection_outputs_can_be_rescored(project):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    out = project / "data/07_model_output/detection"
+    metrics = json.loads((project / "data/08_reporting/detection/metrics.json").read_text())
+    assert {"map", "map_50", "map_75"} <= set(metrics) and any(k.startswith("ap/") for k in metrics)
+    predictions = json.loads((out / "predictions.json").read_text())
+    gt = json.loads((out / "ground_truth.json").read_text())
+    image_ids = {i["id"] for i in gt["images"]}
+    assert all(set(p) == {"image_id", "category_id", "bbox", "score"} and p["image_id"] in image_ids for p in predictions)
+    per_image = pd.Series([p["image_id"] for p in predictions]).value_counts()
+    assert per_image.max() <= 100
+    if predictions:
+        coco = COCO(str(out / "ground_truth.json"))
+        ev = COCOeval(coco, coco.loadRes(str(out / "predictions.json")), "bbox")
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+        assert ev.stats[0] == pytest.approx(metrics["map"], abs=1e-6)
+
+
+def test_segmentation_masks_can_be_rescored(project):
+    import torch
+    from torchmetrics.classification import MulticlassJaccardIndex
+
+    metrics = json.loads((project / "data/08_reporting/segmentation/metrics.json").read_text())
+    index = json.loads((project / "data/03_primary/segmentation/clean_index.json").read_text())
+    masks = sorted((project / "data/07_model_output/segmentation/masks").glob("*.png"))
+    assert len(masks) == len(index["val"])
+    iou = MulticlassJaccardIndex(len(index["classes"]), average="none", ignore_index=255, zero_division=float("nan"))
+    for rec in index["val"]:
+        truth = np.asarray(Image.open(Path(index["root"]) / rec["mask"]))
+        pred = np.asarray(Image.open(project / "data/07_model_output/segmentation/masks" / f"{Path(rec['image']).stem}.png"))
+        assert pred.shape == truth.shape
+        iou.update(torch.from_numpy(pred.astype(np.int64))[None], torch.from_numpy(truth.astype(np.int64))[None])
+    per_class = iou.compute()
+    assert float(torch.nanmean(per_class)) == pytest.approx(metrics["miou"], abs=1e-5)
+    for name, value in zip(index["classes"], per_class.tolist()):
+        assert metrics[f"iou/{name}"] is None if np.isnan(value) else metrics[f"iou/{name}"] == pytest.approx(value, abs=1e-5)
+
+
+def test_champion_gate_keeps_the_alias_for_a_worse_model(project, client):
+    name = "visionpipe-classification"
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert int(champion.version) == 1
+    client.set_model_version_tag(name, champion.version, "metric.top1", "1.0")  # no new model can beat a perfect champion
+    kedro(project, "run", "--pipelines=classification", f"--params={tiny_params(('classification',))}")
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    assert versions == [1, 2]
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 1
+    decision = json.loads((project / "data/08_reporting/classification/registration.json").read_text())
+    assert decision["promoted"] is False and decision["champion_score"] == 1.0 and decision["version"] == 2
+
+
+def test_pyfunc_champion_predicts_like_the_in_process_model(project):
+    from visionpipe.inference import Predictor
+
+    images = sorted((project / "data/01_raw/builtin/classification/val").rglob("*.png"))[:5]
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri('sqlite:///{project / 'mlflow.db'}')\n"
+        "m = mlflow.pyfunc.load_model('models:/visionpipe-classification@champion')\n"
+        "out = m.predict(pd.DataFrame({'image': sys.argv[1:]}))\n"
+        "print(json.dumps(out[['label', 'score']].to_dict(orient='records')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, images)], capture_output=True, text=True, cwd=project, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    remote = json.loads(proc.stdout.strip().splitlines()[-1])
+    local = Predictor.from_folder(project / "data/06_models/classification/model").predict(images)
+    assert [r["label"] for r in remote] == [r["label"] for r in local]
+    assert [r["score"] for r in remote] == pytest.approx([r["score"] for r in local], abs=1e-5)
