@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -46,8 +47,14 @@ def init_from_env(backend: str | None = None) -> bool:
     if backend == "nccl":
         torch.cuda.set_device(local)
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    atexit.register(_destroy)
     logger.info("Joined process group: rank %d of %d (%s)", r, world, backend)
     return True
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -1,0 +1,66 @@
+"""DDP on CPU: two gloo processes train to the same result as one process with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from conftest import task_params
+
+pytestmark = pytest.mark.slow
+
+
+def _params(tmp, batch_size: int) -> dict:
+    # test_vit has no batch norm, so per-rank batches give the same gradients as one large batch
+    return task_params("classification", tmp, model={"name": "test_vit", "kwargs": {"img_size": 32}},
+                       train={"epochs": 2, "batch_size": batch_size, "lr": 0.001, "scheduler": "none"})
+
+
+def _train(tmp, batch_size: int):
+    from visionpipe import workflow
+    from visionpipe.config import parse_task_config
+
+    cfg = parse_task_config("classification", _params(tmp, batch_size))
+    index = workflow.ingest("classification", cfg)
+    bundle, history = workflow.train("classification", index, workflow.augmentation("classification", cfg), cfg, callbacks=[])
+    metrics, evaluator, _ = workflow.evaluate("classification", index, workflow.augmentation("classification", cfg), bundle, cfg)
+    return bundle, history, metrics, evaluator.predictions
+
+
+def _worker(rank: int, world: int, port: int, tmp: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from visionpipe.engine import distributed
+
+    assert distributed.init_from_env("gloo")
+    os.chdir(tmp)
+    torch.set_num_threads(1)
+    bundle, history, metrics, predictions = _train(__import__("pathlib").Path(tmp), batch_size=4)
+    if rank == 0:
+        torch.save({"state": bundle["state_dict"], "history": history, "metrics": metrics, "n_predictions": len(predictions)},
+                   os.path.join(tmp, "ddp.pt"))
+    distributed.barrier()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=False)
+
+    monkeypatch.chdir(tmp_path)
+    single_bundle, single_history, single_metrics, single_predictions = _train(tmp_path, batch_size=8)
+    for key, value in single_bundle["state_dict"].items():
+        torch.testing.assert_close(ddp["state"][key], value, atol=2e-4, rtol=1e-3)
+    for a, b in zip(ddp["history"], single_history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
+    assert ddp["metrics"]["top1"] == pytest.approx(single_metrics["top1"], abs=1 / 12 + 1e-6)  # at most one of 12 images flips
+    assert ddp["n_predictions"] == len(single_predictions) == 12  # every rank's shard is gathered
