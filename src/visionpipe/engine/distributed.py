@@ -42,10 +42,9 @@ def init_from_env(backend: str | None = None) -> bool:
         return False
     if dist.is_initialized():
         return True
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local)
+    backend = backend or os.environ.get("VISIONPIPE_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local % torch.cuda.device_count())
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
     atexit.register(_destroy)
     logger.info("Joined process group: rank %d of %d (%s)", r, world, backend)

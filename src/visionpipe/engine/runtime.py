@@ -31,15 +31,20 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
 
+def _local_cuda() -> torch.device:
+    # one GPU per local rank; more ranks than GPUs share them round-robin
+    return torch.device("cuda", distributed.env_world()[2] % torch.cuda.device_count())
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", distributed.env_world()[2])
+            return _local_cuda()
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and torch.cuda.is_available():
-        return torch.device("cuda", distributed.env_world()[2])
+        return _local_cuda()
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"train.device is {name!r} but CUDA is not available; use 'auto' or 'cpu'")
     return torch.device(name)
