@@ -42,14 +42,14 @@ def run(task_name: str, device: torch.device, steps: int, amp: str, channels_las
     sched = torch.optim.lr_scheduler.ConstantLR(opt, 1.0, 0)
     n_classes = len(spec["classes"])
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    warm = SyntheticSamples(task_name, batch * 3, size, n_classes)
-    trainer._train_epoch(trainer.model, trainer.loaders(warm, warm)[0], opt, sched, scaler, 0)
     data = SyntheticSamples(task_name, batch * steps, size, n_classes)
-    loader = trainer.loaders(data, data)[0]
+    loader, _, sampler = trainer.loaders(data, data)
+    trainer._train_epoch(trainer.model, loader, opt, sched, scaler, 0)  # warm-up: workers, cuDNN autotuning
+    sampler.set_epoch(1)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with GpuSampler() as gpu:
-        figures = trainer._train_epoch(trainer.model, loader, opt, sched, scaler, 0)
+        figures = trainer._train_epoch(trainer.model, loader, opt, sched, scaler, 1)
     emit({"benchmark": "task_throughput", "task": task_name, "model": model_cfg, "image_size": size, "batch_size": batch,
           "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "amp": runtime.amp_name,
           "channels_last": channels_last, "images_per_s": round(figures["images_per_s"], 1),

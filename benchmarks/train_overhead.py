@@ -22,16 +22,16 @@ from visionpipe.engine.trainer import Trainer, build_optimizer
 from visionpipe.tasks.classification import ClassificationTask, build_classifier
 
 
-def bare_loop(model, loader, runtime: Runtime, steps: int, lr: float) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+def bare_epoch(model, opt, loader, runtime: Runtime) -> float:
+    """The loop a hand-written script would have; returns images/s over one epoch."""
     model.train()
-    done, start = 0, None
-    for step, (x, y, _) in enumerate(loader):
-        if step == 3:  # warm-up excluded
-            if runtime.device.type == "cuda":
-                torch.cuda.synchronize()
-            start, done = time.perf_counter(), 0
-        x = x.to(runtime.device, non_blocking=True).contiguous(memory_format=torch.channels_last if runtime.channels_last else torch.contiguous_format)
+    fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    done = 0
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for x, y, _ in loader:
+        x = x.to(runtime.device, non_blocking=True).contiguous(memory_format=fmt)
         y = y.to(runtime.device, non_blocking=True)
         with runtime.autocast():
             loss = F.cross_entropy(model(x), y)
@@ -39,8 +39,6 @@ def bare_loop(model, loader, runtime: Runtime, steps: int, lr: float) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
         done += x.shape[0]
-        if step + 1 >= steps + 3:
-            break
     if runtime.device.type == "cuda":
         torch.cuda.synchronize()
     return done / (time.perf_counter() - start)
@@ -56,6 +54,10 @@ def main() -> None:
     ap.add_argument("--amp", default="auto")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--data", choices=["device", "loader"], default="device")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--bare-first", action="store_true", help="time the bare loop first in each pair")
+    ap.add_argument("--swap-loaders", action="store_true", help="feed each loop the other's DataLoader")
     args = ap.parse_args()
 
     cfg = TrainConfig(epochs=1, batch_size=args.batch_size, image_size=args.image_size, device=args.device, amp=args.amp,
@@ -63,37 +65,63 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = None if device.type == "cpu" and args.amp == "auto" else (torch.bfloat16 if args.amp in ("auto", "bf16") else None)
     runtime = Runtime(device, dtype, device.type == "cuda", args.workers, device.type == "cuda")
-    n = args.batch_size * (args.steps + 3)
+    n = args.batch_size * args.steps
     data = SyntheticSamples("classification", n, args.image_size, 10)
     task = ClassificationTask({"classes": [str(i) for i in range(10)], "model": {"name": args.model}})
     torch.backends.cudnn.benchmark = True
 
-    # visionpipe's loop: Trainer._train_epoch, the code `kedro run` trains with
+    # The same batches feed both loops. With --data device they are pre-built on the device, so the
+    # figure is the loop's own cost (the data path has benchmarks/data_path.py); with --data loader
+    # both read through identical persistent DataLoaders. Each loop gets a warm-up epoch (workers,
+    # cuDNN autotuning, compilation), then the two are timed alternately and the best of --repeats kept.
     torch.manual_seed(0)
     trainer = Trainer(task, build_classifier({"name": args.model}, 10), cfg, runtime)
-    loader, _, sampler = trainer.loaders(data, data)
     model = torch.compile(trainer.model) if args.compile else trainer.model
     opt = build_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.ConstantLR(opt, 1.0, 0)
-    warm = SyntheticSamples("classification", args.batch_size * 3, args.image_size, 10)
-    trainer._train_epoch(model, trainer.loaders(warm, warm)[0], opt, sched, None, 0)
-    with GpuSampler() as gpu:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        project = trainer._train_epoch(model, loader, opt, sched, None, 0)["images_per_s"]
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
 
     torch.manual_seed(0)
     bare_model = build_classifier({"name": args.model}, 10).to(device)
     if runtime.channels_last:
         bare_model = bare_model.to(memory_format=torch.channels_last)
     bare_model = torch.compile(bare_model) if args.compile else bare_model
-    bare_loader = DataLoader(data, batch_size=args.batch_size, sampler=EpochSampler(len(data), True, 0), collate_fn=task.collate,
-                             num_workers=args.workers, pin_memory=runtime.pin_memory, drop_last=True)
-    bare = bare_loop(bare_model, bare_loader, runtime, args.steps, cfg.lr)
+    bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=cfg.lr)
+
+    if args.data == "device":
+        distinct = [task.to_device(task.collate([data[i * args.batch_size + j] for j in range(args.batch_size)]), runtime)
+                    for i in range(min(8, args.steps))]
+        loader = bare_loader = [distinct[i % len(distinct)] for i in range(args.steps)]
+        sampler = bare_sampler = None
+    else:
+        loader, _, sampler = trainer.loaders(data, data)
+        bare_sampler = EpochSampler(len(data), True, 0)
+        extra = {"persistent_workers": True, "prefetch_factor": 4} if args.workers else {}
+        bare_loader = DataLoader(data, batch_size=args.batch_size, sampler=bare_sampler, collate_fn=task.collate,
+                                 num_workers=args.workers, pin_memory=runtime.pin_memory, drop_last=True, **extra)
+
+    if args.swap_loaders:  # diagnostic: which of loop and loader makes a difference
+        loader, bare_loader = bare_loader, loader
+    trainer._train_epoch(model, loader, opt, sched, None, 0)
+    bare_epoch(bare_model, bare_opt, bare_loader, runtime)
+    project_runs, bare_runs = [], []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with GpuSampler() as gpu:
+        for epoch in range(1, args.repeats + 1):
+            for s in (sampler, bare_sampler):
+                if s is not None:
+                    s.set_epoch(epoch)
+            if args.bare_first:
+                bare_runs.append(bare_epoch(bare_model, bare_opt, bare_loader, runtime))
+            project_runs.append(trainer._train_epoch(model, loader, opt, sched, None, epoch)["images_per_s"])
+            if not args.bare_first:
+                bare_runs.append(bare_epoch(bare_model, bare_opt, bare_loader, runtime))
+    project, bare = max(project_runs), max(bare_runs)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     emit({"benchmark": "train_overhead", "model": args.model, "image_size": args.image_size, "batch_size": args.batch_size,
           "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "amp": runtime.amp_name,
-          "channels_last": runtime.channels_last, "compile": args.compile,
+          "channels_last": runtime.channels_last, "compile": args.compile, "data": args.data,
+          "visionpipe_runs": [round(v, 1) for v in project_runs], "bare_runs": [round(v, 1) for v in bare_runs],
           "visionpipe_images_per_s": round(project, 1), "bare_images_per_s": round(bare, 1), "ratio": round(project / bare, 3),
           "gpu_util_pct": gpu.mean, "peak_mem_gib": round(peak, 2) if peak else None})
 

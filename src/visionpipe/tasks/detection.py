@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 from collections import OrderedDict
@@ -128,7 +127,7 @@ def coco_evaluate(ground_truth: dict, predictions: list[dict], classes: list[str
             metrics = {"map": 0.0, "map_50": 0.0, "map_75": 0.0}
             metrics.update({f"ap/{c}": 0.0 for c in classes})
             return metrics, None
-        dt = gt.loadRes(copy.deepcopy(predictions))  # loadRes adds keys to the dicts it is given
+        dt = gt.loadRes([dict(p) for p in predictions])  # loadRes adds keys to the dicts it is given
         ev = COCOeval(gt, dt, "bbox")
         ev.params.maxDets = [1, 10, max_detections]
         ev.evaluate()

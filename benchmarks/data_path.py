@@ -1,0 +1,54 @@
+"""Data path: images/s decoded + augmented by one worker (one process), per task, on the built-in
+data with the training augmentations from conf/base. A DataLoader with N workers scales about N-fold.
+
+    python benchmarks/data_path.py --images 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from _common import emit
+from visionpipe import workflow
+from visionpipe.config import parse_task_config
+from visionpipe.data import transforms
+from visionpipe.data.datasets import IndexDataset
+from visionpipe.tasks import get_task
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=400)
+    ap.add_argument("--image-size", type=int, default=None, help="default: each task's built-in size")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp())
+    for task in ("classification", "detection", "segmentation"):
+        block = yaml.safe_load((PROJECT / "conf/base" / f"parameters_{task}.yml").read_text())[task]
+        block["data"]["builtin"].update(train_images=args.images, val_images=2, path=str(work))
+        if args.image_size:
+            block["data"]["builtin"]["image_size"] = block["train"]["image_size"] = args.image_size
+        cfg = parse_task_config(task, block)
+        index = workflow.ingest(task, cfg)
+        aug = workflow.augmentation(task, cfg)
+        spec = workflow.make_spec(task, cfg, index["classes"])
+        task_obj = get_task(spec, val_records=index["val"]) if task == "detection" else get_task(spec)
+        ds = IndexDataset(index, "train", transforms.from_dict(aug["train"]), task_obj.make_sample, seed=0)
+        for i in range(10):
+            ds[(i, 0)]
+        start = time.perf_counter()
+        for i in range(len(ds)):
+            ds[(i, 1)]
+        rate = len(ds) / (time.perf_counter() - start)
+        emit({"benchmark": "data_path", "task": task, "image_size": block["data"]["builtin"]["image_size"], "images": len(ds),
+              "images_per_s_per_worker": round(rate, 1), "augment": [t["__class_fullname__"] for t in block["augment"]]})
+
+
+if __name__ == "__main__":
+    main()
