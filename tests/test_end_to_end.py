@@ -174,3 +174,43 @@ def test_pyfunc_champion_predicts_like_the_in_process_model(project):
     local = Predictor.from_folder(project / "data/06_models/classification/model").predict(images)
     assert [r["label"] for r in remote] == [r["label"] for r in local]
     assert [r["score"] for r in remote] == pytest.approx([r["score"] for r in local], abs=1e-5)
+
+
+def test_notebook_runs_top_to_bottom_on_the_store(project):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(PROJECT / "notebooks" / "compare_champions.ipynb", as_version=4)
+    os.environ["VISIONPIPE_PROJECT"] = str(project)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(project)}}).execute()
+    finally:
+        os.environ.pop("VISIONPIPE_PROJECT")
+    champions = nb.cells[5].outputs[0]["data"]["text/plain"]
+    for task in TASKS:
+        assert f"visionpipe-{task}" in champions
+    assert "plots shown" in nb.cells[7].outputs[-1]["text"] and not nb.cells[7].outputs[-1]["text"].startswith("0 ")
+
+
+def test_predict_command_and_onnx_export(project, tmp_path):
+    images = project / "data/01_raw/builtin/segmentation/val/images"
+    out = tmp_path / "masks.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    proc = subprocess.run([str(Path(sys.executable).parent / "visionpipe"), "predict", "--task", "segmentation", "--images", str(images),
+                           "--output", str(out)], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert len(records) == len(list(images.glob("*.png")))
+    import base64
+    import io
+
+    first = records[0]
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(first["mask_png"]))))
+    written = np.asarray(Image.open(project / "data/07_model_output/segmentation/masks" / Path(first["image"]).name))
+    assert (mask == written).mean() > 0.99  # the registered model reproduces the evaluation's masks
+
+    pytest.importorskip("onnxruntime")
+    from visionpipe.export import export_onnx
+
+    for task in ("classification", "segmentation"):
+        assert export_onnx(project / f"data/06_models/{task}/model", tmp_path / f"{task}.onnx").is_file()
