@@ -214,3 +214,24 @@ def test_predict_command_and_onnx_export(project, tmp_path):
 
     for task in ("classification", "segmentation"):
         assert export_onnx(project / f"data/06_models/{task}/model", tmp_path / f"{task}.onnx").is_file()
+
+
+def test_bad_data_fails_with_a_message_not_a_traceback(project, tmp_path):
+    root = tmp_path / "pets"
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            Image.new("RGB", (16, 16)).save(root / split / cls / "ok.png")
+    (root / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env.update(KEDRO_DISABLE_TELEMETRY="true", COLUMNS="200")
+    proc = subprocess.run([str(Path(sys.executable).parent / "kedro"), "run", "--pipelines=classification",
+                           f"--params={tiny_params(('classification',))},classification.data.root={root}"],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    tail = proc.stderr.strip().splitlines()[-6:]
+    message = "\n".join(tail)
+    assert "broken.png" in message and "validation: skip" in message
+    assert "Traceback" not in proc.stderr
+    report = json.loads((project / "data/08_reporting/classification/validation.json").read_text())
+    assert [Path(f["file"]).name for f in report["findings"]] == ["broken.png"]

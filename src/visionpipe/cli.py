@@ -13,6 +13,7 @@ import click
 from kedro.framework.cli.project import run as kedro_run
 
 from visionpipe import TASKS
+from visionpipe.errors import VisionpipeError
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,11 @@ def _run(**kwargs):
     for name in names:
         if len(names) > 1:
             click.secho(f"=== kedro run --pipelines={name}", fg="cyan")
-        results[name] = kedro_run.callback(pipeline=None, pipelines=[name], **kwargs)
+        try:
+            results[name] = kedro_run.callback(pipeline=None, pipelines=[name], **kwargs)
+        except VisionpipeError as err:
+            # a user-facing error (bad data, bad parameters): its message says what to do, no traceback
+            raise click.ClickException(f"{name}: {type(err).__name__}: {err}") from None
     return results
 
 

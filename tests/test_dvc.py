@@ -1,0 +1,76 @@
+"""`dvc repro` on a fresh copy: runs the stages, does nothing the second time, pushes and pulls data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import PROJECT, merge, task_params
+
+pytestmark = pytest.mark.slow
+
+
+def sh(repo: Path, *cmd: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", KEDRO_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
+    proc = subprocess.run(list(cmd), cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repo")
+    for name in ("pyproject.toml", "dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(PROJECT / name, root)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "tmp", "cache")
+    for name in ("conf", "src", ".dvc"):
+        shutil.copytree(PROJECT / name, root / name, ignore=ignore)
+    for d in ("01_raw", "06_models", "07_model_output", "08_reporting"):
+        (root / "data" / d).mkdir(parents=True)
+        (root / "data" / d / ".gitkeep").touch()
+    params_file = root / "conf/base/parameters_classification.yml"
+    tiny = merge(yaml.safe_load(params_file.read_text())["classification"],
+                 {k: v for k, v in task_params("classification").items() if k in ("data", "train")})
+    params_file.write_text(yaml.safe_dump({"classification": tiny}))
+    sh(root, "git", "init", "-q")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "fresh clone")
+    return root
+
+
+def test_repro_then_nothing_to_do(repo):
+    first = sh(repo, "dvc", "repro", "classification")
+    assert "Running stage 'builtin_data@classification'" in first and "Running stage 'classification'" in first
+    assert (repo / "data/08_reporting/classification/metrics.json").is_file()
+    second = sh(repo, "dvc", "repro", "classification")
+    assert "Running stage" not in second
+    assert "up to date" in sh(repo, "dvc", "status", "classification")
+
+
+def test_registered_model_carries_the_dvc_data_version(repo):
+    import mlflow
+
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    md5 = lock["stages"]["builtin_data@classification"]["outs"][0]["md5"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("visionpipe-classification", "champion")
+    assert version.tags["data.dvc_md5"] == md5
+    assert version.tags["git.commit"] == sh(repo, "git", "rev-parse", "HEAD").strip()
+
+
+def test_push_and_pull_through_the_default_remote(repo):
+    sh(repo, "dvc", "push", "--with-deps", "classification")
+    shutil.rmtree(repo / "data/01_raw/builtin/classification")
+    shutil.rmtree(repo / "data/06_models/classification/model")
+    sh(repo, "dvc", "pull", "--with-deps", "classification")
+    assert len(list((repo / "data/01_raw/builtin/classification").rglob("*.png"))) == 36
+    assert (repo / "data/06_models/classification/model/model.safetensors").is_file()
+    assert "up to date" in sh(repo, "dvc", "status", "classification")
