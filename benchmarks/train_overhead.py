@@ -22,11 +22,22 @@ from visionpipe.engine.trainer import Trainer, build_optimizer
 from visionpipe.tasks.classification import ClassificationTask, build_classifier
 
 
-def bare_epoch(model, opt, loader, runtime: Runtime) -> float:
-    """The loop a hand-written script would have; returns images/s over one epoch."""
+def bare_epoch(model, opt, loader, runtime: Runtime, extras: tuple[str, ...] = ()) -> float:
+    """The loop a hand-written script would have; returns images/s over one epoch.
+
+    ``extras`` adds one of visionpipe's per-step additions at a time (diagnostics): ``accumulate``
+    (running loss kept on the device), ``scheduler`` (a per-step LR scheduler), ``tqdm`` (a disabled bar).
+    """
     model.train()
     fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
     done = 0
+    loss_sum = torch.zeros((), device=runtime.device)
+    seen = torch.zeros((), device=runtime.device)
+    sched = torch.optim.lr_scheduler.ConstantLR(opt, 1.0, 0) if "scheduler" in extras else None
+    if "tqdm" in extras:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, disable=True)
     if runtime.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -38,6 +49,11 @@ def bare_epoch(model, opt, loader, runtime: Runtime) -> float:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if "accumulate" in extras:
+            loss_sum += loss.detach().float() * x.shape[0]
+            seen += x.shape[0]
+        if sched is not None:
+            sched.step()
         done += x.shape[0]
     if runtime.device.type == "cuda":
         torch.cuda.synchronize()
@@ -57,6 +73,8 @@ def main() -> None:
     ap.add_argument("--data", choices=["device", "loader"], default="device")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bare-first", action="store_true", help="time the bare loop first in each pair")
+    ap.add_argument("--ablate", nargs="*", default=[], choices=["accumulate", "scheduler", "tqdm"],
+                    help="also time the bare loop with one of visionpipe's per-step additions")
     ap.add_argument("--swap-loaders", action="store_true", help="feed each loop the other's DataLoader")
     args = ap.parse_args()
 
@@ -117,12 +135,16 @@ def main() -> None:
             if not args.bare_first:
                 bare_runs.append(bare_epoch(bare_model, bare_opt, bare_loader, runtime))
     project, bare = max(project_runs), max(bare_runs)
+    ablation = {}
+    for extra in args.ablate:
+        bare_epoch(bare_model, bare_opt, bare_loader, runtime, (extra,))
+        ablation[extra] = round(max(bare_epoch(bare_model, bare_opt, bare_loader, runtime, (extra,)) for _ in range(2)), 1)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     emit({"benchmark": "train_overhead", "model": args.model, "image_size": args.image_size, "batch_size": args.batch_size,
           "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "amp": runtime.amp_name,
           "channels_last": runtime.channels_last, "compile": args.compile, "data": args.data,
           "visionpipe_runs": [round(v, 1) for v in project_runs], "bare_runs": [round(v, 1) for v in bare_runs],
-          "visionpipe_images_per_s": round(project, 1), "bare_images_per_s": round(bare, 1), "ratio": round(project / bare, 3),
+          "visionpipe_images_per_s": round(project, 1), "bare_images_per_s": round(bare, 1), "ratio": round(project / bare, 3), "bare_with": ablation,
           "gpu_util_pct": gpu.mean, "peak_mem_gib": round(peak, 2) if peak else None})
 
 
