@@ -8,7 +8,8 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
-export MLFLOW_ENABLE_TELEMETRY := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export NO_ALBUMENTATIONS_UPDATE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install run test test-fast lint clean-data viz mlflow-ui repro help

@@ -13,7 +13,8 @@ from PIL import Image
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 PROJECT = Path(__file__).resolve().parents[1]
 

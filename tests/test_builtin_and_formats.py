@@ -152,3 +152,31 @@ def test_coco_segmentation_polygons_rasterise(tmp_path):
     mask = rasterize_segments(record, 10, 10, 255)
     assert mask[5, 5] == 2 and mask[9, 9] == 0 and mask[0, 0] == 255
     assert set(np.unique(mask)) <= {0, 2, 255}
+
+
+def test_coco_polygons_feed_segmentation(tmp_path):
+    import numpy as np
+
+    from visionpipe.data import transforms
+    from visionpipe.data.images import load_rgb
+    from visionpipe.tasks.segmentation import SegmentationTask
+
+    _write_coco(tmp_path)
+    for split in ("train", "val"):  # add a polygon to every annotation (the box outline)
+        path = tmp_path / "annotations" / f"instances_{split}.json"
+        content = json.loads(path.read_text())
+        for ann in content["annotations"]:
+            x, y, w, h = ann["bbox"]
+            ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+        path.write_text(json.dumps(content))
+    cfg = parse_task_config("segmentation", task_params("segmentation", data={"root": str(tmp_path), "format": "coco"})).data
+    index = formats.read_dataset("segmentation", tmp_path, cfg)
+    assert index["classes"] == ["background", "cat", "dog"]
+    rec = next(r for r in index["train"] if r["image"].endswith("a.png"))
+    task = SegmentationTask({"classes": index["classes"], "ignore_index": 255, "losses": [{"name": "ce", "weight": 1.0}]})
+    tf = transforms.compose("segmentation", [], 32, (0, 0, 0), (1, 1, 1), train=False)
+    _, _, meta = task.make_sample(load_rgb(tmp_path / rec["image"]), rec, tmp_path, tf, 0)
+    mask = meta["mask"].numpy()
+    assert mask.shape == (30, 40)
+    assert mask[10, 5] == 1 and mask[15, 30] == 2 and mask[29, 0] == 0  # cat box, dog box, background
+    assert set(np.unique(mask)) == {0, 1, 2}

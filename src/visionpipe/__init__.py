@@ -1,5 +1,12 @@
 """visionpipe: reproducible computer-vision training on Kedro, DVC and MLflow."""
 
+import os
+
+# Nothing phones home unless the user asks for it: albumentations' update check and MLflow's
+# telemetry are off by default (Kedro's is switched off by the Makefile and CI).
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 __version__ = "0.1.0"
 
 TASKS = ("classification", "detection", "segmentation")
