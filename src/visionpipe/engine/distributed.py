@@ -68,6 +68,12 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def global_mean(total: torch.Tensor, count: torch.Tensor) -> tuple[float, float]:
+    """(sum over ranks of ``total`` / sum over ranks of ``count``, the summed count): one host sync."""
+    totals = all_reduce_sum(torch.stack([total.float(), count.float()]))
+    return (totals[0] / totals[1].clamp(min=1)).item(), totals[1].item()
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     if not is_distributed():
         return [obj]

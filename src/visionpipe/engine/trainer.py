@@ -265,11 +265,10 @@ class Trainer:
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
         elapsed = time.perf_counter() - start
-        totals = distributed.all_reduce_sum(torch.stack([loss_sum, seen]))
-        train_loss = (totals[0] / totals[1].clamp(min=1)).item()
+        train_loss, images = distributed.global_mean(loss_sum, seen)
         self._check_finite(train_loss, epoch, n_batches - 1)
         return {"train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed,
-                "images_per_s": totals[1].item() / max(elapsed, 1e-9)}
+                "images_per_s": images / max(elapsed, 1e-9)}
 
     def _check_finite(self, value: float, epoch: int, step: int) -> None:
         if not math.isfinite(value):

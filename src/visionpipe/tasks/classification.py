@@ -52,12 +52,11 @@ class ClassificationEvaluator:
                 self.predictions.append({"index": i, "target": t, "classes": c, "scores": s})
 
     def compute(self) -> dict[str, float]:
-        from visionpipe.engine.distributed import all_gather_objects, all_reduce_sum
+        from visionpipe.engine.distributed import all_gather_objects, global_mean
 
         if self.keep:  # under DDP each rank saw one shard of the split
             self.predictions = sorted((p for part in all_gather_objects(self.predictions) for p in part), key=lambda p: p["index"])
-        totals = all_reduce_sum(torch.stack([self.loss_sum, self.count]))
-        return {"val_loss": (totals[0] / totals[1].clamp(min=1)).item(), "top1": self.top1.compute().item(), "top5": self.topk.compute().item()}
+        return {"val_loss": global_mean(self.loss_sum, self.count)[0], "top1": self.top1.compute().item(), "top5": self.topk.compute().item()}
 
 
 class ClassificationTask:

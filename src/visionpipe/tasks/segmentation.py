@@ -120,14 +120,13 @@ class SegmentationEvaluator:
                 self.predictions[meta["index"]] = pred[0].to(torch.uint8).cpu().numpy()
 
     def compute(self) -> dict[str, float]:
-        from visionpipe.engine.distributed import all_gather_objects, all_reduce_sum
+        from visionpipe.engine.distributed import all_gather_objects, global_mean
 
         if self.keep:  # under DDP each rank saw one shard of the split
             self.predictions = {i: m for part in all_gather_objects(self.predictions) for i, m in part.items()}
         iou = self.iou.compute().cpu()
         dice = 2 * iou / (1 + iou)  # per class, Dice = 2TP/(2TP+FP+FN) = 2 IoU / (1 + IoU) on the same counts
-        totals = all_reduce_sum(torch.stack([self.loss_sum, self.count]))
-        metrics = {"val_loss": (totals[0] / totals[1].clamp(min=1)).item(), "miou": float(torch.nanmean(iou)),
+        metrics = {"val_loss": global_mean(self.loss_sum, self.count)[0], "miou": float(torch.nanmean(iou)),
                    "pixel_accuracy": float(self.acc.compute()), "dice": float(torch.nanmean(dice))}
         metrics.update({f"iou/{name}": float(v) for name, v in zip(self.task.classes, iou)})
         return metrics
