@@ -212,7 +212,7 @@ def test_predict_command_and_onnx_export(project, tmp_path):
     pytest.importorskip("onnxruntime")
     from visionpipe.export import export_onnx
 
-    for task in ("classification", "segmentation"):
+    for task in TASKS:
         assert export_onnx(project / f"data/06_models/{task}/model", tmp_path / f"{task}.onnx").is_file()
 
 

@@ -124,7 +124,7 @@ def builtin_data(task: str, env: str | None) -> None:
               help="A trained model folder, e.g. data/06_models/classification/model.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def export_onnx_command(model_dir: Path, output: Path) -> None:
-    """Export a trained classification or segmentation model to ONNX."""
+    """Export a trained model to ONNX (checked against torch with onnxruntime when installed)."""
     from visionpipe.export import export_onnx
 
     export_onnx(model_dir, output)
