@@ -46,6 +46,17 @@ def task_params(task: str, tmp: Path | None = None, **override) -> dict:
     return merge(block, override)
 
 
+def make_project(root: Path) -> Path:
+    """A runnable copy of the project: configuration and source (Kedro wants a src folder inside)."""
+    import shutil
+
+    shutil.copy(PROJECT / "pyproject.toml", root)
+    shutil.copytree(PROJECT / "conf", root / "conf", ignore=shutil.ignore_patterns("credentials*", "*.local.yml"))
+    shutil.copytree(PROJECT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (root / "data").mkdir()
+    return root
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -64,3 +64,33 @@ def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
     assert ddp["metrics"]["top1"] == pytest.approx(single_metrics["top1"], abs=1 / 12 + 1e-6)  # at most one of 12 images flips
     assert ddp["n_predictions"] == len(single_predictions) == 12  # every rank's shard is gathered
+
+
+def test_kedro_pipeline_under_torchrun_writes_and_logs_once(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mlflow
+    import pandas as pd
+
+    from conftest import make_project
+    from test_end_to_end import tiny_params
+
+    (tmp_path / "project").mkdir()
+    project = make_project(tmp_path / "project")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env.update(KEDRO_DISABLE_TELEMETRY="true", OMP_NUM_THREADS="1")
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.run([str(bin_dir / "torchrun"), "--nproc_per_node=2", "--master_port", str(_free_port()), str(bin_dir / "kedro"),
+                           "run", "--pipelines=classification", f"--params={tiny_params(('classification',))}"],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("visionpipe").experiment_id])
+    assert len(runs) == 1 and runs[0].data.tags["visionpipe.world_size"] == "2"
+    assert len(client.search_model_versions("name='visionpipe-classification'")) == 1
+    predictions = pd.read_csv(project / "data/07_model_output/classification/predictions.csv")
+    metrics = json.loads((project / "data/08_reporting/classification/metrics.json").read_text())
+    assert len(predictions) == metrics["val_images"] == 12  # both ranks' shards, written once

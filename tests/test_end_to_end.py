@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import PROJECT, TINY
+from conftest import PROJECT, TINY, make_project
 
 pytestmark = pytest.mark.slow
 TASKS = ("classification", "detection", "segmentation")
@@ -47,11 +46,7 @@ def kedro(project: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A copy of the project (configuration only: the package is installed) after one default `kedro run`."""
-    root = tmp_path_factory.mktemp("project")
-    shutil.copy(PROJECT / "pyproject.toml", root)
-    shutil.copytree(PROJECT / "conf", root / "conf", ignore=shutil.ignore_patterns("credentials*", "*.local.yml"))
-    shutil.copytree(PROJECT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (root / "data").mkdir()
+    root = make_project(tmp_path_factory.mktemp("project"))
     kedro(root, "run", f"--params={tiny_params()}")
     return root
 
