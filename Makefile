@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-fast lint clean-data viz mlflow-ui repro help
+.PHONY: install run test test-fast clean-data viz mlflow-ui repro help
 
 help:
 	@echo "make run     - set up .venv if needed, then kedro run (all three tasks on the built-in data)"

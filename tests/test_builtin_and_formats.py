@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from conftest import save_image, task_params
 from visionpipe.config import parse_task_config
