@@ -26,15 +26,30 @@ def _expand(pipeline: str | None, pipelines: list[str] | None) -> list[str]:
     return out
 
 
-def _run(**kwargs):
-    """Run each task pipeline in its own Kedro session, so each gets its own MLflow run."""
-    names = _expand(kwargs.pop("pipeline"), kwargs.pop("pipelines"))
-    results = {}
+def _scopes(names: list[str], namespaces: list[str]) -> list[tuple[str, list[str]]]:
+    """(pipeline, namespaces) per session: a stage pipeline runs once per task unless namespaces are given."""
+    from visionpipe.pipeline_registry import STAGES
+
+    out = []
     for name in names:
-        if len(names) > 1:
-            click.secho(f"=== kedro run --pipelines={name}", fg="cyan")
+        if name in STAGES and not namespaces:
+            out += [(name, [task]) for task in TASKS]
+        else:
+            out.append((name, list(namespaces)))
+    return out
+
+
+def _run(**kwargs):
+    """Run each task in its own Kedro session, so each gets its own MLflow run."""
+    names = _expand(kwargs.pop("pipeline"), kwargs.pop("pipelines"))
+    scopes = _scopes(names, kwargs.pop("namespaces") or [])
+    results = {}
+    for name, namespaces in scopes:
+        label = f"{name} ({', '.join(namespaces)})" if namespaces else name
+        if len(scopes) > 1:
+            click.secho(f"=== kedro run --pipelines={label}", fg="cyan")
         try:
-            results[name] = kedro_run.callback(pipeline=None, pipelines=[name], **kwargs)
+            results[label] = kedro_run.callback(pipeline=None, pipelines=[name], namespaces=namespaces, **kwargs)
         except VisionpipeError as err:
             # a user-facing error (bad data, bad parameters): its message says what to do, no traceback
             raise click.ClickException(f"{name}: {type(err).__name__}: {err}") from None

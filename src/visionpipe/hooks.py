@@ -27,7 +27,7 @@ class VisionpipeHooks:
         distributed.init_from_env()
 
     @hook_impl
-    def before_node_run(self) -> None:
+    def before_node_run(self, node) -> None:
         """Start MLflow's system-metrics sampler (CPU, RAM, and GPU through nvidia-ml-py) once per run.
 
         Started here rather than through MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING because kedro-mlflow
@@ -46,6 +46,11 @@ class VisionpipeHooks:
         self._monitor.start()
         if getattr(self, "_kedro_run_id", None):
             mlflow.set_tag("kedro.run_id", self._kedro_run_id)
+        task = (node.namespace or "").split(".")[0]
+        if task:
+            mlflow.set_tag("visionpipe.task", task)
+            if run.info.run_name != task:  # a stage pipeline run for one task, e.g. "training"
+                mlflow.set_tag("mlflow.runName", f"{task}.{run.info.run_name}")
 
     def _stop_monitor(self) -> None:
         if self._monitor is not None:
