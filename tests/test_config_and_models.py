@@ -139,3 +139,22 @@ def test_each_detector_trains_a_step_and_predicts(name, backbone):
     with torch.no_grad():
         out = model(images)
     assert all(len(o["boxes"]) <= 7 for o in out)
+
+
+def test_pretrained_backbone_and_encoder_from_local_files(tmp_path):
+    from safetensors.torch import save_file
+
+    classifier = build_classifier({"name": "resnet10t"}, 1000)  # an "ImageNet" checkpoint of the backbone
+    save_file(classifier.state_dict(), str(tmp_path / "backbone.safetensors"))
+    spec = {"model": {"name": "fcos", "backbone": "resnet10t", "pretrained_path": str(tmp_path / "backbone.safetensors"),
+                      "kwargs": {"fpn_channels": 32}},
+            "classes": ["a"], "image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3,
+            "evaluation": {"score_threshold": 0.05, "nms_threshold": 0.5, "max_detections": 10}}
+    detector = build_detector(spec)
+    assert torch.equal(detector.backbone.body.state_dict()["conv1.0.weight"], classifier.state_dict()["conv1.0.weight"])
+
+    donor = build_segmenter({"model": {"name": "Unet", "backbone": "resnet18"}, "classes": ["bg", "fg"]})
+    save_file(donor.encoder.state_dict(), str(tmp_path / "encoder.safetensors"))
+    seg = build_segmenter({"model": {"name": "Unet", "backbone": "resnet18", "pretrained_path": str(tmp_path / "encoder.safetensors")},
+                           "classes": ["bg", "fg", "x"]})
+    assert torch.equal(seg.encoder.state_dict()["conv1.weight"], donor.encoder.state_dict()["conv1.weight"])
