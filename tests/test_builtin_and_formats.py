@@ -174,8 +174,10 @@ def test_coco_polygons_feed_segmentation(tmp_path):
     rec = next(r for r in index["train"] if r["image"].endswith("a.png"))
     task = SegmentationTask({"classes": index["classes"], "ignore_index": 255, "losses": [{"name": "ce", "weight": 1.0}]})
     tf = transforms.compose("segmentation", [], 32, (0, 0, 0), (1, 1, 1), train=False)
-    _, _, meta = task.make_sample(load_rgb(tmp_path / rec["image"]), rec, tmp_path, tf, 0)
+    _, _, meta = task.make_sample(load_rgb(tmp_path / rec["image"]), rec, tmp_path, tf, 0, for_eval=True)
     mask = meta["mask"].numpy()
     assert mask.shape == (30, 40)
     assert mask[10, 5] == 1 and mask[15, 30] == 2 and mask[29, 0] == 0  # cat box, dog box, background
     assert set(np.unique(mask)) == {0, 1, 2}
+    _, train_mask, train_meta = task.make_sample(load_rgb(tmp_path / rec["image"]), rec, tmp_path, tf, 0)
+    assert "mask" not in train_meta and train_mask.shape == (32, 32)  # training batches carry only the resized mask

@@ -93,7 +93,7 @@ def _datasets(task_obj, index: dict, aug: dict, cfg: TaskConfig):
     train_tf, val_tf = transforms.from_dict(aug["train"]), transforms.from_dict(aug["val"])
     max_px = cfg.data.max_image_pixels
     return (IndexDataset(index, "train", train_tf, task_obj.make_sample, cfg.train.seed, max_px),
-            IndexDataset(index, "val", val_tf, task_obj.make_sample, cfg.train.seed, max_px))
+            IndexDataset(index, "val", val_tf, task_obj.make_sample, cfg.train.seed, max_px, for_eval=True))
 
 
 def _task(task: str, spec: dict, index: dict):

@@ -22,9 +22,14 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class IndexDataset(Dataset):
-    """Items are ``make_sample(pixels, record, transform)`` for each record of one split."""
+    """Items are ``make_sample(pixels, record, root, transform, i, for_eval=...)`` for each record of one split.
 
-    def __init__(self, index: dict, split: str, transform, make_sample: Callable, seed: int = 0, max_pixels: int | None = None):
+    ``for_eval`` asks the task for what evaluation needs beyond the training sample (segmentation:
+    the mask at its original size), which training batches should not carry.
+    """
+
+    def __init__(self, index: dict, split: str, transform, make_sample: Callable, seed: int = 0, max_pixels: int | None = None,
+                 for_eval: bool = False):
         self.root = Path(index["root"])
         self.records = index[split]
         self.classes = index["classes"]
@@ -32,6 +37,7 @@ class IndexDataset(Dataset):
         self.make_sample = make_sample
         self.seed = seed
         self.max_pixels = max_pixels
+        self.for_eval = for_eval
 
     def __len__(self) -> int:
         return len(self.records)
@@ -41,7 +47,7 @@ class IndexDataset(Dataset):
         record = self.records[i]
         self.transform.set_random_seed(sample_seed(self.seed, epoch, i))
         pixels = load_rgb(self.root / record["image"], max_pixels=self.max_pixels)
-        return self.make_sample(pixels, record, self.root, self.transform, i)
+        return self.make_sample(pixels, record, self.root, self.transform, i, for_eval=self.for_eval)
 
 
 class EpochSampler(Sampler):

@@ -76,7 +76,7 @@ class ClassificationTask:
         return build_classifier(self.spec["model"], len(self.classes))
 
     @staticmethod
-    def make_sample(pixels, record, root, transform, index):
+    def make_sample(pixels, record, root, transform, index, for_eval: bool = False):
         return transform(image=pixels)["image"], record["label"], index
 
     @staticmethod

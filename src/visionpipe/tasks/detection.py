@@ -189,7 +189,7 @@ class DetectionTask:
         return build_detector(self.spec)
 
     @staticmethod
-    def make_sample(pixels, record, root, transform, index):
+    def make_sample(pixels, record, root, transform, index, for_eval: bool = False):
         h, w = pixels.shape[:2]
         boxes, labels = [], []
         for box, label, crowd in zip(record["boxes"], record["labels"], record["iscrowd"]):

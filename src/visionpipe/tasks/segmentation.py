@@ -151,11 +151,14 @@ class SegmentationTask:
     def build_model(self) -> nn.Module:
         return build_segmenter(self.spec)
 
-    def make_sample(self, pixels, record, root, transform, index):
+    def make_sample(self, pixels, record, root, transform, index, for_eval: bool = False):
         h, w = pixels.shape[:2]
         mask = load_mask(root / record["mask"]) if "mask" in record else rasterize_segments(record, h, w, self.ignore_index)
         out = transform(image=pixels, mask=mask)
-        return out["image"], torch.as_tensor(out["mask"], dtype=torch.long), {"index": index, "mask": torch.as_tensor(mask)}
+        meta = {"index": index}
+        if for_eval:  # metrics are computed at the ground truth's own size
+            meta["mask"] = torch.as_tensor(mask)
+        return out["image"], torch.as_tensor(out["mask"], dtype=torch.long), meta
 
     @staticmethod
     def collate(batch):
