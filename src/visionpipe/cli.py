@@ -73,10 +73,6 @@ def cli() -> None:
 cli.add_command(run)
 
 
-def _default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
 @cli.command()
 @click.option("--task", type=click.Choice(TASKS), required=True)
 @click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
@@ -91,7 +87,9 @@ def predict(task: str, images_dir: Path, output: Path, model_uri: str | None, tr
 
     from visionpipe.data.images import is_image_file
 
-    mlflow.set_tracking_uri(tracking_uri or _default_tracking_uri())
+    from visionpipe.settings import tracking_uri as default_tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
     model_uri = model_uri or f"models:/visionpipe-{task}@champion"
     files = sorted(p for p in images_dir.rglob("*") if p.is_file() and is_image_file(p))
     if not files:

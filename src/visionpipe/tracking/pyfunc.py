@@ -12,6 +12,16 @@ import pandas as pd
 warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
 
 
+def predictions_frame(predictor, images) -> pd.DataFrame:
+    """The pyfunc's output for ``images``: one row per image, masks as base64 PNG."""
+    from visionpipe.inference import encode_png
+
+    results = predictor.predict(images)
+    if predictor.spec["task"] == "segmentation":
+        results = [{"mask_png": encode_png(r["mask"])} for r in results]
+    return pd.DataFrame(results)
+
+
 class VisionPipeModel(mlflow.pyfunc.PythonModel):
     """Input: a DataFrame with an ``image`` column (file paths or base64-encoded image bytes).
 
@@ -28,8 +38,6 @@ class VisionPipeModel(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor.from_folder(context.artifacts["bundle"], device="cuda" if torch.cuda.is_available() else "cpu")
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would treat them as a schema
-        from visionpipe.inference import encode_png
-
         if isinstance(model_input, pd.DataFrame):
             column = "image" if "image" in model_input.columns else model_input.columns[0]
             images = model_input[column].tolist()
@@ -37,7 +45,4 @@ class VisionPipeModel(mlflow.pyfunc.PythonModel):
             images = list(model_input["image"])
         else:
             images = list(model_input)
-        results = self.predictor.predict(images)
-        if self.predictor.spec["task"] == "segmentation":
-            results = [{"mask_png": encode_png(r["mask"])} for r in results]
-        return pd.DataFrame(results)
+        return predictions_frame(self.predictor, images)

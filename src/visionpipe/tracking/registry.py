@@ -18,6 +18,7 @@ from mlflow.models import infer_signature
 
 import visionpipe
 from visionpipe.inference import Predictor, encode_png, save_bundle
+from visionpipe.tracking.pyfunc import predictions_frame
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +48,7 @@ def log_pyfunc_model(bundle: dict[str, Any], name: str = "model") -> Any:
         folder = Path(tmp) / "bundle"
         save_bundle(bundle, folder)
         example = pd.DataFrame({"image": [example_image(bundle["spec"])]})
-        predictor = Predictor(bundle)
-        raw = predictor.predict(example["image"].tolist())
-        if bundle["spec"]["task"] == "segmentation":
-            raw = [{"mask_png": encode_png(r["mask"])} for r in raw]
-        output = pd.DataFrame(raw)
+        output = predictions_frame(Predictor(bundle), example["image"].tolist())
         try:
             signature = infer_signature(example, output)
         except Exception:  # outputs with ragged lists: keep the input schema only
