@@ -10,7 +10,6 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import torch
 from torch.utils.data import Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
@@ -79,7 +78,3 @@ class ShardSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.indices)
-
-
-def stack_images(batch: list) -> torch.Tensor:
-    return torch.stack([b[0] for b in batch])

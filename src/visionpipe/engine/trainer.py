@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import time
@@ -96,7 +95,8 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile wrapper
 
 
-def _is_better(value: float, best: float | None, greater: bool) -> bool:
+def is_better(value: float, best: float | None, greater: bool) -> bool:
+    """Whether ``value`` beats ``best`` (None or NaN: any finite value does); shared with the registry gate."""
     if best is None or math.isnan(best):
         return not math.isnan(value)
     return value > best if greater else value < best
@@ -198,7 +198,7 @@ class Trainer:
             metrics["epoch"] = epoch
             history.append(metrics)
             score = metrics.get(self.adapter.primary_metric, float("nan"))
-            if _is_better(score, best_metrics.get(self.adapter.primary_metric), self.adapter.greater_is_better) or best_state is None:
+            if is_better(score, best_metrics.get(self.adapter.primary_metric), self.adapter.greater_is_better) or best_state is None:
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
                 best_metrics, best_epoch = dict(metrics), epoch
             if main:
@@ -277,7 +277,3 @@ class Trainer:
                 f"Training loss became {value} at epoch {epoch + 1}, step {step + 1}.{kept} "
                 "Lower train.lr, set train.max_grad_norm, or check the data for bad labels"
             )
-
-
-def copy_model(model: torch.nn.Module) -> torch.nn.Module:
-    return copy.deepcopy(_unwrap(model))

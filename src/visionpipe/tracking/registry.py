@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -17,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 import visionpipe
+from visionpipe.engine.trainer import is_better
 from visionpipe.inference import Predictor, encode_png, save_bundle
 from visionpipe.tracking.pyfunc import predictions_frame
 
@@ -74,12 +74,6 @@ def _champion_score(client: MlflowClient, model_name: str, alias: str, metric: s
         return version, float(tagged)
     value = client.get_run(version.run_id).data.metrics.get(metric) if version.run_id else None
     return version, value
-
-
-def is_better(new: float, current: float | None, greater_is_better: bool) -> bool:
-    if current is None or math.isnan(current):
-        return not math.isnan(new)
-    return new > current if greater_is_better else new < current
 
 
 def register_and_gate(bundle: dict[str, Any], metrics: dict[str, float], registry_cfg: dict[str, Any],
