@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from _common import emit
-from visionpipe import workflow
+from visionpipe import stages
 from visionpipe.config import parse_task_config
 from visionpipe.data import transforms
 from visionpipe.data.datasets import IndexDataset
@@ -35,9 +35,9 @@ def main() -> None:
         if args.image_size:
             block["data"]["builtin"]["image_size"] = block["train"]["image_size"] = args.image_size
         cfg = parse_task_config(task, block)
-        index = workflow.ingest(task, cfg)
-        aug = workflow.augmentation(task, cfg)
-        spec = workflow.make_spec(task, cfg, index["classes"])
+        index = stages.ingest(task, cfg)
+        aug = stages.augmentation(task, cfg)
+        spec = stages.make_spec(task, cfg, index["classes"])
         task_obj = get_task(spec, val_records=index["val"]) if task == "detection" else get_task(spec)
         ds = IndexDataset(index, "train", transforms.from_dict(aug["train"]), task_obj.make_sample, seed=0)
         for i in range(10):

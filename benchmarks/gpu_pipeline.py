@@ -1,6 +1,6 @@
 """The real training path on a GPU: built-in data decoded and augmented by DataLoader workers,
 AMP and channels_last chosen by `auto`, for each task; prints one JSON line per task.
-Runs without Kedro/MLflow (the node functions' workflow layer), so it needs only the model stack.
+Runs without Kedro/MLflow (the stage functions in visionpipe.stages), so it needs only the model stack.
 
     python benchmarks/gpu_pipeline.py --epochs 3
     torchrun --nproc_per_node=2 benchmarks/gpu_pipeline.py --tasks classification   # DDP
@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from _common import GpuSampler, emit
-from visionpipe import workflow
+from visionpipe import stages
 from visionpipe.config import parse_task_config
 from visionpipe.engine import distributed
 
@@ -49,14 +49,14 @@ def main() -> None:
     for task in args.tasks:
         cfg = parse_task_config(task, params(task, args.epochs, args.scale))
         start = time.perf_counter()
-        raw = workflow.ingest(task, cfg)
-        index = workflow.enforce_policy(raw, workflow.validate(raw, cfg), cfg)
-        aug = workflow.augmentation(task, cfg)
+        raw = stages.ingest(task, cfg)
+        index = stages.enforce_policy(raw, stages.validate(raw, cfg), cfg)
+        aug = stages.augmentation(task, cfg)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         with GpuSampler() as gpu:
-            bundle, history = workflow.train(task, index, aug, cfg, callbacks=[])
-            metrics, _, _ = workflow.evaluate(task, index, aug, bundle, cfg)
+            bundle, history = stages.train(task, index, aug, cfg, callbacks=[])
+            metrics, _, _ = stages.evaluate(task, index, aug, bundle, cfg)
         if distributed.is_main_process():
             emit({"benchmark": "gpu_pipeline", "task": task, "world_size": distributed.world_size(),
                   "device": bundle["spec"]["runtime"]["device"], "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import task_params
-from visionpipe import workflow
+from visionpipe import stages
 from visionpipe.config import parse_task_config
 from visionpipe.data import transforms
 from visionpipe.errors import ConfigError
@@ -48,15 +48,15 @@ def test_unknown_detector_and_encoder():
 def test_unknown_augmentation_suggests_names():
     params = task_params("classification", augment=[{"__class_fullname__": "HorizontalFlipp", "p": 0.5}])
     with pytest.raises(ConfigError, match=r"classification\.augment\[0\]: unknown albumentations transform 'HorizontalFlipp'.*HorizontalFlip"):
-        workflow.augmentation("classification", parse_task_config("classification", params))
+        stages.augmentation("classification", parse_task_config("classification", params))
     params = task_params("classification", augment=[{"__class_fullname__": "HorizontalFlip", "prob": 0.5}])
     with pytest.raises(ConfigError, match="prob"):
-        workflow.augmentation("classification", parse_task_config("classification", params))
+        stages.augmentation("classification", parse_task_config("classification", params))
 
 
 def test_augmentation_round_trips_through_albumentations_serialisation():
     cfg = parse_task_config("detection", task_params("detection"))
-    aug = workflow.augmentation("detection", cfg)
+    aug = stages.augmentation("detection", cfg)
     rebuilt = transforms.from_dict(aug["train"])
     assert transforms.to_dict(rebuilt) == aug["train"]
     assert aug["train"]["transform"]["bbox_params"]["format"] == "pascal_voc"

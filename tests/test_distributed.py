@@ -21,13 +21,13 @@ def _params(tmp, batch_size: int) -> dict:
 
 
 def _train(tmp, batch_size: int):
-    from visionpipe import workflow
+    from visionpipe import stages
     from visionpipe.config import parse_task_config
 
     cfg = parse_task_config("classification", _params(tmp, batch_size))
-    index = workflow.ingest("classification", cfg)
-    bundle, history = workflow.train("classification", index, workflow.augmentation("classification", cfg), cfg, callbacks=[])
-    metrics, evaluator, _ = workflow.evaluate("classification", index, workflow.augmentation("classification", cfg), bundle, cfg)
+    index = stages.ingest("classification", cfg)
+    bundle, history = stages.train("classification", index, stages.augmentation("classification", cfg), cfg, callbacks=[])
+    metrics, evaluator, _ = stages.evaluate("classification", index, stages.augmentation("classification", cfg), bundle, cfg)
     return bundle, history, metrics, evaluator.predictions
 
 

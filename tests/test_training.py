@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import task_params
-from visionpipe import workflow
+from visionpipe import stages
 from visionpipe.config import parse_task_config
 from visionpipe.engine.checkpoint import load_checkpoint
 from visionpipe.engine.trainer import Callback
@@ -16,8 +16,8 @@ from visionpipe.tasks.classification import ClassificationTask
 
 def _prepare(tmp_path, task="classification", **override):
     cfg = parse_task_config(task, task_params(task, tmp_path, **override))
-    index = workflow.ingest(task, cfg)
-    return cfg, index, workflow.augmentation(task, cfg)
+    index = stages.ingest(task, cfg)
+    return cfg, index, stages.augmentation(task, cfg)
 
 
 def _same_state(a, b):
@@ -27,8 +27,8 @@ def _same_state(a, b):
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_same_seed_same_metrics(tmp_path, task):
     cfg, index, aug = _prepare(tmp_path, task, train={"epochs": 2})
-    bundle_a, hist_a = workflow.train(task, index, aug, cfg, callbacks=[])
-    bundle_b, hist_b = workflow.train(task, index, aug, cfg, callbacks=[])
+    bundle_a, hist_a = stages.train(task, index, aug, cfg, callbacks=[])
+    bundle_b, hist_b = stages.train(task, index, aug, cfg, callbacks=[])
     drop = ("epoch_time_s", "images_per_s")
     assert [{k: v for k, v in h.items() if k not in drop} for h in hist_a] == [{k: v for k, v in h.items() if k not in drop} for h in hist_b]
     assert _same_state(bundle_a["state_dict"], bundle_b["state_dict"])
@@ -41,16 +41,16 @@ class _StopAfterFirstEpoch(Callback):
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     full_cfg, index, aug = _prepare(tmp_path, train={"epochs": 3, "checkpoint_dir": str(tmp_path / "full")})
-    full_bundle, full_hist = workflow.train("classification", index, aug, full_cfg, callbacks=[])
+    full_bundle, full_hist = stages.train("classification", index, aug, full_cfg, callbacks=[])
 
     cut_cfg = full_cfg.model_copy(update={"train": full_cfg.train.model_copy(update={"checkpoint_dir": str(tmp_path / "cut")})})
     with pytest.raises(KeyboardInterrupt):
-        workflow.train("classification", index, aug, cut_cfg, callbacks=[_StopAfterFirstEpoch()])
+        stages.train("classification", index, aug, cut_cfg, callbacks=[_StopAfterFirstEpoch()])
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 0
     assert not list((tmp_path / "cut").glob(".*tmp*"))  # nothing half-written
 
     resume_cfg = cut_cfg.model_copy(update={"train": cut_cfg.train.model_copy(update={"resume": True})})
-    resumed_bundle, resumed_hist = workflow.train("classification", index, aug, resume_cfg, callbacks=[])
+    resumed_bundle, resumed_hist = stages.train("classification", index, aug, resume_cfg, callbacks=[])
     keys = ("train_loss", "val_loss", "top1", "top5")
     assert [[h[k] for k in keys] for h in resumed_hist] == [[h[k] for k in keys] for h in full_hist]
     assert _same_state(resumed_bundle["state_dict"], full_bundle["state_dict"])
@@ -58,11 +58,11 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
 
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
     cfg, index, aug = _prepare(tmp_path, train={"epochs": 1})
-    workflow.train("classification", index, aug, cfg, callbacks=[])
+    stages.train("classification", index, aug, cfg, callbacks=[])
     other = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": "resnet18"}),
                                    "train": cfg.train.model_copy(update={"resume": True})})
     with pytest.raises(TrainingError, match="different model/data"):
-        workflow.train("classification", index, aug, other, callbacks=[])
+        stages.train("classification", index, aug, other, callbacks=[])
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
@@ -80,7 +80,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp
 
     monkeypatch.setattr(ClassificationTask, "loss", loss)
     with pytest.raises(TrainingError, match=r"loss became nan at epoch 2.*last good checkpoint is kept"):
-        workflow.train("classification", index, aug, cfg, callbacks=[Poison()])
+        stages.train("classification", index, aug, cfg, callbacks=[Poison()])
     checkpoint = load_checkpoint(tmp_path / "checkpoints" / "classification" / "last.pt")
     assert checkpoint["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
@@ -88,5 +88,5 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp
 
 def test_gradient_accumulation_runs_and_steps_the_schedule(tmp_path):
     cfg, index, aug = _prepare(tmp_path, train={"epochs": 1, "grad_accum_steps": 2, "scheduler": "onecycle", "optimizer": "sgd"})
-    _, hist = workflow.train("classification", index, aug, cfg, callbacks=[])
+    _, hist = stages.train("classification", index, aug, cfg, callbacks=[])
     assert len(hist) == 1 and hist[0]["train_loss"] > 0

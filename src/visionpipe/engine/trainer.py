@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from visionpipe.data.datasets import EpochSampler, ShardSampler
+from visionpipe.comparison import is_better
 from visionpipe.engine import distributed
 from visionpipe.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from visionpipe.engine.runtime import Runtime
@@ -93,13 +94,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int)
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     model = model.module if isinstance(model, DistributedDataParallel) else model
     return getattr(model, "_orig_mod", model)  # torch.compile wrapper
-
-
-def is_better(value: float, best: float | None, greater: bool) -> bool:
-    """Whether ``value`` beats ``best`` (None or NaN: any finite value does); shared with the registry gate."""
-    if best is None or math.isnan(best):
-        return not math.isnan(value)
-    return value > best if greater else value < best
 
 
 class Trainer:

@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 import visionpipe
-from visionpipe.engine.trainer import is_better
+from visionpipe.comparison import is_better
 from visionpipe.inference import Predictor, encode_png, save_bundle
 from visionpipe.tracking.pyfunc import predictions_frame
 

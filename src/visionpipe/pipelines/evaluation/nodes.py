@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from visionpipe import workflow
+from visionpipe import stages
 from visionpipe.config import parse_task_config
 
 
@@ -17,21 +17,21 @@ def mlflow_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
 
 def evaluate_classifier(model: dict, index: dict, augmentation: dict, params: dict[str, Any]):
     """top-1/top-5 (top-k with fewer classes) and a row of ranked classes per validation image."""
-    metrics, evaluator, _ = workflow.evaluate("classification", index, augmentation, model, parse_task_config("classification", params))
-    return metrics, mlflow_metrics(metrics), workflow.classification_predictions(index, evaluator)
+    metrics, evaluator, _ = stages.evaluate("classification", index, augmentation, model, parse_task_config("classification", params))
+    return metrics, mlflow_metrics(metrics), stages.classification_predictions(index, evaluator)
 
 
 def evaluate_detector(model: dict, index: dict, augmentation: dict, params: dict[str, Any]):
     """COCO mAP; predictions in COCO results format and the ground truth they were scored against."""
-    metrics, evaluator, _ = workflow.evaluate("detection", index, augmentation, model, parse_task_config("detection", params))
-    predictions, ground_truth = workflow.detection_outputs(index, evaluator)
+    metrics, evaluator, _ = stages.evaluate("detection", index, augmentation, model, parse_task_config("detection", params))
+    predictions, ground_truth = stages.detection_outputs(index, evaluator)
     return metrics, mlflow_metrics(metrics), predictions, ground_truth
 
 
 def evaluate_segmenter(model: dict, index: dict, augmentation: dict, params: dict[str, Any]):
     """mIoU, pixel accuracy, Dice and per-class IoU; a class-index PNG per validation image."""
-    metrics, evaluator, _ = workflow.evaluate("segmentation", index, augmentation, model, parse_task_config("segmentation", params))
-    return metrics, mlflow_metrics(metrics), workflow.segmentation_masks(index, evaluator)
+    metrics, evaluator, _ = stages.evaluate("segmentation", index, augmentation, model, parse_task_config("segmentation", params))
+    return metrics, mlflow_metrics(metrics), stages.segmentation_masks(index, evaluator)
 
 
 def plot_classification(predictions: pd.DataFrame, index: dict, history: pd.DataFrame):

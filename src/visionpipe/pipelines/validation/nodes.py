@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from visionpipe import workflow
+from visionpipe import stages
 from visionpipe.config import parse_task_config
 
 
 def check_dataset(index: dict, params: dict[str, Any], task: str) -> dict:
     """Check every image, mask and annotation; return the report of findings."""
-    return workflow.validate(index, parse_task_config(task, params))
+    return stages.validate(index, parse_task_config(task, params))
 
 
 def apply_validation_policy(index: dict, report: dict, params: dict[str, Any], task: str) -> dict:
     """``strict``: fail on any finding, naming the files; ``skip``: drop them."""
-    return workflow.enforce_policy(index, report, parse_task_config(task, params))
+    return stages.enforce_policy(index, report, parse_task_config(task, params))

@@ -1,4 +1,4 @@
-"""The steps the Kedro nodes delegate to: plain functions over configs, indices and model bundles."""
+"""The stage functions the Kedro nodes delegate to (one per pipeline stage): plain functions over configs, indices and model bundles."""
 
 from __future__ import annotations
 

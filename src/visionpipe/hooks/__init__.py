@@ -1,0 +1,7 @@
+"""Project hooks, one class per concern (each tested alone in tests/test_hooks.py)."""
+
+from visionpipe.hooks.distributed import DistributedHook
+from visionpipe.hooks.mlflow_runs import MlflowRunHook
+from visionpipe.hooks.system_metrics import SystemMetricsHook
+
+__all__ = ["DistributedHook", "MlflowRunHook", "SystemMetricsHook"]
