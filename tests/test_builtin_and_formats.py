@@ -11,6 +11,7 @@ from conftest import save_image, task_params
 from visionpipe.config import parse_task_config
 from visionpipe.data import builtin, formats
 from visionpipe.errors import DataError
+from visionpipe.tasks import get_task_class
 
 
 def _digest(root: Path) -> dict:
@@ -26,7 +27,7 @@ def test_builtin_data_is_deterministic_and_readable(tmp_path, task):
     b = builtin.ensure_builtin_dataset(tmp_path / "b", task, cfg)
     assert _digest(a) == _digest(b)
     fmt = {"classification": "imagefolder", "detection": "coco", "segmentation": "masks"}[task]
-    data_cfg = parse_task_config(task, task_params(task, data={"format": fmt, "classes": builtin.builtin_classes(task, cfg["num_classes"])})).data
+    data_cfg = parse_task_config(task, task_params(task, data={"format": fmt, "classes": get_task_class(task).builtin_classes(cfg["num_classes"])})).data
     index = formats.read_dataset(task, a, data_cfg)
     assert len(index["train"]) == cfg["train_images"] and len(index["val"]) == cfg["val_images"]
     assert index["problems"] == []
@@ -172,8 +173,8 @@ def test_coco_polygons_feed_segmentation(tmp_path):
     index = formats.read_dataset("segmentation", tmp_path, cfg)
     assert index["classes"] == ["background", "cat", "dog"]
     rec = next(r for r in index["train"] if r["image"].endswith("a.png"))
-    task = SegmentationTask({"classes": index["classes"], "ignore_index": 255, "losses": [{"name": "ce", "weight": 1.0}]})
-    tf = transforms.compose("segmentation", [], 32, (0, 0, 0), (1, 1, 1), train=False)
+    task = SegmentationTask({"task": "segmentation", "classes": index["classes"], "ignore_index": 255, "losses": [{"name": "ce", "weight": 1.0}]})
+    tf = SegmentationTask.compose([], 32, (0, 0, 0), (1, 1, 1), train=False)
     _, _, meta = task.make_sample(load_rgb(tmp_path / rec["image"]), rec, tmp_path, tf, 0, for_eval=True)
     mask = meta["mask"].numpy()
     assert mask.shape == (30, 40)

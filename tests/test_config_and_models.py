@@ -12,8 +12,8 @@ from visionpipe.config import parse_task_config
 from visionpipe.data import transforms
 from visionpipe.errors import ConfigError
 from visionpipe.tasks.classification import build_classifier
-from visionpipe.tasks.detection import build_detector
-from visionpipe.tasks.segmentation import build_segmenter
+from visionpipe.tasks.detection import DetectionTask, build_detector
+from visionpipe.tasks.segmentation import SegmentationTask, build_segmenter
 
 
 def test_unknown_parameter_key_is_named():
@@ -66,7 +66,7 @@ def test_box_aware_augmentation_keeps_boxes_valid():
     augment = [{"__class_fullname__": "RandomSizedBBoxSafeCrop", "height": 48, "width": 48, "p": 0.5},
                {"__class_fullname__": "Affine", "translate_percent": [-0.4, 0.4], "rotate": [-30, 30], "p": 1.0},
                {"__class_fullname__": "HorizontalFlip", "p": 0.5}]
-    tf = transforms.compose("detection", augment, 64, (0, 0, 0), (1, 1, 1), train=True)
+    tf = DetectionTask.compose(augment, 64, (0, 0, 0), (1, 1, 1), train=True)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)
     for seed in range(60):
@@ -79,7 +79,7 @@ def test_box_aware_augmentation_keeps_boxes_valid():
 
 
 def test_mask_follows_geometric_augmentation():
-    tf = transforms.compose("segmentation", [{"__class_fullname__": "HorizontalFlip", "p": 1.0}], 32, (0, 0, 0), (1, 1, 1), train=True)
+    tf = SegmentationTask.compose([{"__class_fullname__": "HorizontalFlip", "p": 1.0}], 32, (0, 0, 0), (1, 1, 1), train=True)
     image = np.zeros((32, 32, 3), dtype=np.uint8)
     image[:, :8] = 255
     mask = np.zeros((32, 32), dtype=np.int64)

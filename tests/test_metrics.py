@@ -113,9 +113,9 @@ def test_segmentation_iou_with_ignore_and_absent_class_matches_smp():
     target = torch.tensor([[0, 0, 1, 1], [0, 255, 1, 1], [0, 0, 0, 255], [1, 1, 0, 0]])
     pred = torch.tensor([[0, 1, 1, 1], [0, 2, 1, 0], [0, 0, 0, 1], [1, 1, 1, 0]])
     # class 2 appears nowhere in the target and only on an ignored pixel in the prediction: absent
-    spec = {"classes": ["bg", "fg", "other"], "ignore_index": 255, "losses": [{"name": "ce", "weight": 1.0}]}
+    spec = {"task": "segmentation", "classes": ["bg", "fg", "other"], "ignore_index": 255, "losses": [{"name": "ce", "weight": 1.0}]}
     task = SegmentationTask(spec)
-    ev = task.evaluator(CPU)
+    ev = task.evaluator(CPU, [])
     logits = torch.nn.functional.one_hot(pred, 3).permute(2, 0, 1).float()[None] * 10
     ev.update(_Fixed(logits), (logits, target[None], [{"index": 0, "mask": target}]))
     m = ev.compute()

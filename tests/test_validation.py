@@ -101,8 +101,9 @@ def test_coco_duplicates_and_dangling_annotations(tmp_path):
     (tmp_path / "annotations").mkdir()
     for split in ("train", "val"):
         (tmp_path / "annotations" / f"instances_{split}.json").write_text(json.dumps(content))
-    index = formats.read_coco(tmp_path, {"train": "annotations/instances_train.json", "val": "annotations/instances_val.json"},
-                              {"train": "images/train", "val": "images/val"}, "detection")
+    from visionpipe.tasks.detection import DetectionData
+
+    index = formats.read_coco(tmp_path, DetectionData(format="coco"), annotations="boxes")
     problems = [p["problem"] for p in index["problems"]]
     assert any("duplicate image id 1" in p for p in problems)
     assert any("duplicate annotation id 5" in p for p in problems)

@@ -9,4 +9,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 __version__ = "0.1.0"
 
-TASKS = ("classification", "detection", "segmentation")
+
+def __getattr__(name: str):
+    # TASKS is derived from the task modules (visionpipe/tasks/), computed on first use
+    if name == "TASKS":
+        from visionpipe.tasks import task_names
+
+        return task_names()
+    raise AttributeError(name)

@@ -1,8 +1,13 @@
-"""Typed parameter blocks. Unknown keys are errors that name the key, as in kedro-mlflow's config."""
+"""Typed parameter blocks. Unknown keys are errors that name the key, as in kedro-mlflow's config.
+
+The blocks every task shares live here; each task module defines its own config model (a subclass
+of :class:`TaskConfig` with the task's data/evaluation blocks), so a key a task does not use is an
+error for that task instead of a setting silently ignored.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -25,19 +30,31 @@ class BuiltinDataConfig(_Strict):
     seed: int = 0
     path: str = "data/01_raw/builtin"
 
+    @model_validator(mode="after")
+    def _objects(self):
+        if self.min_objects > self.max_objects:
+            raise ValueError("min_objects must not exceed max_objects")
+        return self
+
 
 class DataConfig(_Strict):
+    """What every task's ``data`` block has; tasks narrow ``format`` and add their own keys."""
+
     root: str | None = None
-    format: Literal["imagefolder", "coco", "voc", "yolo", "masks"]
+    format: str
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    split_seed: int = 0  # seeds the val_fraction split of the user's data (the built-in data has builtin.seed)
     classes: list[str] | None = None
-    ignore_index: int = 255
     builtin: BuiltinDataConfig = BuiltinDataConfig()
     # validation policy: strict fails on the first bad file set, skip drops bad files and reports them
     validation: Literal["strict", "skip"] = "strict"
     max_image_pixels: int = Field(89_478_485, ge=1)
     num_workers: int | Literal["auto"] = "auto"
-    # detection/segmentation in COCO format: annotation files and image folders, relative to root
+
+
+class CocoFilesMixin(BaseModel):
+    """COCO annotation files and image folders, relative to ``data.root``."""
+
     train_annotations: str = "annotations/instances_train.json"
     val_annotations: str = "annotations/instances_val.json"
     train_images: str = "images/train"
@@ -86,41 +103,47 @@ class TrainConfig(_Strict):
         raise ValueError(f"device must be auto, cpu, cuda, cuda:<n> or mps, got {value!r}")
 
 
-class LossConfig(_Strict):
-    name: Literal["ce", "dice", "focal", "jaccard", "lovasz", "tversky"]
-    weight: float = Field(1.0, gt=0)
-
-
 class EvaluationConfig(_Strict):
+    """Evaluation-time settings, read when the evaluation stage runs (not frozen at training)."""
+
     batch_size: int = Field(32, ge=1)
-    # detection post-processing
-    score_threshold: float = Field(0.05, ge=0, le=1)
-    nms_threshold: float = Field(0.5, gt=0, le=1)
-    max_detections: int = Field(100, ge=1)
 
 
 class RegistryConfig(_Strict):
     model_name: str
     alias: str = "champion"
-    metric: str
-    greater_is_better: bool = True
+    metric: str  # also the metric that chooses the best epoch
+    greater_is_better: bool | None = None  # null: lower is better for losses, higher for everything else
     enabled: bool = True
+
+    @property
+    def greater(self) -> bool:
+        """Whether a higher ``metric`` is better."""
+        if self.greater_is_better is not None:
+            return self.greater_is_better
+        return "loss" not in self.metric
 
 
 class TaskConfig(_Strict):
+    """A task's whole parameter block; task modules subclass it with their data/evaluation blocks."""
+
+    task_name: ClassVar[str] = ""
+
     data: DataConfig
     model: ModelConfig
     train: TrainConfig = TrainConfig()
     augment: list[dict[str, Any]] = Field(default_factory=list)
-    losses: list[LossConfig] = Field(default_factory=lambda: [LossConfig(name="ce")])
     evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig
 
     @model_validator(mode="after")
-    def _objects(self):
-        b = self.data.builtin
-        if b.min_objects > b.max_objects:
-            raise ValueError("data.builtin.min_objects must not exceed data.builtin.max_objects")
+    def _registry_metric(self):
+        from visionpipe.tasks import get_task_class
+
+        task = get_task_class(self.task_name)
+        if not task.is_metric(self.registry.metric):
+            raise ValueError(f"registry.metric '{self.registry.metric}' is not a {self.task_name} metric; use one of "
+                             f"{task.metric_names()}" + (f" or {task.per_class_metric}/<class name>" if task.per_class_metric else ""))
         return self
 
 
@@ -129,17 +152,20 @@ def _format_errors(block: str, err: ValidationError) -> str:
     for e in err.errors():
         where = ".".join(str(p) for p in (block, *e["loc"]))
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {where}: unknown key (check the spelling; see conf/base/parameters_{block}.yml)")
+            lines.append(f"  {where}: unknown key for {block} (check the spelling; see conf/base/parameters_{block}.yml)")
         else:
             lines.append(f"  {where}: {e['msg']}")
     return "\n".join(lines)
 
 
 def parse_task_config(block: str, params: dict[str, Any]) -> TaskConfig:
-    """Validate a task's parameter block, raising ConfigError that names every bad key."""
-    if isinstance(params, TaskConfig):
+    """Validate a task's parameter block with that task's config model; ConfigError names every bad key."""
+    from visionpipe.tasks import get_task_class
+
+    model = get_task_class(block).config_model
+    if isinstance(params, model):
         return params
     try:
-        return TaskConfig.model_validate(params)
+        return model.model_validate(params)
     except ValidationError as err:
         raise ConfigError(f"Invalid parameters under '{block}':\n{_format_errors(block, err)}") from None

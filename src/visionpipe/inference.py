@@ -13,8 +13,7 @@ import torch
 from PIL import Image
 
 from visionpipe.data.images import load_rgb, to_rgb
-from visionpipe.data.transforms import compose
-from visionpipe.tasks import get_task, transform_normalization
+from visionpipe.tasks import get_task
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -67,17 +66,28 @@ def encode_png(array: np.ndarray) -> str:
 
 
 class Predictor:
-    """A trained model with its preprocessing; ``predict`` maps images to task outputs."""
+    """A trained model with its preprocessing; ``predict`` maps raw images to task outputs.
 
-    def __init__(self, bundle: dict[str, Any], device: str | torch.device = "cpu", batch_size: int = 16):
+    Preprocessing, the forward and the post-processing are the task's own (``Task.preprocess``,
+    ``forward``, ``postprocess``, ``format_result``): the same path evaluation uses. ``onnx`` runs an
+    exported model (``visionpipe export-onnx``) with onnxruntime instead of the torch model.
+    """
+
+    def __init__(self, bundle: dict[str, Any], device: str | torch.device = "cpu", batch_size: int = 16, onnx: str | Path | None = None):
         self.spec = bundle["spec"]
         self.task = get_task(self.spec)
         self.device = torch.device(device)
         self.model = self.task.build_model()
         self.model.load_state_dict(bundle["state_dict"])
+        self.task.configure(self.model, self.spec["evaluation"])
         self.model.to(self.device).eval()
-        mean, std = transform_normalization(self.spec["task"], self.spec["mean"], self.spec["std"])
-        self.transform = compose(self.spec["task"], [], self.spec["image_size"], mean, std, train=False)
+        self.session = None
+        if onnx is not None:
+            import onnxruntime as ort
+
+            self.session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+        mean, std = self.task.input_normalization(self.spec["mean"], self.spec["std"])
+        self.transform = self.task.compose([], self.spec["image_size"], mean, std, train=False)
         self.batch_size = batch_size
 
     @classmethod
@@ -85,38 +95,23 @@ class Predictor:
         return cls(load_bundle(folder), **kwargs)
 
     def preprocess(self, pixels: np.ndarray) -> torch.Tensor:
-        extra = {"bboxes": np.zeros((0, 4), dtype=np.float32), "labels": []} if self.spec["task"] == "detection" else {}
-        return self.transform(image=pixels, **extra)["image"]
+        """One decoded image to the network's input."""
+        return self.task.preprocess(pixels, self.transform)
 
     @torch.inference_mode()
-    def predict(self, images: Iterable[Any]) -> list[dict[str, Any]]:
-        arrays = [decode_image(i) for i in images]
+    def predict_arrays(self, arrays: list[np.ndarray]) -> list[dict[str, Any]]:
+        """Postprocessed results (the task's tensors) for decoded HxWx3 images."""
         out: list[dict[str, Any]] = []
         for start in range(0, len(arrays), self.batch_size):
             chunk = arrays[start:start + self.batch_size]
-            batch = torch.stack([self.preprocess(a) for a in chunk]).to(self.device)
-            out.extend(self._postprocess(batch, chunk))
+            batch = torch.stack([self.preprocess(a) for a in chunk])
+            if self.session is not None:
+                outputs = self.task.onnx_forward(self.session, batch)
+            else:
+                outputs = self.task.forward(self.model, batch.to(self.device))
+            out.extend(self.task.postprocess(outputs, [a.shape[:2] for a in chunk]))
         return out
 
-    def _postprocess(self, batch: torch.Tensor, originals: list[np.ndarray]) -> list[dict[str, Any]]:
-        classes, task = self.spec["classes"], self.spec["task"]
-        if task == "classification":
-            scores, idx = self.task.postprocess(self.model(batch))
-            return [{"label": classes[i[0]], "score": float(s[0]), "top_labels": [classes[j] for j in i], "top_scores": [float(v) for v in s]}
-                    for i, s in zip(idx.tolist(), scores.tolist())]
-        if task == "detection":
-            size = self.spec["image_size"]
-            results = []
-            for det, original in zip(self.model(list(batch)), originals):
-                h, w = original.shape[:2]
-                boxes = det["boxes"].float().cpu() * torch.tensor([w / size, h / size, w / size, h / size])
-                results.append({"boxes": [[round(v, 2) for v in b] for b in boxes.tolist()],
-                                "labels": [classes[i - 1] for i in det["labels"].tolist()],
-                                "scores": [round(float(s), 5) for s in det["scores"].tolist()]})
-            return results
-        logits = self.model(batch).float()
-        results = []
-        for logit, original in zip(logits, originals):
-            up = torch.nn.functional.interpolate(logit[None], size=original.shape[:2], mode="bilinear", align_corners=False)
-            results.append({"mask": up.argmax(1)[0].to(torch.uint8).cpu().numpy()})
-        return results
+    def predict(self, images: Iterable[Any]) -> list[dict[str, Any]]:
+        """One result per image (paths, bytes, base64, PIL or arrays), as the task formats it."""
+        return [self.task.format_result(r) for r in self.predict_arrays([decode_image(i) for i in images])]

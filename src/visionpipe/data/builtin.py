@@ -1,8 +1,8 @@
 """Built-in dataset: coloured shapes on noisy backgrounds, generated offline and deterministically.
 
-One scene renderer serves all three tasks, and each task's data is written in the on-disk format a
-user would bring (ImageFolder, COCO JSON, image+mask folders), so the built-in data exercises the
-same readers as real data.
+One scene renderer serves every task, and each task writes its data (``Task.write_builtin``, with
+the writers here) in the on-disk format a user would bring (ImageFolder, COCO JSON, image+mask
+folders), so the built-in data exercises the same readers as real data.
 """
 
 from __future__ import annotations
@@ -62,13 +62,15 @@ def render_scene(
     labels: list[int],
     min_radius: float | None = None,
     max_radius: float | None = None,
-) -> tuple[Image.Image, list[SceneObject], np.ndarray]:
-    """Draw one shape per label; return the RGB image, the objects and a class-index mask (0 = background)."""
+) -> tuple[Image.Image, list[SceneObject], np.ndarray, np.ndarray]:
+    """Draw one shape per label; return the RGB image, the objects, a class-index mask (0 = background)
+    and an instance mask (object ``i`` is value ``i + 1`` where it is visible)."""
     background = rng.integers(0, 90, size=3)
     noise = rng.normal(0, 12, size=(size, size, 3))
     image = Image.fromarray(np.clip(background + noise, 0, 255).astype(np.uint8), "RGB")
     mask = Image.new("L", (size, size), 0)
-    draw, mask_draw = ImageDraw.Draw(image), ImageDraw.Draw(mask)
+    instances = Image.new("L", (size, size), 0)
+    draw, mask_draw, instance_draw = ImageDraw.Draw(image), ImageDraw.Draw(mask), ImageDraw.Draw(instances)
     min_r = min_radius or size * 0.12
     max_r = max_radius or size * 0.3
     objects: list[SceneObject] = []
@@ -78,9 +80,10 @@ def render_scene(
         colour = tuple(int(v) for v in rng.integers(120, 256, size=3))
         _draw_shape(draw, SHAPES[label], cx, cy, r, colour)
         _draw_shape(mask_draw, SHAPES[label], cx, cy, r, label + 1)
+        _draw_shape(instance_draw, SHAPES[label], cx, cy, r, len(objects) + 1)
         box = (max(0.0, cx - r), max(0.0, cy - r), min(float(size), cx + r + 1), min(float(size), cy + r + 1))
         objects.append(SceneObject(label, box))
-    return image, objects, np.asarray(mask, dtype=np.uint8)
+    return image, objects, np.asarray(mask, dtype=np.uint8), np.asarray(instances, dtype=np.uint8)
 
 
 def _fingerprint(task: str, cfg: dict) -> dict:
@@ -97,19 +100,21 @@ def _already_built(root: Path, fingerprint: dict) -> bool:
         return False
 
 
-def _write_classification(root: Path, cfg: dict, rng: np.random.Generator) -> None:
+def write_image_folders(root: Path, cfg: dict, rng: np.random.Generator) -> None:
+    """One centred shape per image, ``root/<split>/<class>/<image>.png``, classes balanced."""
     classes = SHAPES[: cfg["num_classes"]]
     for split, n in (("train", cfg["train_images"]), ("val", cfg["val_images"])):
         for i in range(n):
-            label = i % len(classes)  # balanced classes
+            label = i % len(classes)
             folder = root / split / classes[label]
             folder.mkdir(parents=True, exist_ok=True)
             size = cfg["image_size"]
-            image, _, _ = render_scene(rng, size, [label], min_radius=size * 0.2, max_radius=size * 0.4)
+            image, *_ = render_scene(rng, size, [label], min_radius=size * 0.2, max_radius=size * 0.4)
             image.save(folder / f"{split}_{i:05d}.png")
 
 
-def _scenes(rng, cfg):
+def scenes(rng: np.random.Generator, cfg: dict):
+    """(split, i, render_scene(...)) for every image of the built-in train and val splits."""
     for split, n in (("train", cfg["train_images"]), ("val", cfg["val_images"])):
         for i in range(n):
             n_obj = int(rng.integers(cfg["min_objects"], cfg["max_objects"] + 1))
@@ -117,54 +122,51 @@ def _scenes(rng, cfg):
             yield split, i, render_scene(rng, cfg["image_size"], labels)
 
 
-def _write_detection(root: Path, cfg: dict, rng: np.random.Generator) -> None:
+def write_coco(root: Path, cfg: dict, rng: np.random.Generator, segmentation: bool = False) -> None:
+    """COCO instances files (``annotations/instances_<split>.json``) and ``images/<split>/``.
+
+    With ``segmentation`` each annotation also carries the object's visible region as RLE.
+    """
     classes = SHAPES[: cfg["num_classes"]]
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(classes)]
     coco = {s: {"images": [], "annotations": [], "categories": categories} for s in ("train", "val")}
     ann_id = 1
-    for split, i, (image, objects, _) in _scenes(rng, cfg):
+    for split, i, (image, objects, _, instances) in scenes(rng, cfg):
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         name = f"{split}_{i:05d}.png"
         image.save(root / "images" / split / name)
         image_id = i + 1
         coco[split]["images"].append({"id": image_id, "file_name": name, "width": image.width, "height": image.height})
-        for obj in objects:
+        for k, obj in enumerate(objects):
             x0, y0, x1, y1 = obj.box
-            coco[split]["annotations"].append(
-                {
-                    "id": ann_id,
-                    "image_id": image_id,
-                    "category_id": obj.label + 1,
-                    "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                    "area": round((x1 - x0) * (y1 - y0), 2),
-                    "iscrowd": 0,
-                }
-            )
+            ann = {"id": ann_id, "image_id": image_id, "category_id": obj.label + 1,
+                   "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                   "area": round((x1 - x0) * (y1 - y0), 2), "iscrowd": 0}
+            if segmentation:
+                from pycocotools import mask as mask_utils
+
+                visible = np.asfortranarray((instances == k + 1).astype(np.uint8))
+                if not visible.any():  # fully hidden behind later objects: nothing to annotate
+                    continue
+                rle = mask_utils.encode(visible)
+                ann["segmentation"] = {"size": list(rle["size"]), "counts": rle["counts"].decode()}
+                ann["area"] = float(mask_utils.area(rle))
+                bx, by, bw, bh = (float(v) for v in mask_utils.toBbox(rle))
+                ann["bbox"] = [bx, by, bw, bh]
+            coco[split]["annotations"].append(ann)
             ann_id += 1
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     for split, content in coco.items():
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(content))
 
 
-def _write_segmentation(root: Path, cfg: dict, rng: np.random.Generator) -> None:
-    for split, i, (image, _, mask) in _scenes(rng, cfg):
+def write_mask_folders(root: Path, cfg: dict, rng: np.random.Generator) -> None:
+    """``root/<split>/images/*.png`` and class-index ``root/<split>/masks/*.png`` (0 = background)."""
+    for split, i, (image, _, mask, _) in scenes(rng, cfg):
         (root / split / "images").mkdir(parents=True, exist_ok=True)
         (root / split / "masks").mkdir(parents=True, exist_ok=True)
         image.save(root / split / "images" / f"{split}_{i:05d}.png")
         Image.fromarray(mask, "L").save(root / split / "masks" / f"{split}_{i:05d}.png")
-
-
-_WRITERS = {
-    "classification": _write_classification,
-    "detection": _write_detection,
-    "segmentation": _write_segmentation,
-}
-
-
-def builtin_classes(task: str, num_classes: int) -> list[str]:
-    """Class names of the built-in data; segmentation puts ``background`` at index 0."""
-    names = list(SHAPES[:num_classes])
-    return ["background", *names] if task == "segmentation" else names
 
 
 def ensure_builtin_dataset(root: str | os.PathLike, task: str, cfg: dict) -> Path:
@@ -173,8 +175,9 @@ def ensure_builtin_dataset(root: str | os.PathLike, task: str, cfg: dict) -> Pat
     Generation writes to a temporary folder and renames it into place, so an interrupted run never
     leaves a half-written dataset that a later run would mistake for a complete one.
     """
-    if task not in _WRITERS:
-        raise ValueError(f"Unknown task {task!r} for built-in data; expected one of {sorted(_WRITERS)}")
+    from visionpipe.tasks import get_task_class
+
+    task_cls = get_task_class(task)
     if not 1 <= cfg["num_classes"] <= len(SHAPES):
         raise ValueError(f"builtin.num_classes must be between 1 and {len(SHAPES)}, got {cfg['num_classes']}")
     root = Path(root)
@@ -186,7 +189,7 @@ def ensure_builtin_dataset(root: str | os.PathLike, task: str, cfg: dict) -> Pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
         rng = np.random.default_rng(cfg["seed"])
-        _WRITERS[task](tmp, cfg, rng)
+        task_cls.write_builtin(tmp, cfg, rng)
         (tmp / _MARKER).write_text(json.dumps(fingerprint))
         if root.exists():
             shutil.rmtree(root)

@@ -122,14 +122,21 @@ def _load_json(path: Path) -> dict:
     return content
 
 
-def read_coco(root: Path, ann_files: dict[str, str], image_dirs: dict[str, str], task: str) -> dict:
-    """COCO instances JSON per split. Categories are mapped to contiguous indices in id order."""
-    _require_dir(root, "data root", f"Set {task}.data.root to a COCO-layout folder")
+def read_coco(root: Path, data_cfg, annotations: str = "boxes", background: bool = False) -> dict:
+    """COCO instances JSON per split. Categories are mapped to contiguous indices in id order.
+
+    ``annotations``: ``boxes`` (records carry boxes/labels/iscrowd), ``segments`` (polygons/RLE
+    per object) or ``instances`` (both). ``background``: class index 0 is a background class.
+    """
+    _require_dir(root, "data root", "Set data.root to a COCO-layout folder")
+    ann_files = {"train": data_cfg.train_annotations, "val": data_cfg.val_annotations}
+    image_dirs = {"train": data_cfg.train_images, "val": data_cfg.val_images}
     contents = {s: _load_json(root / ann_files[s]) for s in SPLITS}
     categories = sorted(contents["train"]["categories"], key=lambda c: c["id"])
     names = [c["name"] for c in categories]
     cat_index = {c["id"]: i for i, c in enumerate(categories)}
-    offset = 1 if task == "segmentation" else 0  # segmentation index 0 is background
+    offset = 1 if background else 0
+    with_boxes, with_segments = annotations in ("boxes", "instances"), annotations in ("segments", "instances")
     problems: list[dict] = []
     out: dict[str, list] = {}
     for split in SPLITS:
@@ -143,9 +150,9 @@ def read_coco(root: Path, ann_files: dict[str, str], image_dirs: dict[str, str],
                 problems.append(_problem(split, str(ann_path), f"duplicate image id {img['id']} ({img['file_name']})", rel))
                 continue
             record = {"image": rel, "image_id": int(img["id"]), "width": int(img.get("width", 0)), "height": int(img.get("height", 0))}
-            if task == "segmentation":
+            if with_segments:
                 record["segments"] = []
-            else:
+            if with_boxes:
                 record.update(boxes=[], labels=[], iscrowd=[])
             images[img["id"]] = record
         seen_ann: set = set()
@@ -161,7 +168,7 @@ def read_coco(root: Path, ann_files: dict[str, str], image_dirs: dict[str, str],
                 problems.append(_problem(split, str(ann_path), f"annotation {ann.get('id')} has unknown category_id {ann.get('category_id')}", rec["image"]))
                 continue
             label = cat_index[ann["category_id"]] + offset
-            if task == "segmentation":
+            if not with_boxes:
                 if ann.get("segmentation"):
                     rec["segments"].append({"label": label, "segmentation": ann["segmentation"], "iscrowd": int(ann.get("iscrowd", 0))})
                 continue
@@ -173,8 +180,10 @@ def read_coco(root: Path, ann_files: dict[str, str], image_dirs: dict[str, str],
             rec["boxes"].append([x, y, x + w, y + h])
             rec["labels"].append(label)
             rec["iscrowd"].append(int(ann.get("iscrowd", 0)))
+            if with_segments:  # aligned with boxes: one segmentation (possibly empty) per box
+                rec["segments"].append({"label": label, "segmentation": ann.get("segmentation") or [], "iscrowd": int(ann.get("iscrowd", 0))})
         out[split] = sorted(images.values(), key=lambda r: r["image_id"])
-    classes = ["background", *names] if task == "segmentation" else names
+    classes = ["background", *names] if background else names
     return {"classes": classes, **out, "problems": problems}
 
 
@@ -325,43 +334,18 @@ def read_mask_folders(root: Path, classes: list[str] | None) -> dict:
 
 # ---------------------------------------------------------------- dispatch
 
-FORMATS_BY_TASK = {
-    "classification": ("imagefolder",),
-    "detection": ("coco", "voc", "yolo"),
-    "segmentation": ("masks", "coco"),
-}
-
-
 def read_dataset(task: str, root: str | Path, data_cfg) -> dict:
-    """Read ``root`` in ``data_cfg.format`` into the internal index for ``task``."""
+    """Read ``root`` in ``data_cfg.format`` into the internal index, with the reader the task accepts."""
+    from visionpipe.tasks import get_task_class
+
     root = Path(root).resolve()
-    fmt = data_cfg.format
-    if fmt not in FORMATS_BY_TASK[task]:
-        raise DataError(root, f"format '{fmt}' is not available for {task}", f"Use one of {list(FORMATS_BY_TASK[task])} in {task}.data.format")
     if not root.exists():
         raise DataError(root, "data root does not exist", f"Create it or fix {task}.data.root (null uses the built-in data)")
-    seed = data_cfg.builtin.seed
-    if fmt == "imagefolder":
-        index = read_imagefolder(root, data_cfg.val_fraction, seed, data_cfg.classes)
-    elif fmt == "coco":
-        index = read_coco(
-            root,
-            {"train": data_cfg.train_annotations, "val": data_cfg.val_annotations},
-            {"train": data_cfg.train_images, "val": data_cfg.val_images},
-            task,
-        )
-        if task == "segmentation" and data_cfg.classes:
-            index["classes"] = list(data_cfg.classes)
-    elif fmt == "voc":
-        index = read_voc(root, data_cfg.val_fraction, seed, data_cfg.classes)
-    elif fmt == "yolo":
-        index = read_yolo(root, data_cfg.classes)
-    else:
-        index = read_mask_folders(root, data_cfg.classes)
-    index.update(task=task, format=fmt, root=str(root))
+    index = get_task_class(task).read(root, data_cfg)
+    index.update(task=task, format=data_cfg.format, root=str(root))
     index["fingerprint"] = fingerprint(root, index)
     logger.info("Read %s data from %s: %d train, %d val, %d classes, %d problems",
-                fmt, root, len(index["train"]), len(index["val"]), len(index["classes"]), len(index["problems"]))
+                data_cfg.format, root, len(index["train"]), len(index["val"]), len(index["classes"]), len(index["problems"]))
     return index
 
 

@@ -41,24 +41,26 @@ def build_transform(spec: dict[str, Any], where: str) -> A.BasicTransform:
 
 
 def compose(
-    task: str,
     augment: list[dict[str, Any]],
     image_size: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
     train: bool,
-    block: str | None = None,
+    block: str = "augment",
+    bbox_params: A.BboxParams | None = None,
+    resize: list | None = None,
 ) -> A.Compose:
-    """User augmentations (train only), then the task's resize, normalisation and tensor conversion."""
-    block = block or task
+    """User augmentations (train only), then the resize (``resize`` or a square ``image_size``),
+    normalisation and tensor conversion. ``bbox_params`` makes the pipeline box-aware."""
     steps = [build_transform(t, f"{block}.augment[{i}]") for i, t in enumerate(augment)] if train else []
-    steps += [
-        A.Resize(image_size, image_size),
-        A.Normalize(mean=mean, std=std, max_pixel_value=255.0),
-        A.ToTensorV2(),
-    ]
-    bbox_params = A.BboxParams(**BBOX_PARAMS) if task == "detection" else None
+    steps += resize if resize is not None else [A.Resize(image_size, image_size)]
+    steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), A.ToTensorV2()]
     return A.Compose(steps, bbox_params=bbox_params)
+
+
+def box_params() -> A.BboxParams:
+    """Boxes as pixel corners with a ``labels`` field; boxes cropped to nothing are dropped."""
+    return A.BboxParams(**BBOX_PARAMS)
 
 
 def to_dict(transform: A.Compose) -> dict[str, Any]:

@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 BOX_TOLERANCE = 1.0  # pixels a box may overhang the image before it is an error
 
 
-def _check_boxes(rec: dict, width: int, height: int, classes: list[str]) -> list[str]:
+def check_boxes(rec: dict, width: int, height: int, classes: list[str]) -> list[str]:
+    """Problems with a record's boxes and box labels (for tasks whose records carry boxes)."""
     problems = []
     for box, label in zip(rec["boxes"], rec["labels"]):
         x0, y0, x1, y1 = box
@@ -31,7 +32,29 @@ def _check_boxes(rec: dict, width: int, height: int, classes: list[str]) -> list
     return problems
 
 
-def _check_record(task: str, root: Path, rec: dict, classes: list[str], ignore_index: int, max_pixels: int) -> list[tuple[str, str]]:
+def check_annotated_size(rec: dict, image_path: Path, width: int, height: int) -> list[tuple[str, str]]:
+    """An annotation file's width/height must match the decoded image."""
+    if rec.get("width") and rec.get("height") and (rec["width"], rec["height"]) != (width, height):
+        return [(str(image_path), f"annotation says {rec['width']}x{rec['height']}, file is {width}x{height}")]
+    return []
+
+
+def check_mask_file(mask_path: Path, width: int, height: int, classes: list[str], ignore_index: int) -> list[tuple[str, str]]:
+    """A class-index mask file must decode, match the image size and hold only class indices or ignore_index."""
+    try:
+        mask = load_mask(mask_path)
+    except DataError as err:
+        return [(err.path, err.problem)]
+    found = []
+    if mask.shape != (height, width):
+        found.append((str(mask_path), f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {width}x{height}"))
+    bad = sorted({int(v) for v in set(mask.ravel().tolist()) if not (0 <= v < len(classes) or v == ignore_index)})
+    if bad:
+        found.append((str(mask_path), f"mask values {bad[:10]} are neither a class index (0..{len(classes) - 1}) nor ignore_index {ignore_index}"))
+    return found
+
+
+def _check_record(task_cls, root: Path, rec: dict, classes: list[str], data_cfg, max_pixels: int) -> list[tuple[str, str]]:
     """Return (file, problem) pairs for one record; an empty list means it is usable."""
     image_path = root / rec["image"]
     try:
@@ -43,31 +66,22 @@ def _check_record(task: str, root: Path, rec: dict, classes: list[str], ignore_i
     except DataError as err:
         return [(err.path, err.problem)]
     height, width = pixels.shape[:2]
-    found: list[tuple[str, str]] = []
-    if task == "classification" and not 0 <= rec["label"] < len(classes):
-        found.append((str(image_path), f"label {rec['label']} has no class in {classes}"))
-    if task == "detection" or (task == "segmentation" and "segments" in rec):
-        if rec.get("width") and rec.get("height") and (rec["width"], rec["height"]) != (width, height):
-            found.append((str(image_path), f"annotation says {rec['width']}x{rec['height']}, file is {width}x{height}"))
-    if task == "detection":
-        found += [(str(image_path), p) for p in _check_boxes(rec, width, height, classes)]
-    if task == "segmentation" and "mask" in rec:
-        mask_path = root / rec["mask"]
-        try:
-            mask = load_mask(mask_path)
-        except DataError as err:
-            return found + [(err.path, err.problem)]
-        if mask.shape != (height, width):
-            found.append((str(mask_path), f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {width}x{height}"))
-        bad = sorted({int(v) for v in set(mask.ravel().tolist()) if not (0 <= v < len(classes) or v == ignore_index)})
-        if bad:
-            found.append((str(mask_path), f"mask values {bad[:10]} are neither a class index (0..{len(classes) - 1}) nor ignore_index {ignore_index}"))
-    return found
+    return task_cls.check_record(root, rec, width, height, classes, data_cfg)
 
 
-def validate_index(index: dict, ignore_index: int = 255, max_pixels: int = 89_478_485, workers: int | None = None) -> dict:
-    """Check every record; return a report listing each finding (file, problem, split)."""
+def validate_index(index: dict, data_cfg=None, workers: int | None = None, max_pixels: int | None = None) -> dict:
+    """Check every record; return a report listing each finding (file, problem, split).
+
+    ``data_cfg`` is the task's ``data`` block (its defaults when None); ``max_pixels`` overrides its
+    ``max_image_pixels``.
+    """
+    from visionpipe.tasks import get_task_class
+
     task, root, classes = index["task"], Path(index["root"]), index["classes"]
+    task_cls = get_task_class(task)
+    if data_cfg is None:
+        data_cfg = task_cls.config_model.model_fields["data"].annotation.model_construct(format=index.get("format"))
+    max_pixels = max_pixels or data_cfg.max_image_pixels
     findings = [dict(p) for p in index.get("problems", [])]
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     checked = {}
@@ -75,13 +89,14 @@ def validate_index(index: dict, ignore_index: int = 255, max_pixels: int = 89_47
         records = index[split]
         checked[split] = len(records)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(lambda r: _check_record(task, root, r, classes, ignore_index, max_pixels), records)
+            results = pool.map(lambda r: _check_record(task_cls, root, r, classes, data_cfg, max_pixels), records)
             for rec, problems in zip(records, results):
                 findings += [{"split": split, "file": f, "image": rec["image"], "problem": p} for f, p in problems]
         if not records:
             findings.append({"split": split, "file": str(root), "image": None, "problem": f"the {split} split has no images"})
-    if task == "classification":
-        counts = Counter(r["label"] for r in index["train"])
+    labels = [task_cls.record_labels(r) for r in index["train"]]
+    if labels and all(item is not None for item in labels):
+        counts = Counter(label for item in labels for label in set(item))
         for i, name in enumerate(classes):
             if counts[i] == 0:
                 findings.append({"split": "train", "file": str(root), "image": None, "problem": f"class '{name}' has no training images"})

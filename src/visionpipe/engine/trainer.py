@@ -31,16 +31,15 @@ class Evaluator(Protocol):
 
 
 class TaskAdapter(Protocol):
-    """What the loop needs from a task (see visionpipe.tasks)."""
+    """What the loop needs from a task (see visionpipe.tasks.base.Task)."""
 
     primary_metric: str
-    greater_is_better: bool
 
     def collate(self, batch: list) -> Any: ...
     def to_device(self, batch: Any, runtime: Runtime) -> Any: ...
     def batch_size(self, batch: Any) -> int: ...
     def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor: ...
-    def evaluator(self, runtime: Runtime, keep_predictions: bool = False) -> Evaluator: ...
+    def evaluator(self, runtime: Runtime, records: list[dict], keep_predictions: bool = False) -> Evaluator: ...
 
 
 class Callback:
@@ -67,7 +66,7 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)  # nesterov needs momentum
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr)
     return torch.optim.AdamW(groups, lr=cfg.lr)
@@ -100,8 +99,13 @@ class Trainer:
     """Fit a model with a task adapter; the main process writes checkpoints and runs callbacks."""
 
     def __init__(self, adapter: TaskAdapter, model: torch.nn.Module, cfg, runtime: Runtime,
-                 checkpoint_dir: Path | None = None, callbacks: list[Callback] | None = None, signature: dict | None = None):
+                 checkpoint_dir: Path | None = None, callbacks: list[Callback] | None = None, signature: dict | None = None,
+                 records: list[dict] | None = None, selection: tuple[str, bool] | None = None):
+        """``records``: the evaluation split's records (evaluators that score against annotations need them);
+        ``selection``: (metric, greater is better) choosing the best epoch (default: the task's primary metric)."""
         self.adapter = adapter
+        self.records = records or []
+        self.selection = selection or (adapter.primary_metric, True)
         self.cfg = cfg
         self.runtime = runtime
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
@@ -128,7 +132,7 @@ class Trainer:
     def evaluate(self, loader: DataLoader, keep_predictions: bool = False, model: torch.nn.Module | None = None):
         model = model or self.model
         model.eval()
-        evaluator = self.adapter.evaluator(self.runtime, keep_predictions=keep_predictions)
+        evaluator = self.adapter.evaluator(self.runtime, self.records, keep_predictions=keep_predictions)
         for batch in loader:
             batch = self.adapter.to_device(batch, self.runtime)
             with self.runtime.autocast():
@@ -191,8 +195,9 @@ class Trainer:
             metrics.update(self.evaluate(val_loader, model=model).compute())
             metrics["epoch"] = epoch
             history.append(metrics)
-            score = metrics.get(self.adapter.primary_metric, float("nan"))
-            if is_better(score, best_metrics.get(self.adapter.primary_metric), self.adapter.greater_is_better) or best_state is None:
+            metric, greater = self.selection
+            score = metrics.get(metric, float("nan"))
+            if is_better(score, best_metrics.get(metric), greater) or best_state is None:
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
                 best_metrics, best_epoch = dict(metrics), epoch
             if main:

@@ -1,28 +1,43 @@
-"""Tasks: each one module behind the same small interface (model, sample, collate, loss, evaluator)."""
+"""Tasks: one module each, every module one :class:`~visionpipe.tasks.base.Task` subclass.
+
+Task names are the module names, found without importing them (``visionpipe --help`` stays fast);
+a module is imported the first time its task is asked for.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from functools import cache
+from pathlib import Path
 from typing import Any
 
-from visionpipe.tasks.classification import ClassificationTask
-from visionpipe.tasks.detection import DetectionTask
-from visionpipe.tasks.segmentation import SegmentationTask
-
-TASK_CLASSES = {"classification": ClassificationTask, "detection": DetectionTask, "segmentation": SegmentationTask}
+_NOT_TASKS = {"base"}
 
 
-def get_task(spec: dict[str, Any], **kwargs):
-    """The task object for a model spec (see visionpipe.tasks.spec.make_spec)."""
-    try:
-        cls = TASK_CLASSES[spec["task"]]
-    except KeyError:
-        raise ValueError(f"Unknown task {spec['task']!r}; expected one of {sorted(TASK_CLASSES)}") from None
-    return cls(spec, **kwargs)
+def task_names() -> tuple[str, ...]:
+    """Every task, in a stable order (the default `kedro run` order)."""
+    found = [m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if not m.name.startswith("_") and m.name not in _NOT_TASKS]
+    return tuple(sorted(found, key=lambda n: (_ORDER.get(n, len(_ORDER)), n)))
 
 
-def transform_normalization(task: str, mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Detectors normalise inside the model (torchvision's GeneralizedRCNNTransform), so their input
-    transform only scales pixels to [0, 1]; the other tasks normalise in the transform."""
-    if task == "detection":
-        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    return tuple(mean), tuple(std)
+_ORDER = {"classification": 0, "detection": 1, "segmentation": 2}  # the historical order first; new tasks after, by name
+
+
+@cache
+def get_task_class(name: str):
+    """The Task subclass for ``name``; an unknown name lists the known ones."""
+    from visionpipe.tasks.base import Task
+
+    if name not in task_names():
+        raise ValueError(f"Unknown task {name!r}; expected one of {list(task_names())}")
+    module = importlib.import_module(f"visionpipe.tasks.{name}")
+    classes = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Task) and getattr(v, "name", None) == name]
+    if len(classes) != 1:
+        raise TypeError(f"visionpipe.tasks.{name} must define exactly one Task subclass with name = {name!r}")
+    return classes[0]
+
+
+def get_task(spec: dict[str, Any]):
+    """The task object for a model spec (``spec.json``)."""
+    return get_task_class(spec["task"])(spec)

@@ -1,14 +1,47 @@
-"""What every task shares: the registry, the model spec, and safe pretrained-weight loading."""
+"""The task contract: the one place that knows what a task is.
+
+A task is one module in ``visionpipe/tasks/`` holding a :class:`Task` subclass. The engine, the
+pipelines, tracking, serving, export, the CLI and the data layer ask the task object; they never
+branch on a task's name (``tests/test_task_contract.py`` greps for that). A task owns:
+
+=====================  =====================================================================
+data                   ``formats`` (readers by ``data.format``; the first is the built-in data's),
+                       ``write_builtin`` / ``builtin_classes``, ``check_record`` (per-record
+                       validation beyond decoding the image), ``record_labels`` (class balance)
+samples                ``compose`` (albumentations pipeline), ``make_sample``, ``collate``,
+                       ``to_device``, ``batch_size``, ``preprocess`` (one raw image for serving)
+model                  ``build_model`` (one factory, helpful errors), ``loss``, ``forward``
+                       (inference forward), ``configure`` (evaluation-time settings)
+evaluation             ``evaluator`` (accumulates a split, returns metrics), ``metrics``/
+                       ``per_class_metric`` (what ``registry.metric`` may name)
+post-processing        ONE ``postprocess(outputs, original_sizes)``: network outputs to per-image
+                       results in the original image's pixels; used by evaluation, by the
+                       pyfunc/``Predictor`` and to check the ONNX export
+outputs                ``prediction_outputs`` (what evaluation writes beside metrics.json),
+                       ``plots``, ``format_result`` (a JSON-ready row for serving)
+export                 ``export_onnx`` / ``onnx_forward``
+configuration          ``config_model``: a pydantic model with ``extra="forbid"``
+=====================  =====================================================================
+
+Adding a task means adding its module, its ``conf/base/parameters_<task>.yml``, its catalog
+entries for ``output_datasets``, its tests, a dvc.yaml stage and a README line.
+"""
 
 from __future__ import annotations
 
 import difflib
+import inspect
 import logging
-from typing import Any
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Callable, ClassVar
 
+import numpy as np
 import torch
 
 from visionpipe.engine.checkpoint import load_weights
+from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -18,6 +51,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def close_matches(name: str, options: list[str], n: int = 5) -> str:
+    """A ' Close matches: a, b.' hint for an unknown name (empty when nothing is close)."""
     found = difflib.get_close_matches(name, options, n=n, cutoff=0.5)
     return f" Close matches: {', '.join(found)}." if found else ""
 
@@ -60,5 +94,225 @@ def load_pretrained(model: torch.nn.Module, path: str, reset_head: bool, block: 
 
 
 def pop_reset_head(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """``model.kwargs`` without ``reset_head``, and its value."""
     kwargs = dict(kwargs)
     return kwargs, bool(kwargs.pop("reset_head", False))
+
+
+_UNEXPECTED = re.compile(r"unexpected keyword argument '([^']+)'")
+
+
+def signature_keys(target: Callable) -> list[str]:
+    """Keyword names a callable (or a class's ``__init__``) accepts."""
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return []
+    return [name for name, p in params.items() if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def call_with_model_kwargs(factory: Callable, kwargs: dict[str, Any], where: str, accepted: Callable[[], list[str]] | None = None,
+                           check_first: bool = False, **fixed):
+    """Call a model factory with the user's ``model.kwargs``; a typo is a ConfigError naming the key.
+
+    ``accepted`` lists the keys the model takes (default: the factory's signature). It is consulted
+    on the error path, or before the call with ``check_first`` for factories that swallow unknown
+    keyword arguments (``**kwargs`` passed on and ignored).
+    """
+
+    def reject(key: str):
+        keys = sorted(k for k in (accepted() if accepted else signature_keys(factory)) if k not in fixed)
+        listed = f" Accepted keys: {', '.join(keys)}." if keys else ""
+        return ConfigError(f"{where}.{key}: not accepted by the model.{close_matches(key, keys)}{listed}")
+
+    if check_first and kwargs:
+        known = set(accepted() if accepted else signature_keys(factory))
+        unknown = [k for k in kwargs if k not in known]
+        if unknown:
+            raise reject(unknown[0])
+    try:
+        return factory(**fixed, **kwargs)
+    except TypeError as err:
+        match = _UNEXPECTED.search(str(err))
+        if not match or match.group(1) not in kwargs:
+            raise
+        raise reject(match.group(1)) from None
+
+
+class Task:
+    """Base class of every task; see the module docstring for the contract.
+
+    Instances wrap a model *spec* (``spec.json`` beside the weights): ``task``, ``classes``,
+    ``model``, ``image_size``, ``mean``/``std`` and whatever the task adds in :meth:`make_spec`.
+    """
+
+    name: ClassVar[str]
+    formats: ClassVar[dict[str, Callable]]  # data.format -> reader(root, data_cfg) -> index parts
+    config_model: ClassVar[type]
+    metrics: ClassVar[tuple[str, ...]]  # scalar metric names the evaluator returns
+    per_class_metric: ClassVar[str | None] = None  # "ap" -> metrics "ap/<class name>"
+    primary_metric: ClassVar[str]
+    output_datasets: ClassVar[tuple[str, ...]]  # what evaluation writes besides metrics (catalog names)
+    plot_names: ClassVar[tuple[str, ...]]
+
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = spec
+        self.classes: list[str] = list(spec["classes"])
+
+    # -------------------------------------------------------------- configuration
+    @classmethod
+    def parse_config(cls, params: dict[str, Any]):
+        """Validate this task's parameter block (see visionpipe.config.parse_task_config)."""
+        from visionpipe.config import parse_task_config
+
+        return parse_task_config(cls.name, params)
+
+    @classmethod
+    def metric_names(cls, classes: list[str] | None = None) -> list[str]:
+        """Every metric ``registry.metric`` may name (per-class ones when ``classes`` is given)."""
+        names = list(cls.metrics)
+        if cls.per_class_metric and classes:
+            names += [f"{cls.per_class_metric}/{c}" for c in classes]
+        return names
+
+    @classmethod
+    def is_metric(cls, name: str) -> bool:
+        """Whether ``name`` is a metric of this task (``test/<metric>`` and per-class names included)."""
+        name = name.removeprefix("test/")
+        return name in cls.metrics or bool(cls.per_class_metric and name.startswith(f"{cls.per_class_metric}/"))
+
+    @classmethod
+    def make_spec(cls, cfg, classes: list[str]) -> dict[str, Any]:
+        """Everything needed to rebuild the model and its preprocessing, saved beside the weights."""
+        mean, std = cls.normalization(cfg.model.model_dump())
+        return {"task": cls.name, "classes": list(classes), "model": cfg.model.model_dump(), "image_size": cfg.train.image_size,
+                "mean": list(mean), "std": list(std), "evaluation": cfg.evaluation.model_dump()}
+
+    # -------------------------------------------------------------- data
+    @classmethod
+    def default_format(cls) -> str:
+        """The format of the built-in data (the first reader)."""
+        return next(iter(cls.formats))
+
+    @classmethod
+    def read(cls, root: Path, data_cfg) -> dict:
+        """Read ``root`` in ``data_cfg.format``: ``{"classes", "train", "val", ["test"], "problems"}``."""
+        from visionpipe.errors import DataError
+
+        reader = cls.formats.get(data_cfg.format)
+        if reader is None:
+            raise DataError(root, f"format '{data_cfg.format}' is not available for {cls.name}",
+                            f"Use one of {list(cls.formats)} in {cls.name}.data.format")
+        return reader(root, data_cfg)
+
+    @classmethod
+    def builtin_classes(cls, num_classes: int) -> list[str]:
+        """Class names of the built-in data."""
+        from visionpipe.data.builtin import SHAPES
+
+        return list(SHAPES[:num_classes])
+
+    @classmethod
+    def write_builtin(cls, root: Path, cfg: dict, rng: np.random.Generator) -> None:
+        """Write the built-in data under ``root`` in this task's default format."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_record(cls, root: Path, rec: dict, width: int, height: int, classes: list[str], data_cfg) -> list[tuple[str, str]]:
+        """(file, problem) pairs for one decoded record beyond the image itself; empty when usable."""
+        return []
+
+    @classmethod
+    def record_labels(cls, rec: dict) -> list[int] | None:
+        """Class indices present in a record (None when the record does not say cheaply)."""
+        return None
+
+    # -------------------------------------------------------------- samples
+    @classmethod
+    def input_normalization(cls, mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """What the input transform applies; detectors normalise inside the model instead."""
+        return tuple(mean), tuple(std)
+
+    @classmethod
+    def normalization(cls, model_cfg: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The model's own input statistics."""
+        return timm_normalization(model_cfg.get("backbone") or model_cfg["name"])
+
+    @classmethod
+    def compose(cls, augment: list[dict], image_size: int, mean, std, train: bool):
+        """User augmentations (train only), then resize, normalisation and tensor conversion."""
+        from visionpipe.data.transforms import compose
+
+        return compose(augment, image_size, mean, std, train=train, block=cls.name)
+
+    def make_sample(self, pixels: np.ndarray, record: dict, root: Path, transform, index: int, for_eval: bool = False):
+        raise NotImplementedError
+
+    @staticmethod
+    def collate(batch):
+        """(image, target, meta) samples to (images, targets, metas): images and targets stacked."""
+        images, targets, metas = zip(*batch)
+        stacked = torch.stack(targets) if isinstance(targets[0], torch.Tensor) else torch.as_tensor(targets)
+        return torch.stack(images), stacked, list(metas)
+
+    @staticmethod
+    def to_device(batch, runtime: Runtime):
+        images, targets, metas = batch
+        fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
+        return images.to(runtime.device, non_blocking=True).contiguous(memory_format=fmt), targets.to(runtime.device, non_blocking=True), metas
+
+    @staticmethod
+    def batch_size(batch) -> int:
+        return len(batch[0])
+
+    def preprocess(self, pixels: np.ndarray, transform) -> torch.Tensor:
+        """One decoded HxWx3 image to the network's input tensor (serving path)."""
+        return transform(image=pixels)["image"]
+
+    # -------------------------------------------------------------- model
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, model: torch.nn.Module, images: torch.Tensor):
+        """The inference forward on a stacked batch of preprocessed images."""
+        return model(images)
+
+    def configure(self, model: torch.nn.Module, evaluation_cfg: dict[str, Any]) -> None:
+        """Apply evaluation-time settings (thresholds...) to a built model."""
+
+    def evaluator(self, runtime: Runtime, records: list[dict], keep_predictions: bool = False):
+        raise NotImplementedError
+
+    def postprocess(self, outputs, original_sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        """Network outputs to one result per image, in that image's original (height, width) pixels."""
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- outputs
+    def prediction_outputs(self, index: dict, evaluator) -> dict[str, Any]:
+        """The datasets evaluation writes besides metrics, keyed by ``output_datasets``."""
+        raise NotImplementedError
+
+    @classmethod
+    def plots(cls, outputs: dict[str, Any], index: dict, history) -> dict[str, Any]:
+        """Figures keyed by ``plot_names``."""
+        raise NotImplementedError
+
+    def format_result(self, result: dict[str, Any]) -> dict[str, Any]:
+        """One postprocessed result as a JSON-ready row (pyfunc, ``visionpipe predict``)."""
+        return result
+
+    # -------------------------------------------------------------- export
+    def export_onnx(self, model: torch.nn.Module, output: Path) -> None:
+        """Export: input ``images`` (N, 3, S, S) normalised as spec.json says; output ``logits``."""
+        size = self.spec["image_size"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(model, (torch.randn(2, 3, size, size),), str(output), input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+
+    def onnx_forward(self, session, images: torch.Tensor):
+        """The same outputs as :meth:`forward`, computed by an onnxruntime session."""
+        return torch.from_numpy(session.run(None, {"images": images.numpy()})[0])

@@ -2,25 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from visionpipe.config import DataConfig, TaskConfig
+from visionpipe.data import builtin, formats
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
-from visionpipe.tasks.base import close_matches, load_pretrained, pop_reset_head, timm_normalization
+from visionpipe.tasks.base import (
+    Task,
+    call_with_model_kwargs,
+    close_matches,
+    load_pretrained,
+    pop_reset_head,
+    signature_keys,
+    timm_normalization,
+)
+
+
+class ClassificationData(DataConfig):
+    format: Literal["imagefolder"] = "imagefolder"
+
+
+class ClassificationConfig(TaskConfig):
+    task_name: ClassVar[str] = "classification"
+    data: ClassificationData
 
 
 def build_classifier(model_cfg: dict[str, Any], num_classes: int, block: str = "classification") -> torch.nn.Module:
+    """A timm model with ``num_classes`` outputs; unknown names and kwargs are ConfigErrors."""
     import timm
 
     name = model_cfg["name"]
     kwargs, reset_head = pop_reset_head(model_cfg.get("kwargs") or {})
     if not timm.is_model(name):
         raise ConfigError(f"{block}.model.name: unknown timm model '{name}'.{close_matches(name, timm.list_models())}")
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    model = call_with_model_kwargs(
+        timm.create_model, kwargs, f"{block}.model.kwargs", model_name=name, pretrained=False, num_classes=num_classes,
+        accepted=lambda: signature_keys(type(timm.create_model(name, pretrained=False, num_classes=num_classes))),
+    )
     if model_cfg.get("pretrained_path"):
         load_pretrained(model, model_cfg["pretrained_path"], reset_head, block)
     return model
@@ -29,7 +55,9 @@ def build_classifier(model_cfg: dict[str, Any], num_classes: int, block: str = "
 class ClassificationEvaluator:
     """Accumulates loss and top-1/top-k over a whole split (torchmetrics syncs them across DDP ranks)."""
 
-    def __init__(self, num_classes: int, device: torch.device, keep_predictions: bool):
+    def __init__(self, task: "ClassificationTask | int", device: torch.device, keep_predictions: bool):
+        num_classes = task if isinstance(task, int) else len(task.classes)
+        self.task = None if isinstance(task, int) else task
         self.k = min(5, num_classes)
         self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro").to(device)
         self.topk = MulticlassAccuracy(num_classes, top_k=self.k, average="micro").to(device)
@@ -39,17 +67,17 @@ class ClassificationEvaluator:
         self.predictions: list[dict[str, Any]] = []
 
     def update(self, model, batch) -> None:
-        images, labels, indices = batch
+        images, labels, metas = batch
         logits = model(images).float()
         self.loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         self.count += labels.numel()
         self.top1.update(logits, labels)
         self.topk.update(logits, labels)
         if self.keep:
-            probs = logits.softmax(1)
-            scores, classes = probs.topk(self.k, dim=1)
-            for i, t, c, s in zip(indices.tolist(), labels.tolist(), classes.tolist(), scores.tolist()):
-                self.predictions.append({"index": i, "target": t, "classes": c, "scores": s})
+            results = ClassificationTask.topk(logits, self.k)
+            for meta, t, res in zip(metas, labels.tolist(), results):
+                index = meta["index"] if isinstance(meta, dict) else int(meta)
+                self.predictions.append({"index": index, "target": t, **res})
 
     def compute(self) -> dict[str, float]:
         from visionpipe.engine.distributed import all_gather_objects, global_mean
@@ -59,51 +87,77 @@ class ClassificationEvaluator:
         return {"val_loss": global_mean(self.loss_sum, self.count)[0], "top1": self.top1.compute().item(), "top5": self.topk.compute().item()}
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     name = "classification"
+    config_model = ClassificationConfig
+    formats = {"imagefolder": lambda root, d: formats.read_imagefolder(root, d.val_fraction, d.split_seed, d.classes)}
+    metrics = ("top1", "top5", "val_loss")
     primary_metric = "top1"
-    greater_is_better = True
+    output_datasets = ("predictions",)
+    plot_names = ("confusion_matrix", "per_class_accuracy", "loss_curves")
 
-    def __init__(self, spec: dict[str, Any]):
-        self.spec = spec
-        self.classes = spec["classes"]
-
-    @staticmethod
-    def normalization(model_cfg: dict[str, Any]):
+    @classmethod
+    def normalization(cls, model_cfg: dict[str, Any]):
         return timm_normalization(model_cfg["name"])
+
+    @classmethod
+    def write_builtin(cls, root: Path, cfg: dict, rng: np.random.Generator) -> None:
+        builtin.write_image_folders(root, cfg, rng)
+
+    @classmethod
+    def check_record(cls, root, rec, width, height, classes, data_cfg):
+        if not 0 <= rec["label"] < len(classes):
+            return [(str(root / rec["image"]), f"label {rec['label']} has no class in {classes}")]
+        return []
+
+    @classmethod
+    def record_labels(cls, rec: dict) -> list[int]:
+        return [rec["label"]]
 
     def build_model(self) -> torch.nn.Module:
         return build_classifier(self.spec["model"], len(self.classes))
 
-    @staticmethod
-    def make_sample(pixels, record, root, transform, index, for_eval: bool = False):
-        return transform(image=pixels)["image"], record["label"], index
+    def make_sample(self, pixels, record, root, transform, index, for_eval: bool = False):
+        return transform(image=pixels)["image"], record["label"], {"index": index}
 
-    @staticmethod
-    def collate(batch):
-        images, labels, indices = zip(*batch)
-        return torch.stack(images), torch.tensor(labels, dtype=torch.long), torch.tensor(indices, dtype=torch.long)
-
-    @staticmethod
-    def to_device(batch, runtime: Runtime):
-        images, labels, indices = batch
-        fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
-        images = images.to(runtime.device, non_blocking=True).contiguous(memory_format=fmt)
-        return images, labels.to(runtime.device, non_blocking=True), indices
-
-    @staticmethod
-    def batch_size(batch) -> int:
-        return batch[1].shape[0]
-
-    @staticmethod
-    def loss(model, batch) -> torch.Tensor:
+    def loss(self, model, batch) -> torch.Tensor:
         images, labels, _ = batch
         return F.cross_entropy(model(images), labels)
 
-    def evaluator(self, runtime: Runtime, keep_predictions: bool = False) -> ClassificationEvaluator:
-        return ClassificationEvaluator(len(self.classes), runtime.device, keep_predictions)
+    def evaluator(self, runtime: Runtime, records: list[dict], keep_predictions: bool = False) -> ClassificationEvaluator:
+        return ClassificationEvaluator(self, runtime.device, keep_predictions)
 
     @staticmethod
-    def postprocess(logits: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    def topk(logits: torch.Tensor, k: int = 5) -> list[dict[str, list]]:
+        """Per image: the ``k`` best class indices and their softmax scores."""
         probs = logits.float().softmax(1)
-        return probs.topk(min(k, probs.shape[1]), dim=1)
+        scores, classes = probs.topk(min(k, probs.shape[1]), dim=1)
+        return [{"classes": c, "scores": s} for c, s in zip(classes.tolist(), scores.tolist())]
+
+    def postprocess(self, outputs, original_sizes):
+        return self.topk(outputs)
+
+    def format_result(self, result):
+        classes = self.classes
+        return {"label": classes[result["classes"][0]], "score": float(result["scores"][0]),
+                "top_labels": [classes[j] for j in result["classes"]], "top_scores": [float(v) for v in result["scores"]]}
+
+    def prediction_outputs(self, index: dict, evaluator) -> dict[str, Any]:
+        classes = index["classes"]
+        rows = []
+        for p in sorted(evaluator.predictions, key=lambda p: p["index"]):
+            row = {"image": index["val"][p["index"]]["image"], "target": classes[p["target"]]}
+            row.update({f"top{i + 1}": classes[c] for i, c in enumerate(p["classes"])})
+            row.update({f"top{i + 1}": "" for i in range(len(p["classes"]), 5)})
+            row["score"] = round(p["scores"][0], 6)
+            rows.append(row)
+        return {"predictions": pd.DataFrame(rows, columns=["image", "target", "top1", "top2", "top3", "top4", "top5", "score"])}
+
+    @classmethod
+    def plots(cls, outputs, index, history):
+        from visionpipe.tracking import plots
+
+        predictions = outputs["predictions"]
+        return {"confusion_matrix": plots.confusion_matrix(predictions, index["classes"]),
+                "per_class_accuracy": plots.per_class_accuracy(predictions, index["classes"]),
+                "loss_curves": plots.loss_curves(history)}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -11,10 +12,39 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
+from pydantic import Field
+
+from visionpipe.config import CocoFilesMixin, DataConfig, TaskConfig, _Strict
+from visionpipe.data import builtin, formats
 from visionpipe.data.images import load_mask
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
-from visionpipe.tasks.base import IMAGENET_MEAN, IMAGENET_STD, close_matches, load_pretrained, pop_reset_head, timm_normalization
+from visionpipe.tasks.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Task,
+    call_with_model_kwargs,
+    close_matches,
+    load_pretrained,
+    pop_reset_head,
+    timm_normalization,
+)
+
+
+class SegmentationData(DataConfig, CocoFilesMixin):
+    format: Literal["masks", "coco"] = "masks"
+    ignore_index: int = 255  # mask value excluded from loss and metrics
+
+
+class LossConfig(_Strict):
+    name: Literal["ce", "dice", "focal", "jaccard", "lovasz", "tversky"]
+    weight: float = Field(1.0, gt=0)
+
+
+class SegmentationConfig(TaskConfig):
+    task_name: ClassVar[str] = "segmentation"
+    data: SegmentationData
+    losses: list[LossConfig] = Field(default_factory=lambda: [LossConfig(name="ce")])
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +56,9 @@ def build_segmenter(spec: dict[str, Any]) -> nn.Module:
     kwargs, reset_head = pop_reset_head(model_cfg.get("kwargs") or {})
     encoder = model_cfg.get("backbone") or "resnet18"
     try:
-        model = smp.create_model(model_cfg["name"], encoder_name=encoder, encoder_weights=None, in_channels=3,
-                                 classes=len(spec["classes"]), **kwargs)
+        model = call_with_model_kwargs(smp.create_model, kwargs, "segmentation.model.kwargs", arch=model_cfg["name"], encoder_name=encoder,
+                                       encoder_weights=None, in_channels=3, classes=len(spec["classes"]),
+                                       accepted=lambda: _arch_keys(model_cfg["name"], encoder), check_first=True)
     except KeyError as err:
         message = str(err).strip("\"'")
         if "encoder" in message:
@@ -43,6 +74,24 @@ def build_segmenter(spec: dict[str, Any]) -> nn.Module:
         whole = len(keys & set(model.state_dict())) >= len(keys & set(model.encoder.state_dict()))
         load_pretrained(model if whole else model.encoder, path, reset_head, "segmentation")
     return model
+
+
+def _arch_keys(arch: str, encoder: str) -> list[str]:
+    """Keys an smp architecture accepts; with a ``tu-`` encoder, also the timm model's (smp passes them on)."""
+    import segmentation_models_pytorch as smp
+
+    from visionpipe.tasks.base import signature_keys
+
+    cls = smp.MODEL_ARCHITECTURES_MAPPING.get(arch.lower())
+    keys = set(signature_keys(cls)) if cls else set()
+    if encoder.startswith("tu-"):
+        import timm
+
+        try:
+            keys |= set(signature_keys(type(timm.create_model(encoder.removeprefix("tu-"), pretrained=False))))
+        except Exception:  # an unknown encoder is reported by smp itself
+            pass
+    return sorted(keys | {"reset_head"})
 
 
 LOSSES = {
@@ -110,14 +159,13 @@ class SegmentationEvaluator:
         logits = model(images).float()
         self.loss_sum += self.task.criterion(logits, masks) * len(metas)
         self.count += len(metas)
-        for logit, meta in zip(logits, metas):
-            original = meta["mask"].to(logit.device)
-            up = F.interpolate(logit[None], size=original.shape, mode="bilinear", align_corners=False)
-            pred = up.argmax(1)
-            self.iou.update(pred, original[None])
-            self.acc.update(pred, original[None])
+        results = self.task.postprocess(logits, [tuple(meta["mask"].shape) for meta in metas])
+        for result, meta in zip(results, metas):
+            pred, original = result["mask"][None], meta["mask"].to(logits.device)[None]
+            self.iou.update(pred, original)
+            self.acc.update(pred, original)
             if self.keep:
-                self.predictions[meta["index"]] = pred[0].to(torch.uint8).cpu().numpy()
+                self.predictions[meta["index"]] = result["mask"].to(torch.uint8).cpu().numpy()
 
     def compute(self) -> dict[str, float]:
         from visionpipe.engine.distributed import all_gather_objects, global_mean
@@ -132,21 +180,49 @@ class SegmentationEvaluator:
         return metrics
 
 
-class SegmentationTask:
+class SegmentationTask(Task):
     name = "segmentation"
+    config_model = SegmentationConfig
+    formats = {
+        "masks": lambda root, d: formats.read_mask_folders(root, d.classes),
+        "coco": lambda root, d: {**formats.read_coco(root, d, annotations="segments", background=True),
+                                 **({"classes": list(d.classes)} if d.classes else {})},
+    }
+    metrics = ("miou", "pixel_accuracy", "dice", "val_loss")
+    per_class_metric = "iou"
     primary_metric = "miou"
-    greater_is_better = True
+    output_datasets = ("predicted_masks",)
+    plot_names = ("val_overlays", "loss_curves")
 
     def __init__(self, spec: dict[str, Any]):
-        self.spec = spec
-        self.classes = spec["classes"]
+        super().__init__(spec)
         self.ignore_index = spec["ignore_index"]
         self.criterion = CombinedLoss(spec["losses"], self.ignore_index)
 
-    @staticmethod
-    def normalization(model_cfg: dict[str, Any]):
+    @classmethod
+    def make_spec(cls, cfg, classes):
+        return {**super().make_spec(cfg, classes), "ignore_index": cfg.data.ignore_index, "losses": [loss.model_dump() for loss in cfg.losses]}
+
+    @classmethod
+    def normalization(cls, model_cfg: dict[str, Any]):
         encoder = model_cfg.get("backbone") or "resnet18"
         return timm_normalization(encoder) if encoder.startswith("tu-") else (IMAGENET_MEAN, IMAGENET_STD)
+
+    @classmethod
+    def builtin_classes(cls, num_classes: int) -> list[str]:
+        return ["background", *super().builtin_classes(num_classes)]
+
+    @classmethod
+    def write_builtin(cls, root: Path, cfg: dict, rng: np.random.Generator) -> None:
+        builtin.write_mask_folders(root, cfg, rng)
+
+    @classmethod
+    def check_record(cls, root, rec, width, height, classes, data_cfg):
+        from visionpipe.data.validation import check_annotated_size, check_mask_file
+
+        if "mask" in rec:
+            return check_mask_file(root / rec["mask"], width, height, classes, data_cfg.ignore_index)
+        return check_annotated_size(rec, root / rec["image"], width, height)
 
     def build_model(self) -> nn.Module:
         return build_segmenter(self.spec)
@@ -160,25 +236,32 @@ class SegmentationTask:
             meta["mask"] = torch.as_tensor(mask)
         return out["image"], torch.as_tensor(out["mask"], dtype=torch.long), meta
 
-    @staticmethod
-    def collate(batch):
-        images, masks, metas = zip(*batch)
-        return torch.stack(images), torch.stack(masks), list(metas)
-
-    @staticmethod
-    def to_device(batch, runtime: Runtime):
-        images, masks, metas = batch
-        fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
-        return (images.to(runtime.device, non_blocking=True).contiguous(memory_format=fmt),
-                masks.to(runtime.device, non_blocking=True), metas)
-
-    @staticmethod
-    def batch_size(batch) -> int:
-        return batch[1].shape[0]
-
     def loss(self, model, batch) -> torch.Tensor:
         images, masks, _ = batch
         return self.criterion(model(images), masks)
 
-    def evaluator(self, runtime: Runtime, keep_predictions: bool = False) -> SegmentationEvaluator:
+    def evaluator(self, runtime: Runtime, records: list[dict], keep_predictions: bool = False) -> SegmentationEvaluator:
         return SegmentationEvaluator(self, runtime.device, keep_predictions)
+
+    def postprocess(self, outputs, original_sizes):
+        """Logits upsampled (bilinear) to each original size, then the class with the highest score."""
+        results = []
+        for logit, size in zip(outputs, original_sizes):
+            up = F.interpolate(logit[None].float(), size=tuple(size), mode="bilinear", align_corners=False)
+            results.append({"mask": up.argmax(1)[0]})
+        return results
+
+    def format_result(self, result):
+        return {"mask": result["mask"].to(torch.uint8).cpu().numpy()}
+
+    def prediction_outputs(self, index: dict, evaluator) -> dict[str, Any]:
+        from PIL import Image
+
+        masks = {Path(index["val"][i]["image"]).stem: Image.fromarray(m.astype(np.uint8), mode="L") for i, m in sorted(evaluator.predictions.items())}
+        return {"predicted_masks": masks}
+
+    @classmethod
+    def plots(cls, outputs, index, history):
+        from visionpipe.tracking import plots
+
+        return {"val_overlays": plots.mask_overlays(outputs["predicted_masks"], index), "loss_curves": plots.loss_curves(history)}

@@ -13,13 +13,14 @@ warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` me
 
 
 def predictions_frame(predictor, images) -> pd.DataFrame:
-    """The pyfunc's output for ``images``: one row per image, masks as base64 PNG."""
+    """The pyfunc's output for ``images``: one row per image; array values (masks) as base64 PNG under ``<key>_png``."""
+    import numpy as np
+
     from visionpipe.inference import encode_png
 
-    results = predictor.predict(images)
-    if predictor.spec["task"] == "segmentation":
-        results = [{"mask_png": encode_png(r["mask"])} for r in results]
-    return pd.DataFrame(results)
+    rows = [{(f"{k}_png" if isinstance(v, np.ndarray) else k): (encode_png(v) if isinstance(v, np.ndarray) else v) for k, v in r.items()}
+            for r in predictor.predict(images)]
+    return pd.DataFrame(rows)
 
 
 class VisionPipeModel(mlflow.pyfunc.PythonModel):

@@ -10,48 +10,21 @@ from visionpipe import stages
 from visionpipe.config import parse_task_config
 
 
-def mlflow_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
     """kedro-mlflow's metrics format: one value at step 0 per numeric metric."""
-    return {k: {"value": float(v), "step": 0} for k, v in metrics.items() if isinstance(v, (int, float))}
+    return {k: {"value": float(v), "step": 0} for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def evaluate_classifier(model: dict, index: dict, augmentation: dict, params: dict[str, Any]):
-    """top-1/top-5 (top-k with fewer classes) and a row of ranked classes per validation image."""
-    metrics, evaluator, _ = stages.evaluate("classification", index, augmentation, model, parse_task_config("classification", params))
-    return metrics, mlflow_metrics(metrics), stages.classification_predictions(index, evaluator)
+def evaluate_model(model: dict, index: dict, augmentation: dict, params: dict[str, Any], task: str) -> dict[str, Any]:
+    """The task's metrics on the validation split, and what the task writes beside them (predictions...)."""
+    metrics, evaluator, task_obj = stages.evaluate(task, index, augmentation, model, parse_task_config(task, params))
+    return {"metrics": metrics, "mlflow_metrics": mlflow_metrics(metrics), **task_obj.prediction_outputs(index, evaluator)}
 
 
-def evaluate_detector(model: dict, index: dict, augmentation: dict, params: dict[str, Any]):
-    """COCO mAP; predictions in COCO results format and the ground truth they were scored against."""
-    metrics, evaluator, _ = stages.evaluate("detection", index, augmentation, model, parse_task_config("detection", params))
-    predictions, ground_truth = stages.detection_outputs(index, evaluator)
-    return metrics, mlflow_metrics(metrics), predictions, ground_truth
+def plot_evaluation(index: dict, history: pd.DataFrame, *outputs, task: str) -> dict[str, Any]:
+    """The task's figures from the evaluation outputs (``outputs`` in the task's ``output_datasets`` order)."""
+    from visionpipe.tasks import get_task_class
 
-
-def evaluate_segmenter(model: dict, index: dict, augmentation: dict, params: dict[str, Any]):
-    """mIoU, pixel accuracy, Dice and per-class IoU; a class-index PNG per validation image."""
-    metrics, evaluator, _ = stages.evaluate("segmentation", index, augmentation, model, parse_task_config("segmentation", params))
-    return metrics, mlflow_metrics(metrics), stages.segmentation_masks(index, evaluator)
-
-
-def plot_classification(predictions: pd.DataFrame, index: dict, history: pd.DataFrame):
-    """Confusion matrix, per-class accuracy and loss curves."""
-    from visionpipe.tracking import plots
-
-    return (plots.confusion_matrix(predictions, index["classes"]), plots.per_class_accuracy(predictions, index["classes"]),
-            plots.loss_curves(history))
-
-
-def plot_detection(predictions: list, ground_truth: dict, index: dict, history: pd.DataFrame):
-    """Precision-recall curves per class, validation images with predicted vs true boxes, loss curves."""
-    from visionpipe.tracking import plots
-
-    return (plots.pr_curves(predictions, ground_truth, index["classes"]), plots.box_grid(predictions, ground_truth, index),
-            plots.loss_curves(history))
-
-
-def plot_segmentation(masks: dict, index: dict, history: pd.DataFrame):
-    """Predicted vs true mask overlays and loss curves."""
-    from visionpipe.tracking import plots
-
-    return plots.mask_overlays(masks, index), plots.loss_curves(history)
+    task_cls = get_task_class(task)
+    figures = task_cls.plots(dict(zip(task_cls.output_datasets, outputs)), index, history)
+    return {f"plot_{name}": figures[name] for name in task_cls.plot_names}

@@ -1,27 +1,20 @@
-"""Evaluation pipeline."""
+"""Evaluation pipeline: evaluate, then plot; the task decides which outputs and figures there are."""
 
 from kedro.pipeline import Node, Pipeline
 
-from visionpipe.pipelines import per_task
-from visionpipe.pipelines.evaluation import nodes
-
-# task -> (evaluate node, its task-specific outputs, plot node, plot inputs, plot names)
-_EVAL = {
-    "classification": (nodes.evaluate_classifier, ["predictions"], nodes.plot_classification,
-                       ["predictions", "clean_index", "training_history"], ["confusion_matrix", "per_class_accuracy", "loss_curves"]),
-    "detection": (nodes.evaluate_detector, ["predictions", "ground_truth"], nodes.plot_detection,
-                  ["predictions", "ground_truth", "clean_index", "training_history"], ["pr_curves", "val_boxes", "loss_curves"]),
-    "segmentation": (nodes.evaluate_segmenter, ["predicted_masks"], nodes.plot_segmentation,
-                     ["predicted_masks", "clean_index", "training_history"], ["val_overlays", "loss_curves"]),
-}
+from visionpipe.pipelines import for_task, per_task
+from visionpipe.pipelines.evaluation.nodes import evaluate_model, plot_evaluation
+from visionpipe.tasks import get_task_class
 
 
 def _nodes(task: str) -> list[Node]:
-    evaluate, outputs, plot, plot_inputs, plot_names = _EVAL[task]
+    task_cls = get_task_class(task)
+    outputs = list(task_cls.output_datasets)
     return [
-        Node(evaluate, inputs=["model", "clean_index", "augmentation", f"params:{task}"],
-             outputs=["metrics", "mlflow_metrics", *outputs], name="evaluate"),
-        Node(plot, inputs=plot_inputs, outputs=[f"plot_{p}" for p in plot_names], name="plot"),
+        Node(for_task(evaluate_model, task), inputs=["model", "clean_index", "augmentation", f"params:{task}"],
+             outputs={name: name for name in ["metrics", "mlflow_metrics", *outputs]}, name="evaluate"),
+        Node(for_task(plot_evaluation, task), inputs=["clean_index", "training_history", *outputs],
+             outputs={f"plot_{p}": f"plot_{p}" for p in task_cls.plot_names}, name="plot"),
     ]
 
 

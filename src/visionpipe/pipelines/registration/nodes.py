@@ -29,4 +29,7 @@ def register_model(model: dict, metrics: dict[str, float], index: dict, params: 
     tags = {"visionpipe.task": task, "visionpipe.model": cfg.model.name, **lineage_tags(index)}
     if cfg.model.backbone:
         tags["visionpipe.backbone"] = cfg.model.backbone
-    return register_and_gate(model, metrics, cfg.registry.model_dump(), tags)
+    from visionpipe.stages import serving_bundle
+
+    registry_cfg = {**cfg.registry.model_dump(), "greater_is_better": cfg.registry.greater}
+    return register_and_gate(serving_bundle(model, cfg), metrics, registry_cfg, tags)

@@ -11,6 +11,9 @@ from visionpipe.config import parse_task_config
 
 
 def train_model(index: dict, augmentation: dict, params: dict[str, Any], task: str) -> tuple[dict, pd.DataFrame]:
-    """Train; return the best model bundle and the per-epoch history."""
-    bundle, history = stages.train(task, index, augmentation, parse_task_config(task, params))
+    """Train; return the best model bundle and the per-epoch history (streamed to the active MLflow run)."""
+    from visionpipe.tracking.callbacks import tracking_callbacks
+
+    cfg = parse_task_config(task, params)
+    bundle, history = stages.train(task, index, augmentation, cfg, callbacks=tracking_callbacks(cfg))
     return bundle, pd.DataFrame(history)
