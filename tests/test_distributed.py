@@ -94,3 +94,15 @@ def test_kedro_pipeline_under_torchrun_writes_and_logs_once(tmp_path):
     predictions = pd.read_csv(project / "data/07_model_output/classification/predictions.csv")
     metrics = json.loads((project / "data/08_reporting/classification/metrics.json").read_text())
     assert len(predictions) == metrics["val_images"] == 12  # both ranks' shards, written once
+
+    # a stage pipeline under torchrun reads its inputs (index, augmentation) from what the run above wrote:
+    # ranks > 0 keep only the stage's outputs in memory
+    model_file = project / "data/06_models/classification/model/model.safetensors"
+    before = model_file.stat().st_mtime_ns
+    proc = subprocess.run([str(bin_dir / "torchrun"), "--nproc_per_node=2", "--master_port", str(_free_port()), str(bin_dir / "kedro"),
+                           "run", "--pipelines=training", "--namespaces=classification", f"--params={tiny_params(('classification',))}"],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert model_file.stat().st_mtime_ns > before
+    runs = client.search_runs([client.get_experiment_by_name("visionpipe").experiment_id], filter_string="attributes.run_name = 'classification.training'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
