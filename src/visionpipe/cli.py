@@ -144,6 +144,11 @@ def export_onnx_command(model_dir: Path, output: Path) -> None:
     click.echo(f"ONNX model written to {output}")
 
 
+from visionpipe.shard_command import shard  # noqa: E402  (its module imports nothing heavy)
+
+cli.add_command(shard)
+
+
 def main() -> None:
     """Entry point of the ``visionpipe`` script (``kedro`` commands stay available through ``kedro``)."""
     from kedro.framework.startup import bootstrap_project

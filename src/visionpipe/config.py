@@ -28,7 +28,7 @@ class BuiltinDataConfig(_Strict):
 
 class DataConfig(_Strict):
     root: str | None = None
-    format: Literal["imagefolder", "coco", "voc", "yolo", "masks"]
+    format: Literal["imagefolder", "coco", "voc", "yolo", "masks", "shards"]
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     classes: list[str] | None = None
     ignore_index: int = 255

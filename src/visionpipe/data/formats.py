@@ -326,9 +326,9 @@ def read_mask_folders(root: Path, classes: list[str] | None) -> dict:
 # ---------------------------------------------------------------- dispatch
 
 FORMATS_BY_TASK = {
-    "classification": ("imagefolder",),
-    "detection": ("coco", "voc", "yolo"),
-    "segmentation": ("masks", "coco"),
+    "classification": ("imagefolder", "shards"),
+    "detection": ("coco", "voc", "yolo", "shards"),
+    "segmentation": ("masks", "coco", "shards"),
 }
 
 
@@ -356,6 +356,10 @@ def read_dataset(task: str, root: str | Path, data_cfg) -> dict:
         index = read_voc(root, data_cfg.val_fraction, seed, data_cfg.classes)
     elif fmt == "yolo":
         index = read_yolo(root, data_cfg.classes)
+    elif fmt == "shards":  # written by `visionpipe shard` (visionpipe.data.shards)
+        from visionpipe.data.shards import read_shards
+
+        index = read_shards(root, task, data_cfg.classes)
     else:
         index = read_mask_folders(root, data_cfg.classes)
     index.update(task=task, format=fmt, root=str(root))

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from visionpipe.data.formats import SPLITS
-from visionpipe.data.images import load_mask, load_rgb
+from visionpipe.data.shards import load_record_mask, load_record_rgb
 from visionpipe.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -33,13 +33,13 @@ def _check_boxes(rec: dict, width: int, height: int, classes: list[str]) -> list
 
 def _check_record(task: str, root: Path, rec: dict, classes: list[str], ignore_index: int, max_pixels: int) -> list[tuple[str, str]]:
     """Return (file, problem) pairs for one record; an empty list means it is usable."""
-    image_path = root / rec["image"]
+    image_path = root / rec["shard"] / rec["image"] if "shard" in rec else root / rec["image"]
     try:
-        if not image_path.is_file():
+        if "shard" not in rec and not image_path.is_file():
             raise DataError(image_path, "image file not found")
-        if image_path.stat().st_size == 0:
+        if ("shard" in rec and rec["members"]["image"][1] == 0) or ("shard" not in rec and image_path.stat().st_size == 0):
             raise DataError(image_path, "zero-byte file")
-        pixels = load_rgb(image_path, max_pixels=max_pixels)
+        pixels = load_record_rgb(root, rec, max_pixels=max_pixels)
     except DataError as err:
         return [(err.path, err.problem)]
     height, width = pixels.shape[:2]
@@ -52,9 +52,9 @@ def _check_record(task: str, root: Path, rec: dict, classes: list[str], ignore_i
     if task == "detection":
         found += [(str(image_path), p) for p in _check_boxes(rec, width, height, classes)]
     if task == "segmentation" and "mask" in rec:
-        mask_path = root / rec["mask"]
+        mask_path = root / rec["shard"] / rec["mask"] if "shard" in rec else root / rec["mask"]
         try:
-            mask = load_mask(mask_path)
+            mask = load_record_mask(root, rec)
         except DataError as err:
             return found + [(err.path, err.problem)]
         if mask.shape != (height, width):

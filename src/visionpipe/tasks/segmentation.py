@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from visionpipe.data.images import load_mask
+from visionpipe.data.shards import load_record_mask
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
 from visionpipe.tasks.base import IMAGENET_MEAN, IMAGENET_STD, close_matches, load_pretrained, pop_reset_head, timm_normalization
@@ -153,7 +153,7 @@ class SegmentationTask:
 
     def make_sample(self, pixels, record, root, transform, index, for_eval: bool = False):
         h, w = pixels.shape[:2]
-        mask = load_mask(root / record["mask"]) if "mask" in record else rasterize_segments(record, h, w, self.ignore_index)
+        mask = load_record_mask(root, record) if "mask" in record else rasterize_segments(record, h, w, self.ignore_index)
         out = transform(image=pixels, mask=mask)
         meta = {"index": index}
         if for_eval:  # metrics are computed at the ground truth's own size
