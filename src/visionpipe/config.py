@@ -37,6 +37,8 @@ class DataConfig(_Strict):
     validation: Literal["strict", "skip"] = "strict"
     max_image_pixels: int = Field(89_478_485, ge=1)
     num_workers: int | Literal["auto"] = "auto"
+    # cpu: workers decode and augment (albumentations); gpu: workers read bytes, JPEGs decoded on the device (classification)
+    decode: Literal["cpu", "gpu"] = "cpu"
     # detection/segmentation in COCO format: annotation files and image folders, relative to root
     train_annotations: str = "annotations/instances_train.json"
     val_annotations: str = "annotations/instances_val.json"

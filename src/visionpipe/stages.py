@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from visionpipe.config import TaskConfig
-from visionpipe.data import builtin, formats, transforms, validation
+from visionpipe.data import builtin, formats, gpu_decode, transforms, validation
 from visionpipe.data.datasets import IndexDataset
 from visionpipe.engine import distributed
 from visionpipe.engine.runtime import resolve_runtime, seed_everything
@@ -111,6 +111,8 @@ def train(task: str, index: dict, aug: dict, cfg: TaskConfig, callbacks=None) ->
     model = task_obj.build_model()
     runtime = resolve_runtime(tc, cfg.data)
     train_ds, val_ds = _datasets(task_obj, index, aug, cfg)
+    if cfg.data.decode == "gpu":  # CONTRACT: the task's sample/collate for device decoding (visionpipe.data.gpu_decode)
+        task_obj, train_ds, val_ds = gpu_decode.device_decoding(task, task_obj, index, aug, cfg)
     if callbacks is None:
         callbacks = [cb for cb in [MlflowEpochLogger.for_active_run(runtime_tags(runtime))] if cb] if distributed.is_main_process() else []
     ckpt_dir = Path(tc.checkpoint_dir or f"data/06_models/{task}/checkpoints")
@@ -137,6 +139,8 @@ def evaluate(task: str, index: dict, aug: dict, bundle: dict, cfg: TaskConfig) -
     model.load_state_dict(bundle["state_dict"])
     runtime = resolve_runtime(cfg.train, cfg.data)
     _, val_ds = _datasets(task_obj, index, aug, cfg)
+    if cfg.data.decode == "gpu":  # CONTRACT: as in train()
+        task_obj, _, val_ds = gpu_decode.device_decoding(task, task_obj, index, aug, cfg)
     trainer = Trainer(task_obj, model, cfg.train.model_copy(update={"batch_size": cfg.evaluation.batch_size}), runtime)
     _, val_loader, _ = trainer.loaders(val_ds, val_ds)
     start = time.perf_counter()
