@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from visionpipe.data.formats import read_imagefolder
-    from visionpipe.data.shards import write_shards
+    from visionpipe.data.shards import read_shards, write_shards
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dvc_shards_"))
     try:
@@ -71,6 +71,9 @@ def main() -> None:
         start = time.perf_counter()
         write_shards(index, repo / "data" / "shards", args.shard_size)
         shard_s = time.perf_counter() - start
+        start = time.perf_counter()
+        read_shards(repo / "data" / "shards", "classification")  # what data.format: shards does at ingestion
+        read_s = time.perf_counter() - start
         for layout in ("files", "shards"):
             target = f"data/{layout}"
             n = sum(1 for p in (repo / target).rglob("*") if p.is_file())
@@ -78,7 +81,7 @@ def main() -> None:
             status_s = _run(repo, "dvc", "status", "-q")
             emit({"benchmark": "dvc_shards", "layout": layout, "images": args.files, "files_tracked": n,
                   "dvc_add_s": round(add_s, 2), "dvc_status_s": round(status_s, 2),
-                  **({"write_shards_s": round(shard_s, 2)} if layout == "shards" else {})})
+                  **({"write_shards_s": round(shard_s, 2), "read_index_s": round(read_s, 2)} if layout == "shards" else {})})
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)

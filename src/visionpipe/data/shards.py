@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import tarfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -98,7 +98,7 @@ def _write_shard(path: Path, samples: list[tuple[str, dict]], root: Path, task: 
         for key, record in samples:
             for name, data in _sample_members(key, record, root, task):
                 _add(tar, name, data)
-    keys = {_key(m.name) for m in _scan(tmp)}  # the shard is read back before it is given its real name
+    keys = {_key(m.name) for m in _scan(tmp)[0]}  # the shard is read back before it is given its real name
     if keys != {key for key, _ in samples}:
         tmp.unlink()
         raise DataError(path, f"shard read back with {len(keys)} samples instead of {len(samples)}", "Check the disk and retry")
@@ -147,14 +147,21 @@ def write_shards(index: dict, out: str | Path, shard_size: int = 1000, overwrite
 
 def _key(name: str) -> str:
     """WebDataset's sample key: the member name up to the first dot of its base name."""
-    path = PurePosixPath(name)
-    return str(path.parent / path.name.split(".", 1)[0]) if str(path.parent) != "." else path.name.split(".", 1)[0]
+    dot = name.find(".", name.rfind("/") + 1)
+    return name if dot < 0 else name[:dot]
 
 
-def _scan(path: Path) -> list[tarfile.TarInfo]:
+def _scan(path: Path, read: tuple[str, ...] = ()) -> tuple[list[tarfile.TarInfo], dict[str, bytes]]:
+    """The shard's file members, and the contents of those whose names end with ``read``, in one pass over the file."""
     try:
         with tarfile.open(path, "r:") as tar:
-            return [m for m in tar.getmembers() if m.isfile()]
+            members = [m for m in tar.getmembers() if m.isfile()]
+            contents = {}
+            for m in members:
+                if read and m.name.endswith(read):
+                    tar.fileobj.seek(m.offset_data)
+                    contents[m.name] = tar.fileobj.read(m.size)
+            return members, contents
     except FileNotFoundError:
         raise DataError(path, "shard listed in the manifest is missing", f"Restore it (`dvc pull`) or {_FIX_REWRITE.lower()}") from None
     except (tarfile.TarError, OSError) as err:
@@ -163,7 +170,8 @@ def _scan(path: Path) -> list[tarfile.TarInfo]:
 
 def _read_shard(path: Path) -> list[dict]:
     samples: dict[str, dict] = {}
-    for m in _scan(path):
+    found, contents = _scan(path, read=(".json",))
+    for m in found:
         key = _key(m.name)
         kind = m.name[len(key) + 1:]
         samples.setdefault(key, {})[kind] = m
@@ -172,7 +180,7 @@ def _read_shard(path: Path) -> list[dict]:
         members = samples[key]
         if "json" not in members:
             raise DataError(path, f"sample {key} has no {key}.json record", _FIX_REWRITE)
-        record = json.loads(_read_bytes(path, members["json"].offset_data, members["json"].size))
+        record = json.loads(contents[members["json"].name])
         image = [m for kind, m in members.items() if kind not in ("json", "cls") and not kind.startswith("mask.")]
         if len(image) != 1:
             raise DataError(path, f"sample {key} has {len(image)} image members, expected 1", _FIX_REWRITE)
