@@ -186,3 +186,20 @@ def test_shard_command_writes_shards_and_reports_user_errors_in_one_line(tmp_pat
     assert again.exit_code == 1 and "DataError" in again.output and "--overwrite" in again.output and "Traceback" not in again.output
     wrong = CliRunner().invoke(cli, [*args, "--overwrite", "--format", "coco"])
     assert wrong.exit_code == 1 and "format 'coco' is not available for classification" in wrong.output
+
+
+def test_plots_draw_images_from_shards(tmp_path):
+    from visionpipe.tasks.detection import coco_ground_truth
+    from visionpipe.tracking import plots
+
+    for task in ("detection", "segmentation"):
+        root, cfg = _source(task, tmp_path)
+        shards.shard_dataset(task, cfg, root, tmp_path / "shards" / task, shard_size=4)
+        index = formats.read_dataset(task, tmp_path / "shards" / task, cfg.data.model_copy(update={"format": "shards"}))
+        if task == "detection":
+            fig = plots.box_grid([], coco_ground_truth(index["val"], index["classes"]), index)
+        else:
+            masks = {Path(r["image"]).stem: np.zeros((32, 32), np.uint8) for r in index["val"]}
+            fig = plots.mask_overlays(masks, index)
+        first = fig.axes[0].images[0].get_array()
+        np.testing.assert_array_equal(np.asarray(first), shards.load_record_rgb(index["root"], index["val"][0]))
