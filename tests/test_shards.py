@@ -132,8 +132,9 @@ def test_stale_or_damaged_shards_are_clear_errors(tmp_path):
     shards.shard_dataset("classification", cfg, root, out, shard_size=10)
     with pytest.raises(DataError, match="already holds shards.*--overwrite"):
         shards.shard_dataset("classification", cfg, root, out, shard_size=10)
+    (out / ".train-000002.tar.tmp").write_bytes(b"left by an interrupted run")
     shards.shard_dataset("classification", cfg, root, out, shard_size=30, overwrite=True)
-    assert sorted(p.name for p in out.glob("*.tar")) == ["train-000000.tar", "val-000000.tar"]  # no stale shard left behind
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train-000000.tar", "val-000000.tar"]  # nothing stale left
 
     with pytest.raises(DataError, match="written for classification, not detection"):
         shards.read_shards(out, "detection")

@@ -123,7 +123,7 @@ def write_shards(index: dict, out: str | Path, shard_size: int = 1000, overwrite
     if old and not overwrite:
         raise DataError(out, f"already holds shards ({len(old)} files)", "Pass --overwrite to replace them, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    for path in old:  # the old manifest goes first: half-replaced shards must never look complete
+    for path in [*old, *out.glob(".*.tmp")]:  # the old manifest goes first: half-replaced shards must never look complete
         path.unlink()
     splits: dict[str, Any] = {}
     for split in SPLITS:
