@@ -51,12 +51,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    ddp = torch.load(tmp_path / "ddp.pt", weights_only=False)
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The reference: one process, global batch 8."""
+    tmp = tmp_path_factory.mktemp("one_process")
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        return _train(tmp, batch_size=8)
+    finally:
+        os.chdir(cwd)
 
-    monkeypatch.chdir(tmp_path)
-    single_bundle, single_history, single_metrics, single_predictions = _train(tmp_path, batch_size=8)
+
+def _assert_matches_one_process(ddp: dict, one_process) -> None:
+    single_bundle, single_history, single_metrics, single_predictions = one_process
     for key, value in single_bundle["state_dict"].items():
         torch.testing.assert_close(ddp["state"][key], value, atol=2e-4, rtol=1e-3)
     for a, b in zip(ddp["history"], single_history):
@@ -64,6 +72,56 @@ def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
     assert ddp["metrics"]["top1"] == pytest.approx(single_metrics["top1"], abs=1 / 12 + 1e-6)  # at most one of 12 images flips
     assert ddp["n_predictions"] == len(single_predictions) == 12  # every rank's shard is gathered
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, one_process):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    _assert_matches_one_process(torch.load(tmp_path / "ddp.pt", weights_only=False), one_process)
+
+
+_NODE_SCRIPT = """
+import os, sys
+from pathlib import Path
+import torch
+sys.path.insert(0, {tests!r})
+from test_distributed import _train
+from visionpipe.engine import distributed
+
+assert distributed.init_from_env("gloo")
+torch.set_num_threads(1)
+bundle, history, metrics, predictions = _train(Path.cwd(), batch_size=4)
+if distributed.rank() == 0:
+    torch.save({{"state": bundle["state_dict"], "history": history, "metrics": metrics, "n_predictions": len(predictions),
+                "world": os.environ["WORLD_SIZE"]}}, "ddp.pt")
+distributed.barrier()
+"""
+
+
+def test_two_torchrun_nodes_match_one_process(tmp_path, one_process):
+    """Two torchrun agents ("nodes", one process each) meet through a c10d rendezvous on 127.0.0.1, as on a cluster."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "node.py"
+    script.write_text(_NODE_SCRIPT.format(tests=str(Path(__file__).parent)))
+    endpoint = f"127.0.0.1:{_free_port()}"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([str(torchrun), "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
+                               "--rdzv_id=visionpipe-test", "--local_addr=127.0.0.1", "--max_restarts=0", str(script)],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    try:
+        outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], "\n---\n".join(out[-3000:] for out in outputs)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=False)
+    assert ddp["world"] == "2"
+    _assert_matches_one_process(ddp, one_process)
 
 
 def test_kedro_pipeline_under_torchrun_writes_and_logs_once(tmp_path):

@@ -74,3 +74,32 @@ def test_push_and_pull_through_the_default_remote(repo):
     assert len(list((repo / "data/01_raw/builtin/classification").rglob("*.png"))) == 36
     assert (repo / "data/06_models/classification/model/model.safetensors").is_file()
     assert "up to date" in sh(repo, "dvc", "status", "classification")
+
+
+def test_shards_travel_through_a_remote_into_a_fresh_clone(tmp_path):
+    """`dvc add` on a shard folder, push to a named remote, clone elsewhere, pull: the same index, byte for byte."""
+    from visionpipe.config import parse_task_config
+    from visionpipe.data import builtin, shards
+
+    cfg = parse_task_config("classification", task_params("classification", tmp_path, data={"classes": builtin.builtin_classes("classification", 6)}))
+    source = builtin.ensure_builtin_dataset(tmp_path / "source", "classification", cfg.data.builtin.model_dump(exclude={"path"}))
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    sh(origin, "git", "init", "-q")
+    sh(origin, "dvc", "init", "-q")
+    shards.shard_dataset("classification", cfg, source, origin / "data" / "shards", shard_size=10)
+    sh(origin, "dvc", "add", "-q", "data/shards")
+    sh(origin, "dvc", "remote", "add", "-d", "team", str(tmp_path / "remote"))
+    sh(origin, "git", "add", "-A")
+    sh(origin, "git", "commit", "-qm", "shards")
+    sh(origin, "dvc", "push", "-q")
+    assert len([p for p in (tmp_path / "remote").rglob("*") if p.is_file()]) == 7  # 5 shards + manifest + the folder listing
+
+    sh(tmp_path, "git", "clone", "-q", str(origin), "clone")
+    clone = tmp_path / "clone"
+    assert not (clone / "data" / "shards").exists()
+    sh(clone, "dvc", "pull", "-q")
+    pulled, written = shards.read_shards(clone / "data" / "shards", "classification"), shards.read_shards(origin / "data" / "shards", "classification")
+    assert pulled["train"] == written["train"] and pulled["val"] == written["val"]
+    for name in ("manifest.json", "train-000000.tar", "val-000001.tar"):
+        assert (clone / "data" / "shards" / name).read_bytes() == (origin / "data" / "shards" / name).read_bytes()

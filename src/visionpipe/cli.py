@@ -14,6 +14,7 @@ from kedro.framework.cli.project import run as kedro_run
 
 from visionpipe import TASKS
 from visionpipe.errors import VisionpipeError
+from visionpipe.shard_command import shard
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def cli() -> None:
 
 
 cli.add_command(run)
+cli.add_command(shard)
 
 
 @cli.command()

@@ -11,7 +11,6 @@ import torch
 
 from visionpipe.config import TaskConfig
 from visionpipe.data import builtin, formats, transforms, validation
-from visionpipe.data.datasets import IndexDataset
 from visionpipe.engine import distributed
 from visionpipe.engine.runtime import resolve_runtime, seed_everything
 from visionpipe.engine.trainer import Callback, Trainer
@@ -75,13 +74,6 @@ def make_spec(task: str, cfg: TaskConfig, classes: list[str]) -> dict[str, Any]:
     return get_task_class(task).make_spec(cfg, classes)
 
 
-def _datasets(task_obj, index: dict, aug: dict, cfg: TaskConfig):
-    train_tf, val_tf = transforms.from_dict(aug["train"]), transforms.from_dict(aug["val"])
-    max_px = cfg.data.max_image_pixels
-    return (IndexDataset(index, "train", train_tf, task_obj.make_sample, cfg.train.seed, max_px),
-            IndexDataset(index, "val", val_tf, task_obj.make_sample, cfg.train.seed, max_px, for_eval=True))
-
-
 def train(task: str, index: dict, aug: dict, cfg: TaskConfig, callbacks: list[Callback] | None = None) -> tuple[dict, list[dict]]:
     """Train on ``index['train']``, select the best epoch on ``index['val']`` by ``registry.metric``;
     return the best model bundle and the history. ``callbacks`` (e.g. MLflow logging) come from the node."""
@@ -91,14 +83,14 @@ def train(task: str, index: dict, aug: dict, cfg: TaskConfig, callbacks: list[Ca
     task_obj = get_task(spec)
     model = task_obj.build_model()
     runtime = resolve_runtime(tc, cfg.data)
-    train_ds, val_ds = _datasets(task_obj, index, aug, cfg)
+    adapter, train_ds, val_ds = task_obj.datasets(index, aug, cfg)
     ckpt_dir = Path(tc.checkpoint_dir or f"data/06_models/{task}/checkpoints")
     signature = {"task": task, "model": spec["model"]["name"], "backbone": spec["model"].get("backbone"), "classes": spec["classes"],
                  "image_size": spec["image_size"], "data": index.get("fingerprint")}
     logger.info("Training %s (%s) on %s: %d train / %d val images, AMP %s, channels_last %s, %d workers",
                 task, spec["model"]["name"], runtime.device, len(train_ds), len(val_ds), runtime.amp_name, runtime.channels_last,
                 runtime.num_workers)
-    trainer = Trainer(task_obj, model, tc, runtime, ckpt_dir, list(callbacks or []), signature,
+    trainer = Trainer(adapter, model, tc, runtime, ckpt_dir, list(callbacks or []), signature,
                       records=index["val"], selection=(cfg.registry.metric.removeprefix("test/"), cfg.registry.greater))
     result = trainer.fit(train_ds, val_ds)
     spec["best_epoch"] = result.best_epoch
@@ -123,8 +115,8 @@ def evaluate(task: str, index: dict, aug: dict, bundle: dict, cfg: TaskConfig) -
     model.load_state_dict(bundle["state_dict"])
     task_obj.configure(model, bundle["spec"]["evaluation"])
     runtime = resolve_runtime(cfg.train, cfg.data)
-    _, val_ds = _datasets(task_obj, index, aug, cfg)
-    trainer = Trainer(task_obj, model, cfg.train.model_copy(update={"batch_size": cfg.evaluation.batch_size}), runtime, records=index["val"])
+    adapter, _, val_ds = task_obj.datasets(index, aug, cfg)
+    trainer = Trainer(adapter, model, cfg.train.model_copy(update={"batch_size": cfg.evaluation.batch_size}), runtime, records=index["val"])
     _, val_loader, _ = trainer.loaders(val_ds, val_ds)
     start = time.perf_counter()
     evaluator = trainer.evaluate(val_loader, keep_predictions=True)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 from torch.utils.data import Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from visionpipe.data.images import load_rgb
+from visionpipe.data.shards import load_record_rgb
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -45,7 +45,7 @@ class IndexDataset(Dataset):
         i, epoch = key if isinstance(key, tuple) else (key, 0)
         record = self.records[i]
         self.transform.set_random_seed(sample_seed(self.seed, epoch, i))
-        pixels = load_rgb(self.root / record["image"], max_pixels=self.max_pixels)
+        pixels = load_record_rgb(self.root, record, max_pixels=self.max_pixels)  # a file, or a tar shard member
         return self.make_sample(pixels, record, self.root, self.transform, i, for_eval=self.for_eval)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -44,13 +45,17 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def load_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
-    """Decode an image file as HxWx3 uint8; a bad file raises DataError naming it."""
+def load_rgb(path: str | Path, max_pixels: int | None = None, data: bytes | None = None) -> np.ndarray:
+    """Decode an image file as HxWx3 uint8; a bad file raises DataError naming it.
+
+    ``data``: the file's bytes when they do not come from ``path`` itself (a member of a tar shard);
+    ``path`` then only names the image in errors.
+    """
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path if data is None else io.BytesIO(data)) as image:
                 if max_pixels and image.width * image.height > max_pixels:
                     raise DataError(
                         path,
@@ -69,11 +74,11 @@ def load_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
         raise DataError(path, f"cannot decode image ({err})", "Re-export the file or remove it") from None
 
 
-def load_mask(path: str | Path) -> np.ndarray:
-    """Decode a class-index mask as HxW uint8/int64 without any colour conversion."""
+def load_mask(path: str | Path, data: bytes | None = None) -> np.ndarray:
+    """Decode a class-index mask as HxW uint8/int64 without any colour conversion (``data`` as in load_rgb)."""
     path = Path(path)
     try:
-        with Image.open(path) as mask:
+        with Image.open(path if data is None else io.BytesIO(data)) as mask:
             mask.load()
             if mask.mode in ("RGB", "RGBA"):
                 raise DataError(

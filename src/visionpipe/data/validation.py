@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from visionpipe.data.formats import SPLITS
-from visionpipe.data.images import load_mask, load_rgb
+from visionpipe.data.shards import load_record_mask, load_record_rgb
 from visionpipe.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -39,10 +39,11 @@ def check_annotated_size(rec: dict, image_path: Path, width: int, height: int) -
     return []
 
 
-def check_mask_file(mask_path: Path, width: int, height: int, classes: list[str], ignore_index: int) -> list[tuple[str, str]]:
-    """A class-index mask file must decode, match the image size and hold only class indices or ignore_index."""
+def check_mask_file(root: Path, rec: dict, width: int, height: int, classes: list[str], ignore_index: int) -> list[tuple[str, str]]:
+    """A record's class-index mask must decode, match the image size and hold only class indices or ignore_index."""
+    mask_path = root / rec["shard"] / rec["mask"] if "shard" in rec else root / rec["mask"]
     try:
-        mask = load_mask(mask_path)
+        mask = load_record_mask(root, rec)
     except DataError as err:
         return [(err.path, err.problem)]
     found = []
@@ -56,13 +57,13 @@ def check_mask_file(mask_path: Path, width: int, height: int, classes: list[str]
 
 def _check_record(task_cls, root: Path, rec: dict, classes: list[str], data_cfg, max_pixels: int) -> list[tuple[str, str]]:
     """Return (file, problem) pairs for one record; an empty list means it is usable."""
-    image_path = root / rec["image"]
+    image_path = root / rec["shard"] / rec["image"] if "shard" in rec else root / rec["image"]
     try:
-        if not image_path.is_file():
+        if "shard" not in rec and not image_path.is_file():
             raise DataError(image_path, "image file not found")
-        if image_path.stat().st_size == 0:
+        if ("shard" in rec and rec["members"]["image"][1] == 0) or ("shard" not in rec and image_path.stat().st_size == 0):
             raise DataError(image_path, "zero-byte file")
-        pixels = load_rgb(image_path, max_pixels=max_pixels)
+        pixels = load_record_rgb(root, rec, max_pixels=max_pixels)
     except DataError as err:
         return [(err.path, err.problem)]
     height, width = pixels.shape[:2]

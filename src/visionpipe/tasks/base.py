@@ -199,10 +199,14 @@ class Task:
         """Read ``root`` in ``data_cfg.format``: ``{"classes", "train", "val", ["test"], "problems"}``."""
         from visionpipe.errors import DataError
 
+        if data_cfg.format == "shards":  # written by `visionpipe shard`: any task's data, as tar shards
+            from visionpipe.data.shards import read_shards
+
+            return read_shards(root, cls.name, data_cfg.classes)
         reader = cls.formats.get(data_cfg.format)
         if reader is None:
             raise DataError(root, f"format '{data_cfg.format}' is not available for {cls.name}",
-                            f"Use one of {list(cls.formats)} in {cls.name}.data.format")
+                            f"Use one of {[*cls.formats, 'shards']} in {cls.name}.data.format")
         return reader(root, data_cfg)
 
     @classmethod
@@ -244,6 +248,17 @@ class Task:
         from visionpipe.data.transforms import compose
 
         return compose(augment, image_size, mean, std, train=train, block=cls.name)
+
+    def datasets(self, index: dict, aug: dict, cfg):
+        """(the loop's task adapter, train dataset, val dataset): decoded records through ``make_sample``
+        by default; a task may return another adapter (e.g. decoding on the device)."""
+        from visionpipe.data import transforms
+        from visionpipe.data.datasets import IndexDataset
+
+        train_tf, val_tf = transforms.from_dict(aug["train"]), transforms.from_dict(aug["val"])
+        max_px = cfg.data.max_image_pixels
+        return (self, IndexDataset(index, "train", train_tf, self.make_sample, cfg.train.seed, max_px),
+                IndexDataset(index, "val", val_tf, self.make_sample, cfg.train.seed, max_px, for_eval=True))
 
     def make_sample(self, pixels: np.ndarray, record: dict, root: Path, transform, index: int, for_eval: bool = False):
         raise NotImplementedError

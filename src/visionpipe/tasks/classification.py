@@ -27,7 +27,9 @@ from visionpipe.tasks.base import (
 
 
 class ClassificationData(DataConfig):
-    format: Literal["imagefolder"] = "imagefolder"
+    format: Literal["imagefolder", "shards"] = "imagefolder"
+    # cpu: workers decode and augment (albumentations); gpu: workers read bytes, JPEGs decoded on the device
+    decode: Literal["cpu", "gpu"] = "cpu"
 
 
 class ClassificationConfig(TaskConfig):
@@ -116,6 +118,13 @@ class ClassificationTask(Task):
 
     def build_model(self) -> torch.nn.Module:
         return build_classifier(self.spec["model"], len(self.classes))
+
+    def datasets(self, index: dict, aug: dict, cfg):
+        if cfg.data.decode == "gpu":  # workers read bytes; JPEGs decoded and augmented on the device
+            from visionpipe.data import gpu_decode
+
+            return gpu_decode.device_decoding(self, index, aug, cfg)
+        return super().datasets(index, aug, cfg)
 
     def make_sample(self, pixels, record, root, transform, index, for_eval: bool = False):
         return transform(image=pixels)["image"], record["label"], {"index": index}

@@ -28,7 +28,7 @@ TIMM_ARCHS = ("fcos", "retinanet", "fasterrcnn")
 
 
 class DetectionData(DataConfig, CocoFilesMixin):
-    format: Literal["coco", "voc", "yolo"] = "coco"
+    format: Literal["coco", "voc", "yolo", "shards"] = "coco"
 
 
 class DetectionEvaluation(EvaluationConfig):

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from visionpipe.config import CocoFilesMixin, DataConfig, TaskConfig, _Strict
 from visionpipe.data import builtin, formats
-from visionpipe.data.images import load_mask
+from visionpipe.data.shards import load_record_mask
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
 from visionpipe.tasks.base import (
@@ -32,7 +32,7 @@ from visionpipe.tasks.base import (
 
 
 class SegmentationData(DataConfig, CocoFilesMixin):
-    format: Literal["masks", "coco"] = "masks"
+    format: Literal["masks", "coco", "shards"] = "masks"
     ignore_index: int = 255  # mask value excluded from loss and metrics
 
 
@@ -221,7 +221,7 @@ class SegmentationTask(Task):
         from visionpipe.data.validation import check_annotated_size, check_mask_file
 
         if "mask" in rec:
-            return check_mask_file(root / rec["mask"], width, height, classes, data_cfg.ignore_index)
+            return check_mask_file(root, rec, width, height, classes, data_cfg.ignore_index)
         return check_annotated_size(rec, root / rec["image"], width, height)
 
     def build_model(self) -> nn.Module:
@@ -229,7 +229,7 @@ class SegmentationTask(Task):
 
     def make_sample(self, pixels, record, root, transform, index, for_eval: bool = False):
         h, w = pixels.shape[:2]
-        mask = load_mask(root / record["mask"]) if "mask" in record else rasterize_segments(record, h, w, self.ignore_index)
+        mask = load_record_mask(root, record) if "mask" in record else rasterize_segments(record, h, w, self.ignore_index)
         out = transform(image=pixels, mask=mask)
         meta = {"index": index}
         if for_eval:  # metrics are computed at the ground truth's own size

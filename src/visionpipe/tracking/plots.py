@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from visionpipe.data.images import load_mask, load_rgb  # noqa: E402
+from visionpipe.data.shards import load_record_mask, load_record_rgb  # noqa: E402
 
 MAX_IMAGES = 8
 
@@ -82,8 +82,9 @@ def box_grid(predictions: list[dict], ground_truth: dict, index: dict, min_score
     images = ground_truth["images"][:MAX_IMAGES]
     names = {c["id"]: c["name"] for c in ground_truth["categories"]}
     fig, axes = _grid(len(images))
+    records = {r["image"]: r for r in index["val"]}  # a record may point into a tar shard
     for ax, image in zip(axes, images):
-        ax.imshow(load_rgb(Path(index["root"]) / image["file_name"]))
+        ax.imshow(load_record_rgb(Path(index["root"]), records.get(image["file_name"], {"image": image["file_name"]})))
         for ann in (a for a in ground_truth["annotations"] if a["image_id"] == image["id"]):
             x, y, w, h = ann["bbox"]
             ax.add_patch(plt.Rectangle((x, y), w, h, fill=False, color="lime", lw=1.5))
@@ -103,12 +104,12 @@ def mask_overlays(masks: dict, index: dict) -> plt.Figure:
     cmap = plt.get_cmap("tab20", max(2, len(index["classes"])))
     root = Path(index["root"])
     for i, rec in enumerate(records):
-        image = load_rgb(root / rec["image"])
+        image = load_record_rgb(root, rec)
         predicted = masks[Path(rec["image"]).stem]
         predicted = np.asarray(predicted() if callable(predicted) else predicted)  # PartitionedDataset loads lazily
         panels = [("image", image, None), ("predicted", image, predicted)]
         if "mask" in rec:
-            panels.insert(1, ("true", image, load_mask(root / rec["mask"])))
+            panels.insert(1, ("true", image, load_record_mask(root, rec)))
         for j, (title, img, mask) in enumerate(panels):
             ax = axes[i * 3 + j]
             ax.imshow(img)
