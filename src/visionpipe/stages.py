@@ -119,7 +119,9 @@ def train(task: str, index: dict, aug: dict, cfg: TaskConfig, callbacks=None) ->
     logger.info("Training %s (%s) on %s: %d train / %d val images, AMP %s, channels_last %s, %d workers",
                 task, spec["model"]["name"], runtime.device, len(train_ds), len(val_ds), runtime.amp_name, runtime.channels_last,
                 runtime.num_workers)
-    trainer = Trainer(task_obj, model, tc, runtime, ckpt_dir, callbacks, signature)
+    from visionpipe.run_state import checkpoint_extra
+
+    trainer = Trainer(task_obj, model, tc, runtime, ckpt_dir, callbacks, signature, checkpoint_extra=checkpoint_extra())
     result = trainer.fit(train_ds, val_ds)
     spec["best_epoch"] = result.best_epoch
     spec["runtime"] = {"device": str(runtime.device), "amp": runtime.amp_name, "channels_last": runtime.channels_last,

@@ -100,13 +100,15 @@ class Trainer:
     """Fit a model with a task adapter; the main process writes checkpoints and runs callbacks."""
 
     def __init__(self, adapter: TaskAdapter, model: torch.nn.Module, cfg, runtime: Runtime,
-                 checkpoint_dir: Path | None = None, callbacks: list[Callback] | None = None, signature: dict | None = None):
+                 checkpoint_dir: Path | None = None, callbacks: list[Callback] | None = None, signature: dict | None = None,
+                 checkpoint_extra: dict | None = None):
         self.adapter = adapter
         self.cfg = cfg
         self.runtime = runtime
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.callbacks = callbacks or []
         self.signature = signature or {}
+        self.checkpoint_extra = checkpoint_extra or {}  # saved as "extra" in last.pt (e.g. the MLflow run id to resume)
         self.model = model.to(runtime.device)
         if runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -202,6 +204,7 @@ class Trainer:
                         "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict() if scaler else {}, "epoch": epoch, "rng": rng_state(), "history": history,
                         "best_state": best_state, "best_metrics": best_metrics, "best_epoch": best_epoch, "signature": self.signature,
+                        "extra": self.checkpoint_extra,
                     }, self._ckpt_path())
                 for cb in self.callbacks:
                     cb.on_epoch_end(epoch, metrics)

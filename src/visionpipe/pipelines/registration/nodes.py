@@ -15,6 +15,7 @@ def register_model(model: dict, metrics: dict[str, float], index: dict, params: 
     """Register the model in the MLflow Model Registry; the alias goes to it only if it beats the champion."""
     import mlflow
 
+    from visionpipe.tracking.champion import rescorer, scoring_split, split_fingerprint
     from visionpipe.tracking.lineage import lineage_tags
     from visionpipe.tracking.registry import register_and_gate
 
@@ -29,4 +30,6 @@ def register_model(model: dict, metrics: dict[str, float], index: dict, params: 
     tags = {"visionpipe.task": task, "visionpipe.model": cfg.model.name, **lineage_tags(index)}
     if cfg.model.backbone:
         tags["visionpipe.backbone"] = cfg.model.backbone
-    return register_and_gate(model, metrics, cfg.registry.model_dump(), tags)
+    split = scoring_split(index)
+    evaluation = {"split": split, "fingerprint": split_fingerprint(index, split), "rescore": rescorer(task, index, cfg)}
+    return register_and_gate(model, metrics, cfg.registry.model_dump(), tags, evaluation)
