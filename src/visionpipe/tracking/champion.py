@@ -37,43 +37,39 @@ def split_fingerprint(index: dict, split: str) -> str:
     return h.hexdigest()
 
 
-def _class_axis(old: torch.Tensor, new: torch.Tensor, n_old: int, n_new: int, class_major: bool):
-    """(anchors, offset) when dim 0 of ``old``/``new`` holds n_old/n_new classes, optionally after a
-    background row (offset 1) and repeated per anchor; ``None`` when it does not."""
-    for offset in (0, 1):
-        if old.shape[0] % (n_old + offset) == 0:
-            anchors = old.shape[0] // (n_old + offset)
-            if new.shape[0] == anchors * (n_new + offset) and old.shape[1:] == new.shape[1:]:
-                return anchors, offset
-    return None
+def class_layout(shapes_n: dict[str, torch.Size], shapes_n1: dict[str, torch.Size], n: int) -> dict[str, tuple[int, int]]:
+    """Which tensors hold one row per class, from the state-dict shapes of the same model built for ``n`` and
+    ``n + 1`` classes: ``{key: (anchors, offset)}``, dim 0 being ``anchors * (classes + offset)`` (offset 1
+    for a background row)."""
+    layout = {}
+    for key, shape in shapes_n.items():
+        other = shapes_n1.get(key)
+        if other is None or tuple(other) == tuple(shape):
+            continue
+        anchors = other[0] - shape[0]
+        layout[key] = (anchors, shape[0] // anchors - n)
+    return layout
 
 
-def remap_state_dict(old_state: dict[str, torch.Tensor], new_shapes: dict[str, torch.Size], old_classes: list[str],
+def remap_state_dict(old_state: dict[str, torch.Tensor], layout: dict[str, tuple[int, int]], old_classes: list[str],
                      new_classes: list[str]) -> dict[str, torch.Tensor]:
-    """The champion's weights with every class-sized output tensor re-indexed to ``new_classes`` by name.
+    """The champion's weights with every class-sized tensor (``layout``, see class_layout) re-indexed to
+    ``new_classes`` by name.
 
     Rows of classes the champion knows are copied; rows of classes it does not know get zero weights and a
     very negative bias, so it never predicts them and their images count as misses.
 
     # CONTRACT: per task kind the class-sized tensors are the classifier head (classification), the
-    # segmentation head (segmentation) and the detector's class logits (+ background row / box deltas for
-    # two-stage detectors). Found here by shape against a model built for today's classes.
+    # segmentation head (segmentation) and the detector's class logits (+ background row and per-class box
+    # deltas for two-stage detectors). Found here by building the model for two class counts.
     """
     position = {name: i for i, name in enumerate(old_classes)}
-    out = {}
-    for key, old in old_state.items():
-        shape = new_shapes.get(key)
-        if shape is None or tuple(old.shape) == tuple(shape):
-            out[key] = old
-            continue
-        new = torch.empty(shape, dtype=old.dtype)
+    out = dict(old_state)
+    for key, (anchors, offset) in layout.items():
+        old = old_state[key]
         class_major = "bbox" in key  # box deltas are laid out class by class, logits anchor by anchor
-        axis = _class_axis(old, new, len(old_classes), len(new_classes), class_major)
-        if axis is None:
-            raise ValueError(f"cannot match classes by name in tensor {key}: {tuple(old.shape)} vs {tuple(shape)}")
-        anchors, offset = axis
         k_old, k_new = len(old_classes) + offset, len(new_classes) + offset
-        # classes on dim 0 (class-major) or dim 1 (anchor-major) of a (classes, anchors) / (anchors, classes) view
+        # a (classes, anchors, ...) view of the tensor
         src = old.reshape(k_old, anchors, *old.shape[1:]) if class_major else old.reshape(anchors, k_old, *old.shape[1:]).transpose(0, 1)
         dst = torch.zeros((k_new, anchors, *old.shape[1:]), dtype=old.dtype)
         if old.ndim == 1 and not class_major:
@@ -83,7 +79,7 @@ def remap_state_dict(old_state: dict[str, torch.Tensor], new_shapes: dict[str, t
             if name in position:
                 dst[j + offset] = src[position[name] + offset]
         dst = dst if class_major else dst.transpose(0, 1)
-        out[key] = dst.contiguous().reshape(shape)
+        out[key] = dst.contiguous().reshape(anchors * k_new, *old.shape[1:])
     return out
 
 
@@ -91,12 +87,17 @@ def remap_bundle(bundle: dict[str, Any], classes: list[str]) -> dict[str, Any]:
     """The champion bundle as a model over ``classes`` (today's class list), matched by name."""
     from visionpipe.tasks import get_task
 
-    spec = dict(bundle["spec"])
-    if list(spec["classes"]) == list(classes):
+    spec = {**bundle["spec"], "model": {**bundle["spec"]["model"], "pretrained_path": None}}
+    old_classes = list(spec["classes"])
+    if old_classes == list(classes):
         return bundle
-    new_spec = {**spec, "classes": list(classes), "model": {**spec["model"], "pretrained_path": None}}
-    shapes = {k: v.shape for k, v in get_task(new_spec).build_model().state_dict().items()}
-    return {"spec": new_spec, "state_dict": remap_state_dict(bundle["state_dict"], shapes, list(spec["classes"]), list(classes))}
+
+    def shapes(names: list[str]) -> dict[str, torch.Size]:
+        return {k: v.shape for k, v in get_task({**spec, "classes": names}).build_model().state_dict().items()}
+
+    layout = class_layout(shapes(old_classes), shapes([*old_classes, "\0probe"]), len(old_classes))
+    return {"spec": {**spec, "classes": list(classes)},
+            "state_dict": remap_state_dict(bundle["state_dict"], layout, old_classes, list(classes))}
 
 
 def rescorer(task: str, index: dict, cfg) -> Callable[[dict[str, Any]], dict[str, float]]:

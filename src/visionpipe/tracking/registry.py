@@ -84,6 +84,10 @@ def recover_incomplete(client: MlflowClient, name: str, alias: str) -> list[int]
     """Versions left ``pending`` by a process killed mid-registration (their run is no longer RUNNING) are
     tagged incomplete; if one holds the alias, the alias goes back to the champion before it."""
     found = []
+    try:  # search results carry no aliases: ask for the alias itself
+        holder = client.get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        holder = None
     for version in client.search_model_versions(f"name = '{name}'"):
         if version.tags.get(TAG_STATE) != "pending":
             continue
@@ -98,7 +102,7 @@ def recover_incomplete(client: MlflowClient, name: str, alias: str) -> list[int]
         found.append(int(version.version))
         logger.warning("%s v%s was left half-registered by a killed run (%s): tagged %s", name, version.version,
                        version.run_id, TAG_INCOMPLETE)
-        if alias in (version.aliases or []):
+        if str(holder) == str(version.version):
             previous = version.tags.get(TAG_PREVIOUS, "none")
             if previous != "none":
                 client.set_registered_model_alias(name, alias, previous)
