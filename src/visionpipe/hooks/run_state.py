@@ -185,8 +185,8 @@ class RunStateHook:
             manifest.update(status=status, end=rs.now())
             if error is not None:
                 manifest["error"] = f"{type(error).__name__}: {error}"[:2000]
-            if status == "finished" and manifest.get("previous_outputs"):
-                shutil.rmtree(self._project / manifest["previous_outputs"], ignore_errors=True)
+            if status == "finished":  # every output is now from this run: what was set aside goes
+                shutil.rmtree(self._project / rs.REPORTING / task / rs.PREVIOUS, ignore_errors=True)
                 manifest["previous_outputs"] = None
             rs.write_json_atomic(rs.manifest_path(task, self._project), manifest)
         self._manifests.clear()
