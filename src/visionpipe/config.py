@@ -36,6 +36,8 @@ class DataConfig(_Strict):
     # validation policy: strict fails on the first bad file set, skip drops bad files and reports them
     validation: Literal["strict", "skip"] = "strict"
     max_image_pixels: int = Field(89_478_485, ge=1)
+    # the same or nearly the same image in two splits: a warning finding, or fatal with "error"
+    leakage: Literal["warn", "error"] = "warn"
     num_workers: int | Literal["auto"] = "auto"
     # detection/segmentation in COCO format: annotation files and image folders, relative to root
     train_annotations: str = "annotations/instances_train.json"
@@ -140,6 +142,10 @@ def parse_task_config(block: str, params: dict[str, Any]) -> TaskConfig:
     if isinstance(params, TaskConfig):
         return params
     try:
-        return TaskConfig.model_validate(params)
+        cfg = TaskConfig.model_validate(params)
     except ValidationError as err:
         raise ConfigError(f"Invalid parameters under '{block}':\n{_format_errors(block, err)}") from None
+    from visionpipe.tracking.champion import check_registry_metric
+
+    check_registry_metric(block, cfg.registry.metric)
+    return cfg

@@ -46,6 +46,7 @@ def ingest(task: str, cfg: TaskConfig) -> dict:
 def validate(index: dict, cfg: TaskConfig) -> dict:
     report = validation.validate_index(index, cfg.data.ignore_index, cfg.data.max_image_pixels)
     report["policy"] = cfg.data.validation
+    report["leakage"] = cfg.data.leakage
     return report
 
 

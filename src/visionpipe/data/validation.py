@@ -8,6 +8,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from visionpipe.data import quality
 from visionpipe.data.formats import SPLITS
 from visionpipe.data.images import load_mask, load_rgb
 from visionpipe.errors import DataError
@@ -31,8 +32,17 @@ def _check_boxes(rec: dict, width: int, height: int, classes: list[str]) -> list
     return problems
 
 
-def _check_record(task: str, root: Path, rec: dict, classes: list[str], ignore_index: int, max_pixels: int) -> list[tuple[str, str]]:
-    """Return (file, problem) pairs for one record; an empty list means it is usable."""
+def _check_and_sign(task: str, root: Path, rec: dict, classes: list[str], ignore_index: int, max_pixels: int):
+    """(problems, (content md5, dHash) or None): the image is decoded once for both."""
+    sig: list = []
+    problems = _check_record(task, root, rec, classes, ignore_index, max_pixels, sig)
+    return problems, (sig[0] if sig else None)
+
+
+def _check_record(task: str, root: Path, rec: dict, classes: list[str], ignore_index: int, max_pixels: int,
+                  signature: list | None = None) -> list[tuple[str, str]]:
+    """Return (file, problem) pairs for one record; an empty list means it is usable. A readable image's
+    (content md5, dHash) is appended to ``signature`` when given."""
     image_path = root / rec["image"]
     try:
         if not image_path.is_file():
@@ -42,6 +52,8 @@ def _check_record(task: str, root: Path, rec: dict, classes: list[str], ignore_i
         pixels = load_rgb(image_path, max_pixels=max_pixels)
     except DataError as err:
         return [(err.path, err.problem)]
+    if signature is not None:
+        signature.append((quality.content_hash(image_path), quality.dhash(pixels)))
     height, width = pixels.shape[:2]
     found: list[tuple[str, str]] = []
     if task == "classification" and not 0 <= rec["label"] < len(classes):
@@ -70,14 +82,16 @@ def validate_index(index: dict, ignore_index: int = 255, max_pixels: int = 89_47
     task, root, classes = index["task"], Path(index["root"]), index["classes"]
     findings = [dict(p) for p in index.get("problems", [])]
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
-    checked = {}
-    for split in SPLITS:
-        records = index[split]
+    checked, signatures = {}, {}
+    for split in dict.fromkeys([*SPLITS, *quality.splits_of(index)]):  # train, val, and test or others when present
+        records = index.get(split) or []
         checked[split] = len(records)
+        signatures[split] = []
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(lambda r: _check_record(task, root, r, classes, ignore_index, max_pixels), records)
-            for rec, problems in zip(records, results):
+            results = pool.map(lambda r: _check_and_sign(task, root, r, classes, ignore_index, max_pixels), records)
+            for rec, (problems, sig) in zip(records, results):
                 findings += [{"split": split, "file": f, "image": rec["image"], "problem": p} for f, p in problems]
+                signatures[split].append(sig)
         if not records:
             findings.append({"split": split, "file": str(root), "image": None, "problem": f"the {split} split has no images"})
     if task == "classification":
@@ -85,12 +99,58 @@ def validate_index(index: dict, ignore_index: int = 255, max_pixels: int = 89_47
         for i, name in enumerate(classes):
             if counts[i] == 0:
                 findings.append({"split": "train", "file": str(root), "image": None, "problem": f"class '{name}' has no training images"})
-    return {"task": task, "root": str(root), "format": index["format"], "checked": checked, "findings": findings}
+    dups = quality.duplicates(index, signatures)
+    stats = quality.statistics(index)
+    warnings = quality.warnings_for(index, stats, dups)
+    return {"task": task, "root": str(root), "format": index["format"], "checked": checked, "findings": findings,
+            "warnings": warnings, "quality": {"statistics": stats, "duplicates": dups}}
+
+
+def _drop_untrained_classes(clean: dict) -> list[str]:
+    """After ``skip``, a class left without training images is removed (labels re-indexed): a model output
+    that never saw data is no class. Returns the removed names.
+
+    # CONTRACT: label layout per task kind (classification ``label``; detection ``labels``); segmentation
+    # masks are not re-indexed here.
+    """
+    task, classes = clean["task"], clean["classes"]
+    if task == "classification":
+        seen = {r["label"] for r in clean["train"]}
+    elif task == "detection":
+        seen = {label for r in clean["train"] for label in r["labels"]}
+    else:
+        return []
+    removed = [c for i, c in enumerate(classes) if i not in seen]
+    if not removed:
+        return []
+    new_index = {old: new for new, old in enumerate(i for i in range(len(classes)) if i in seen)}
+    for split in quality.splits_of(clean) or SPLITS:
+        kept = []
+        for rec in clean[split]:
+            if task == "classification":
+                if rec["label"] in new_index:
+                    kept.append({**rec, "label": new_index[rec["label"]]})
+            else:
+                keep = [k for k, label in enumerate(rec["labels"]) if label in new_index]
+                kept.append({**rec, "boxes": [rec["boxes"][k] for k in keep], "labels": [new_index[rec["labels"][k]] for k in keep],
+                             "iscrowd": [rec["iscrowd"][k] for k in keep]})
+        clean[split] = kept
+    clean["classes"] = [c for i, c in enumerate(classes) if i in seen]
+    return removed
 
 
 def apply_policy(index: dict, report: dict, policy: str) -> tuple[dict, dict]:
-    """``strict``: raise on any finding. ``skip``: drop records with findings. Returns (index, summary)."""
+    """``strict``: raise on any finding. ``skip``: drop records with findings, then classes left without
+    training images. Leakage warnings are fatal when the report says ``leakage: error``. Returns (index, summary)."""
     findings = report["findings"]
+    leaks = [w for w in report.get("warnings", []) if w["kind"] == "leakage"]
+    if leaks and report.get("leakage") == "error":
+        shown = "\n".join(f"  [{w['split']}] {w['file']}: {w['problem']}" for w in leaks[:20])
+        raise DataError(report["root"], f"{len(leaks)} image(s) appear in more than one split:\n{shown}\n",
+                        f"Remove the copies so no split sees another's images, or set {index['task']}.data.leakage: warn "
+                        f"(the list is in data/08_reporting/{index['task']}/validation.json)")
+    for w in report.get("warnings", []):
+        logger.warning("Data warning (%s) [%s] %s: %s", w["kind"], w["split"], w["file"], w["problem"])
     if findings and policy == "strict":
         shown = "\n".join(f"  [{f['split']}] {f['file']}: {f['problem']}" for f in findings[:20])
         more = f"\n  ... and {len(findings) - 20} more" if len(findings) > 20 else ""
@@ -111,4 +171,12 @@ def apply_policy(index: dict, report: dict, policy: str) -> tuple[dict, dict]:
     clean["problems"] = []
     for f in findings:
         logger.warning("Skipped [%s] %s: %s", f["split"], f["file"], f["problem"])
+    removed = _drop_untrained_classes(clean) if policy == "skip" else []
+    if removed:
+        logger.warning("Removed class(es) %s: no training image left after validation (their validation images are "
+                       "dropped too)", removed)
+        summary["removed_classes"] = removed
+        for split in SPLITS:
+            summary[split]["kept"] = len(clean[split])
+            summary[split]["dropped"] = len(index[split]) - len(clean[split])
     return clean, summary

@@ -134,3 +134,26 @@ def download_bundle(model_uri: str) -> dict[str, Any]:
         if not specs:
             raise FileNotFoundError(f"{model_uri} holds no {SPEC_FILE}")
         return load_bundle(specs[0].parent)
+
+
+# CONTRACT: the metrics each task's evaluator returns (registry.metric must be one of them); per-class
+# metrics are ``<prefix><class name>``. The lead folds this into the task objects' config models.
+REGISTRY_METRICS = {
+    "classification": ({"top1", "top5", "val_loss"}, ()),
+    "detection": ({"map", "map_50", "map_75", "map_small", "map_medium", "map_large"}, ("ap/",)),
+    "segmentation": ({"miou", "pixel_accuracy", "dice", "val_loss"}, ("iou/",)),
+}
+
+
+def check_registry_metric(task: str, metric: str) -> None:
+    """Raise ConfigError when ``<task>.registry.metric`` is not a metric the task's evaluation produces."""
+    from visionpipe.errors import ConfigError
+
+    if task not in REGISTRY_METRICS:
+        return
+    names, prefixes = REGISTRY_METRICS[task]
+    if metric in names or any(metric.startswith(p) and len(metric) > len(p) for p in prefixes):
+        return
+    known = ", ".join(sorted(names) + [f"{p}<class>" for p in prefixes])
+    raise ConfigError(f"Invalid parameters under '{task}':\n  {task}.registry.metric: unknown metric '{metric}'; "
+                      f"{task} evaluation reports {known}")
