@@ -177,3 +177,23 @@ def test_checkpoint_run_id_of_a_bad_file_is_none(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"junk")
     assert rs.checkpoint_run_id(tmp_path / "last.pt") is None
     assert rs.checkpoint_run_id(tmp_path / "missing.pt") is None
+
+
+class _Loader(dict):
+    def __init__(self, conf):
+        super().__init__(mlflow=conf)
+        self.config_patterns = {}
+
+
+def test_the_store_and_experiment_exist_before_kedro_mlflow_starts(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    conf = {"server": {"mlflow_tracking_uri": uri},
+            "tracking": {"experiment": {"name": "visionpipe", "create_experiment_kwargs": {"artifact_location": (tmp_path / "a").as_uri()}}}}
+    context = SimpleNamespace(project_path=tmp_path, config_loader=_Loader(conf))
+    RunStateHook().after_context_created(context)
+    assert "mlflow" in context.config_loader.config_patterns
+    assert mlflow.MlflowClient(uri).get_experiment_by_name("visionpipe").artifact_location == (tmp_path / "a").as_uri()
+    assert (tmp_path / "mlflow.db.lock").exists()
