@@ -142,7 +142,20 @@ def test_kill_during_registration_then_a_clean_run(project):
     assert holder.version != half.version and holder.tags["visionpipe.registration"] == "complete"
     decision = json.loads((project / f"data/08_reporting/{TASK}/registration.json").read_text())
     assert decision["champion_version"] == int(champion_before)  # the gate compared with the real champion
+    assert decision["reason"].startswith("same evaluation data") and decision["new_fingerprint"] == decision["champion_fingerprint"]
     assert _manifest(project)["status"] == "finished"
+    # what the MLflow pages show: descriptions, tags, a logged model named for what it is
+    import mlflow
+
+    newest = client.get_model_version(name, decision["version"])
+    assert "champion" in client.get_registered_model(name).description
+    assert newest.description.startswith("classification-resnet10t trained on") and "Decision:" in newest.description
+    assert newest.tags["visionpipe.gate.reason"] == decision["reason"] and newest.tags["visionpipe.registration"] == "complete"
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    try:
+        assert mlflow.get_logged_model(decision["model_uri"].removeprefix("models:/")).name == "classification-resnet10t"
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
 def test_resume_continues_the_same_mlflow_run(project):

@@ -197,3 +197,11 @@ def test_the_store_and_experiment_exist_before_kedro_mlflow_starts(tmp_path, mon
     assert "mlflow" in context.config_loader.config_patterns
     assert mlflow.MlflowClient(uri).get_experiment_by_name("visionpipe").artifact_location == (tmp_path / "a").as_uri()
     assert (tmp_path / "mlflow.db.lock").exists()
+
+
+def test_changed_parameters_are_found_by_their_flattened_names():
+    from visionpipe.hooks.run_state import changed_params
+
+    logged = {"classification.train.epochs": "3", "classification.train.lr": "0.001", "classification.augment": "[]"}
+    block = {"train": {"epochs": 5, "lr": 0.001, "resume": True}, "augment": []}
+    assert changed_params(logged, "classification", block) == ["classification.train.epochs"]

@@ -38,6 +38,20 @@ def output_paths(catalog, names) -> list[Path]:
     return paths
 
 
+def changed_params(logged: dict[str, str], task: str, block: dict) -> list[str]:
+    """Parameters of ``block`` whose value differs from the one logged to a run (kedro-mlflow's flattened
+    ``<task>.a.b`` names; values longer than MLflow's limit are not compared)."""
+
+    def flat(prefix: str, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from flat(f"{prefix}.{k}", v)
+        else:
+            yield prefix, str(value)
+
+    return [k for k, v in flat(task, block) if k in logged and len(v) <= 250 and logged[k] != v]
+
+
 class RunStateHook:
     """One per session. ``before_pipeline_run`` runs *before* kedro-mlflow's (``tryfirst``) so that the
     store exists and the resumed run id is set before kedro-mlflow starts its run."""
@@ -131,9 +145,14 @@ class RunStateHook:
         if run_id is None:
             return
         try:
-            config.server._mlflow_client.get_run(run_id)
+            run = config.server._mlflow_client.get_run(run_id)
         except Exception:  # the run was deleted or lives in another store: a new run starts
             logger.warning("%s names MLflow run %s, which this store does not have: logging to a new run", checkpoint, run_id)
+            return
+        changed = changed_params(run.data.params, task, block)
+        if changed:  # MLflow refuses to change a logged parameter, so the continuation gets its own run
+            logger.warning("Resuming %s from %s in a new MLflow run: parameters changed since run %s (%s)", task, checkpoint,
+                           run_id, ", ".join(changed[:5]))
             return
         config.tracking.run.id = run_id
         from visionpipe.engine.checkpoint import load_checkpoint
