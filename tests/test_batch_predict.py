@@ -75,3 +75,17 @@ def test_the_project_store_is_found_from_a_subfolder(tmp_path, monkeypatch):
         resolve_store(None, cwd=tmp_path / "data" / "x")
     (tmp_path / "mlflow.db").touch()
     assert resolve_store(None, cwd=tmp_path / "data" / "x") == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_predict_command_outside_a_project_explains_and_creates_nothing(folder, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from visionpipe.cli import cli
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = CliRunner().invoke(cli, ["predict", "--task", "classification", "--images", str(folder), "--output", "p.jsonl"])
+    assert result.exit_code == 1 and "no visionpipe project at or above" in result.output and "--tracking-uri" in result.output
+    assert "Traceback" not in result.output and list(elsewhere.iterdir()) == []
