@@ -118,20 +118,19 @@ def test_the_lock_of_a_killed_process_is_free(project):
 def mlflow_store(tmp_path_factory):
     import mlflow
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    rs.ensure_store(uri, "visionpipe")
+    folder = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{folder / 'sub' / 'mlflow.db'}"  # the folder is created too
+    rs.ensure_store(uri, "visionpipe", (folder / "art").as_uri())
     client = mlflow.MlflowClient(uri)
+    client.uri, client.art = uri, (folder / "art").as_uri()
     return client, client.get_experiment_by_name("visionpipe").experiment_id
 
 
-def test_ensure_store_creates_tables_and_experiment_once(tmp_path):
-    import mlflow
-
-    uri = f"sqlite:///{tmp_path / 'sub' / 'mlflow.db'}"
-    rs.ensure_store(uri, "visionpipe", (tmp_path / "art").as_uri())
-    rs.ensure_store(uri, "visionpipe", (tmp_path / "art").as_uri())  # idempotent
-    exp = mlflow.MlflowClient(uri).get_experiment_by_name("visionpipe")
-    assert exp.artifact_location == (tmp_path / "art").as_uri()
+def test_ensure_store_creates_tables_and_experiment_once(mlflow_store):
+    client, exp = mlflow_store
+    rs.ensure_store(client.uri, "visionpipe", "file:///elsewhere")  # idempotent: the experiment is not re-created
+    assert client.get_experiment_by_name("visionpipe").experiment_id == exp
+    assert client.get_experiment(exp).artifact_location == client.art
     rs.ensure_store("http://tracking.example:5000", "visionpipe")  # a server creates its own store: nothing done
 
 
