@@ -194,7 +194,7 @@ def test_predict_command_and_onnx_export(project, tmp_path):
     proc = subprocess.run([str(Path(sys.executable).parent / "visionpipe"), "predict", "--task", "segmentation", "--images", str(images),
                            "--output", str(out)], cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = json.loads(out.read_text())
+    records = [json.loads(line) for line in out.read_text().splitlines()]  # JSON Lines
     assert len(records) == len(list(images.glob("*.png")))
     import base64
     import io

@@ -122,7 +122,7 @@ def test_task_contract_end_to_end(trained, task, tmp_path):
     # the registry metric is validated against the task's metrics
     params = t["cfg"].model_dump()
     params["registry"]["metric"] = "accuracy_of_doom"
-    with pytest.raises(ConfigError, match=f"registry.metric 'accuracy_of_doom' is not a {task} metric"):
+    with pytest.raises(ConfigError, match=rf"{task}\.registry\.metric: unknown metric 'accuracy_of_doom'; {task} evaluation reports"):
         parse_task_config(task, params)
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -75,40 +74,69 @@ cli.add_command(run)
 cli.add_command(shard)
 
 
+def resolve_store(tracking_uri: str | None, cwd: Path | None = None) -> str:
+    """The tracking store ``predict`` reads: ``--tracking-uri``, MLFLOW_TRACKING_URI, or the ``mlflow.db`` of
+    the project at or above ``cwd``. A missing SQLite store is an error, never created."""
+    from visionpipe.run_state import find_project_root
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        cwd = Path(cwd or Path.cwd())
+        project = find_project_root(cwd)
+        if project is None:
+            raise click.ClickException(
+                f"no visionpipe project at or above {cwd} (a folder with pyproject.toml and conf/base), so no MLflow store "
+                "to read. Run from the project, or pass --tracking-uri sqlite:////path/to/project/mlflow.db")
+        uri = f"sqlite:///{project / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise click.ClickException(
+            f"no MLflow store at {uri.removeprefix('sqlite:///')}: train a model first (`kedro run`), or point "
+            "--tracking-uri at the store that holds it")
+    return uri
+
+
 @cli.command()
 @click.option("--task", type=click.Choice(TASKS), required=True)
 @click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Folder of images (searched recursively).")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSON file to write.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="JSON Lines file to write: one line per image, written as it goes.")
 @click.option("--model-uri", default=None, help="Default: models:/visionpipe-<task>@champion.")
-@click.option("--tracking-uri", default=None, help="Default: MLFLOW_TRACKING_URI or ./mlflow.db.")
-def predict(task: str, images_dir: Path, output: Path, model_uri: str | None, tracking_uri: str | None) -> None:
-    """Run a registered model (the champion by default) on a folder of images."""
+@click.option("--tracking-uri", default=None,
+              help="Default: MLFLOW_TRACKING_URI, else the mlflow.db of the project at or above the current folder.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Images decoded and run at once.")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
+              help="skip: list an unreadable image in the output with its error and go on; fail: stop at it.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def predict(task: str, images_dir: Path, output: Path, model_uri: str | None, tracking_uri: str | None, batch_size: int,
+            on_error: str, progress: bool) -> None:
+    """Run a registered model (the champion by default) on a folder of images, batch by batch."""
     import mlflow
-    import pandas as pd
 
-    from visionpipe.data.images import is_image_file
+    from visionpipe.batch_predict import find_images, predict_folder
 
-    from visionpipe.settings import tracking_uri as default_tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+    uri = resolve_store(tracking_uri)
+    mlflow.set_tracking_uri(uri)
     model_uri = model_uri or f"models:/visionpipe-{task}@champion"
-    files = sorted(p for p in images_dir.rglob("*") if p.is_file() and is_image_file(p))
+    files = find_images(images_dir)
     if not files:
         raise click.ClickException(f"{images_dir}: no images found")
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except Exception as err:  # MlflowException for a missing model or alias
-        raise click.ClickException(f"cannot load {model_uri}: {err}. Run `kedro run --pipelines={task}` first") from None
-    frame = model.predict(pd.DataFrame({"image": [str(f) for f in files]}))
-    records = frame.to_dict(orient="records")
-    for f, rec in zip(files, records):
-        rec["image"] = str(f.relative_to(images_dir))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(json.dumps(records, indent=2, default=str))
-    os.replace(tmp, output)
-    click.echo(f"{len(records)} predictions from {model_uri} written to {output}")
+        raise click.ClickException(f"cannot load {model_uri} from {uri}: {str(err).splitlines()[0]}. "
+                                   f"Run `kedro run --pipelines={task}` first, or pass --model-uri/--tracking-uri") from None
+    predictor = model.unwrap_python_model().predictor
+    predictor.batch_size = batch_size
+    try:
+        summary = predict_folder(predictor, files, images_dir, output, batch_size, on_error, progress)
+    except VisionpipeError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"{summary.written} predictions from {model_uri} written to {output}")
+    if summary.failed:
+        click.echo(f"{len(summary.failed)} file(s) could not be read (listed in {output} with their error):", err=True)
+        for item in summary.failed[:20]:
+            click.echo(f"  {item['image']}: {item['error']}", err=True)
 
 
 def load_task_params(task: str, env: str | None = None) -> dict:

@@ -7,7 +7,7 @@ error for that task instead of a setting silently ignored.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -49,6 +49,8 @@ class DataConfig(_Strict):
     # validation policy: strict fails on the first bad file set, skip drops bad files and reports them
     validation: Literal["strict", "skip"] = "strict"
     max_image_pixels: int = Field(89_478_485, ge=1)
+    # the same or nearly the same image in two splits: a warning finding, or fatal with "error"
+    leakage: Literal["warn", "error"] = "warn"
     num_workers: int | Literal["auto"] = "auto"
 
 
@@ -127,7 +129,6 @@ class RegistryConfig(_Strict):
 class TaskConfig(_Strict):
     """A task's whole parameter block; task modules subclass it with their data/evaluation blocks."""
 
-    task_name: ClassVar[str] = ""
 
     data: DataConfig
     model: ModelConfig
@@ -136,15 +137,6 @@ class TaskConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig
 
-    @model_validator(mode="after")
-    def _registry_metric(self):
-        from visionpipe.tasks import get_task_class
-
-        task = get_task_class(self.task_name)
-        if not task.is_metric(self.registry.metric):
-            raise ValueError(f"registry.metric '{self.registry.metric}' is not a {self.task_name} metric; use one of "
-                             f"{task.metric_names()}" + (f" or {task.per_class_metric}/<class name>" if task.per_class_metric else ""))
-        return self
 
 
 def _format_errors(block: str, err: ValidationError) -> str:
@@ -162,10 +154,15 @@ def parse_task_config(block: str, params: dict[str, Any]) -> TaskConfig:
     """Validate a task's parameter block with that task's config model; ConfigError names every bad key."""
     from visionpipe.tasks import get_task_class
 
-    model = get_task_class(block).config_model
-    if isinstance(params, model):
+    task = get_task_class(block)
+    if isinstance(params, task.config_model):
         return params
     try:
-        return model.model_validate(params)
+        cfg = task.config_model.model_validate(params)
     except ValidationError as err:
         raise ConfigError(f"Invalid parameters under '{block}':\n{_format_errors(block, err)}") from None
+    if not task.is_metric(cfg.registry.metric):  # the metric that picks the best epoch and gates the champion
+        known = ", ".join([*task.metric_names(), *([f"{task.per_class_metric}/<class>"] if task.per_class_metric else [])])
+        raise ConfigError(f"Invalid parameters under '{block}':\n  {block}.registry.metric: unknown metric '{cfg.registry.metric}'; "
+                          f"{block} evaluation reports {known} (prefix test/ to compare on the test split)")
+    return cfg

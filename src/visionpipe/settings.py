@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kedro.config import OmegaConfigLoader
 
-from visionpipe.hooks import DistributedHook, MlflowRunHook, SystemMetricsHook
+from visionpipe.hooks import DistributedHook, MlflowRunHook, RunStateHook, SystemMetricsHook
 
 
 def tracking_uri() -> str:
@@ -20,7 +20,7 @@ def artifact_root() -> str | None:
     return None if os.environ.get("MLFLOW_TRACKING_URI") else (Path.cwd() / "mlartifacts").as_uri()
 
 
-HOOKS = (DistributedHook(), SystemMetricsHook(), MlflowRunHook())
+HOOKS = (DistributedHook(), SystemMetricsHook(), MlflowRunHook(), RunStateHook())
 
 # Under torchrun, ranks other than 0 must not open MLflow runs: kedro-mlflow is off for them.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow") if int(os.environ.get("RANK", "0")) > 0 else ()

@@ -41,6 +41,7 @@ def validate(index: dict, cfg: TaskConfig) -> dict:
     """Check every file and annotation; the report lists each finding by file."""
     report = validation.validate_index(index, cfg.data)
     report["policy"] = cfg.data.validation
+    report["leakage"] = cfg.data.leakage
     return report
 
 
@@ -90,8 +91,10 @@ def train(task: str, index: dict, aug: dict, cfg: TaskConfig, callbacks: list[Ca
     logger.info("Training %s (%s) on %s: %d train / %d val images, AMP %s, channels_last %s, %d workers",
                 task, spec["model"]["name"], runtime.device, len(train_ds), len(val_ds), runtime.amp_name, runtime.channels_last,
                 runtime.num_workers)
-    trainer = Trainer(adapter, model, tc, runtime, ckpt_dir, list(callbacks or []), signature,
-                      records=index["val"], selection=(cfg.registry.metric.removeprefix("test/"), cfg.registry.greater))
+    from visionpipe.run_state import checkpoint_extra
+
+    trainer = Trainer(adapter, model, tc, runtime, ckpt_dir, list(callbacks or []), signature, records=index["val"],
+                      selection=(cfg.registry.metric.removeprefix("test/"), cfg.registry.greater), checkpoint_extra=checkpoint_extra())
     result = trainer.fit(train_ds, val_ds)
     spec["best_epoch"] = result.best_epoch
     spec["runtime"] = {"device": str(runtime.device), "amp": runtime.amp_name, "channels_last": runtime.channels_last,

@@ -147,7 +147,8 @@ def read_coco(root: Path, data_cfg, annotations: str = "boxes", background: bool
         for img in content["images"]:
             rel = _rel(image_dir / img["file_name"], root)
             if img["id"] in images:
-                problems.append(_problem(split, str(ann_path), f"duplicate image id {img['id']} ({img['file_name']})", rel))
+                # only this entry is dropped (image None): the first entry with the id, and its file, stay
+                problems.append(_problem(split, str(ann_path), f"duplicate image id {img['id']} ({img['file_name']}): entry ignored"))
                 continue
             record = {"image": rel, "image_id": int(img["id"]), "width": int(img.get("width", 0)), "height": int(img.get("height", 0))}
             if with_segments:
@@ -326,6 +327,9 @@ def read_mask_folders(root: Path, classes: list[str] | None) -> dict:
                 problems.append(_problem(split, str(img), f"no mask named {img.stem}.png in {mask_dir}", _rel(img, root)))
                 continue
             records.append({"image": _rel(img, root), "mask": _rel(masks[img.stem], root)})
+        stems = {p.stem for p in img_dir.iterdir() if p.is_file() and is_image_file(p)}
+        for stem in sorted(set(masks) - stems):
+            problems.append(_problem(split, str(masks[stem]), f"mask has no image named {stem}.* in {img_dir}"))
         out[split] = records
     if not classes:
         raise DataError(root, "data.classes is not set for mask data", "List the class names in parameters_segmentation.yml (index 0 first, usually 'background')")

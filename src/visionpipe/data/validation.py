@@ -8,6 +8,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from visionpipe.data import quality
 from visionpipe.data.formats import SPLITS
 from visionpipe.data.shards import load_record_mask, load_record_rgb
 from visionpipe.errors import DataError
@@ -55,8 +56,17 @@ def check_mask_file(root: Path, rec: dict, width: int, height: int, classes: lis
     return found
 
 
-def _check_record(task_cls, root: Path, rec: dict, classes: list[str], data_cfg, max_pixels: int) -> list[tuple[str, str]]:
-    """Return (file, problem) pairs for one record; an empty list means it is usable."""
+def _check_and_sign(task_cls, root: Path, rec: dict, classes: list[str], data_cfg, max_pixels: int):
+    """(problems, (content md5, dHash) or None): the image is decoded once for both."""
+    sig: list = []
+    problems = _check_record(task_cls, root, rec, classes, data_cfg, max_pixels, sig)
+    return problems, (sig[0] if sig else None)
+
+
+def _check_record(task_cls, root: Path, rec: dict, classes: list[str], data_cfg, max_pixels: int,
+                  signature: list | None = None) -> list[tuple[str, str]]:
+    """Return (file, problem) pairs for one record; an empty list means it is usable. A readable image's
+    (content md5, dHash) is appended to ``signature`` when given."""
     image_path = root / rec["shard"] / rec["image"] if "shard" in rec else root / rec["image"]
     try:
         if "shard" not in rec and not image_path.is_file():
@@ -66,6 +76,9 @@ def _check_record(task_cls, root: Path, rec: dict, classes: list[str], data_cfg,
         pixels = load_record_rgb(root, rec, max_pixels=max_pixels)
     except DataError as err:
         return [(err.path, err.problem)]
+    if signature is not None:
+        digest = quality.content_hash(image_path) if "shard" not in rec else quality.pixels_hash(pixels)
+        signature.append((digest, quality.dhash(pixels)))
     height, width = pixels.shape[:2]
     return task_cls.check_record(root, rec, width, height, classes, data_cfg)
 
@@ -85,14 +98,16 @@ def validate_index(index: dict, data_cfg=None, workers: int | None = None, max_p
     max_pixels = max_pixels or data_cfg.max_image_pixels
     findings = [dict(p) for p in index.get("problems", [])]
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
-    checked = {}
-    for split in SPLITS:
-        records = index[split]
+    checked, signatures = {}, {}
+    for split in dict.fromkeys([*SPLITS, *quality.splits_of(index)]):  # train, val, and test or others when present
+        records = index.get(split) or []
         checked[split] = len(records)
+        signatures[split] = []
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(lambda r: _check_record(task_cls, root, r, classes, data_cfg, max_pixels), records)
-            for rec, problems in zip(records, results):
+            results = pool.map(lambda r: _check_and_sign(task_cls, root, r, classes, data_cfg, max_pixels), records)
+            for rec, (problems, sig) in zip(records, results):
                 findings += [{"split": split, "file": f, "image": rec["image"], "problem": p} for f, p in problems]
+                signatures[split].append(sig)
         if not records:
             findings.append({"split": split, "file": str(root), "image": None, "problem": f"the {split} split has no images"})
     labels = [task_cls.record_labels(r) for r in index["train"]]
@@ -101,12 +116,46 @@ def validate_index(index: dict, data_cfg=None, workers: int | None = None, max_p
         for i, name in enumerate(classes):
             if counts[i] == 0:
                 findings.append({"split": "train", "file": str(root), "image": None, "problem": f"class '{name}' has no training images"})
-    return {"task": task, "root": str(root), "format": index["format"], "checked": checked, "findings": findings}
+    dups = quality.duplicates(index, signatures)
+    stats = quality.statistics(index)
+    warnings = quality.warnings_for(index, stats, dups)
+    return {"task": task, "root": str(root), "format": index["format"], "checked": checked, "findings": findings,
+            "warnings": warnings, "quality": {"statistics": stats, "duplicates": dups}}
+
+
+def _drop_untrained_classes(clean: dict) -> list[str]:
+    """After ``skip``, a class left without training images is removed (labels re-indexed by the task's
+    ``relabel``): a model output that never saw data is no class. Returns the removed names. Tasks whose
+    records do not list their labels (mask files) keep their classes."""
+    from visionpipe.tasks import get_task_class
+
+    task_cls, classes = get_task_class(clean["task"]), clean["classes"]
+    labels = [task_cls.record_labels(r) for r in clean["train"]]
+    if not labels or any(item is None for item in labels):
+        return []
+    seen = {label for item in labels for label in item}
+    removed = [c for i, c in enumerate(classes) if i not in seen]
+    if not removed:
+        return []
+    new_index = {old: new for new, old in enumerate(i for i in range(len(classes)) if i in seen)}
+    for split in quality.splits_of(clean) or SPLITS:
+        clean[split] = [r for r in (task_cls.relabel(rec, new_index) for rec in clean[split]) if r is not None]
+    clean["classes"] = [c for i, c in enumerate(classes) if i in seen]
+    return removed
 
 
 def apply_policy(index: dict, report: dict, policy: str) -> tuple[dict, dict]:
-    """``strict``: raise on any finding. ``skip``: drop records with findings. Returns (index, summary)."""
+    """``strict``: raise on any finding. ``skip``: drop records with findings, then classes left without
+    training images. Leakage warnings are fatal when the report says ``leakage: error``. Returns (index, summary)."""
     findings = report["findings"]
+    leaks = [w for w in report.get("warnings", []) if w["kind"] == "leakage"]
+    if leaks and report.get("leakage") == "error":
+        shown = "\n".join(f"  [{w['split']}] {w['file']}: {w['problem']}" for w in leaks[:20])
+        raise DataError(report["root"], f"{len(leaks)} image(s) appear in more than one split:\n{shown}\n",
+                        f"Remove the copies so no split sees another's images, or set {index['task']}.data.leakage: warn "
+                        f"(the list is in data/08_reporting/{index['task']}/validation.json)")
+    for w in report.get("warnings", []):
+        logger.warning("Data warning (%s) [%s] %s: %s", w["kind"], w["split"], w["file"], w["problem"])
     if findings and policy == "strict":
         shown = "\n".join(f"  [{f['split']}] {f['file']}: {f['problem']}" for f in findings[:20])
         more = f"\n  ... and {len(findings) - 20} more" if len(findings) > 20 else ""
@@ -127,4 +176,12 @@ def apply_policy(index: dict, report: dict, policy: str) -> tuple[dict, dict]:
     clean["problems"] = []
     for f in findings:
         logger.warning("Skipped [%s] %s: %s", f["split"], f["file"], f["problem"])
+    removed = _drop_untrained_classes(clean) if policy == "skip" else []
+    if removed:
+        logger.warning("Removed class(es) %s: no training image left after validation (their validation images are "
+                       "dropped too)", removed)
+        summary["removed_classes"] = removed
+        for split in SPLITS:
+            summary[split]["kept"] = len(clean[split])
+            summary[split]["dropped"] = len(index[split]) - len(clean[split])
     return clean, summary

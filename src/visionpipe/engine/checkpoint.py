@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from visionpipe.errors import ConfigError
+from visionpipe.errors import ConfigError, TrainingError
+from visionpipe.io.files import normal_permissions
 
 
 def atomic_write(path: Path, write) -> None:
@@ -23,6 +24,7 @@ def atomic_write(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        normal_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -34,7 +36,20 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A resumable checkpoint, loaded with ``weights_only=True``; a truncated, corrupt or code-carrying
+    file is a TrainingError naming the file and the fix, not a torch traceback."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError (code inside), RuntimeError/EOFError (truncated or not a torch file)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrainingError(
+            f"{path}: cannot resume from this checkpoint ({type(err).__name__}: {reason[:200]}). "
+            "Delete it to start from scratch, or set train.resume: false"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        raise TrainingError(f"{path}: not a visionpipe training checkpoint (no model/epoch entries). "
+                            "Delete it to start from scratch, or set train.resume: false")
+    return state
 
 
 def rng_state() -> dict[str, Any]:
@@ -69,7 +84,13 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConfigError(f"{path}: pretrained weights file not found. Set model.pretrained_path to a local .safetensors or .pt/.pth file")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # SafetensorError: header too large, invalid JSON, truncated...
+            raise ConfigError(
+                f"{path}: not a valid safetensors file ({str(err).splitlines()[0][:200]}). "
+                "Point model.pretrained_path at a real .safetensors file, or re-save the weights with safetensors.torch.save_file"
+            ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError subclasses and RuntimeErrors here

@@ -100,9 +100,10 @@ class Trainer:
 
     def __init__(self, adapter: TaskAdapter, model: torch.nn.Module, cfg, runtime: Runtime,
                  checkpoint_dir: Path | None = None, callbacks: list[Callback] | None = None, signature: dict | None = None,
-                 records: list[dict] | None = None, selection: tuple[str, bool] | None = None):
+                 records: list[dict] | None = None, selection: tuple[str, bool] | None = None, checkpoint_extra: dict | None = None):
         """``records``: the evaluation split's records (evaluators that score against annotations need them);
-        ``selection``: (metric, greater is better) choosing the best epoch (default: the task's primary metric)."""
+        ``selection``: (metric, greater is better) choosing the best epoch (default: the task's primary metric);
+        ``checkpoint_extra``: stored in ``last.pt`` as ``extra`` (e.g. the MLflow run id a resume continues)."""
         self.adapter = adapter
         self.records = records or []
         self.selection = selection or (adapter.primary_metric, True)
@@ -111,6 +112,7 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.callbacks = callbacks or []
         self.signature = signature or {}
+        self.checkpoint_extra = checkpoint_extra or {}  # saved as "extra" in last.pt (e.g. the MLflow run id to resume)
         self.model = model.to(runtime.device)
         if runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -207,6 +209,7 @@ class Trainer:
                         "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict() if scaler else {}, "epoch": epoch, "rng": rng_state(), "history": history,
                         "best_state": best_state, "best_metrics": best_metrics, "best_epoch": best_epoch, "signature": self.signature,
+                        "extra": self.checkpoint_extra,
                     }, self._ckpt_path())
                 for cb in self.callbacks:
                     cb.on_epoch_end(epoch, metrics)

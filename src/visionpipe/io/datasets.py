@@ -12,6 +12,8 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from visionpipe.io.files import normal_permissions
+
 
 def _clean(value: Any) -> Any:
     """JSON has no NaN/inf: write them as null."""
@@ -46,6 +48,7 @@ class AtomicJSONDataset(AbstractDataset[Any, Any]):
                 json.dump(_clean(data), fh, indent=self._indent, allow_nan=False)
                 fh.flush()
                 os.fsync(fh.fileno())
+            normal_permissions(Path(tmp))  # mkstemp makes 0600 files
             os.replace(tmp, self._filepath)
         finally:
             if os.path.exists(tmp):
@@ -81,6 +84,9 @@ class ModelBundleDataset(AbstractDataset[dict, dict]):
         old = self._path.with_name(f".{self._path.name}.old")
         try:
             save_bundle(data, tmp)
+            normal_permissions(tmp, directory=True)  # mkdtemp makes 0700 folders
+            for child in tmp.rglob("*"):
+                normal_permissions(child, directory=child.is_dir())
             if self._path.exists():
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(self._path, old)

@@ -231,6 +231,12 @@ class Task:
         """Class indices present in a record (None when the record does not say cheaply)."""
         return None
 
+    @classmethod
+    def relabel(cls, rec: dict, new_index: dict[int, int]) -> dict | None:
+        """The record with class indices mapped through ``new_index`` (classes not in it removed), or None
+        when nothing of the record is left. Needed where ``record_labels`` says what a record holds."""
+        raise NotImplementedError
+
     # -------------------------------------------------------------- samples
     @classmethod
     def input_normalization(cls, mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,6 @@ class ClassificationData(DataConfig):
 
 
 class ClassificationConfig(TaskConfig):
-    task_name: ClassVar[str] = "classification"
     data: ClassificationData
 
 
@@ -115,6 +114,10 @@ class ClassificationTask(Task):
     @classmethod
     def record_labels(cls, rec: dict) -> list[int]:
         return [rec["label"]]
+
+    @classmethod
+    def relabel(cls, rec, new_index):
+        return {**rec, "label": new_index[rec["label"]]} if rec["label"] in new_index else None
 
     def build_model(self) -> torch.nn.Module:
         return build_classifier(self.spec["model"], len(self.classes))

@@ -7,7 +7,7 @@ import io
 import logging
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -38,7 +38,6 @@ class DetectionEvaluation(EvaluationConfig):
 
 
 class DetectionConfig(TaskConfig):
-    task_name: ClassVar[str] = "detection"
     data: DetectionData
     evaluation: DetectionEvaluation = DetectionEvaluation()
 
@@ -266,6 +265,15 @@ class DetectionTask(Task):
     @classmethod
     def record_labels(cls, rec: dict) -> list[int]:
         return list(rec["labels"])
+
+    @classmethod
+    def relabel(cls, rec, new_index):
+        keep = [k for k, label in enumerate(rec["labels"]) if label in new_index]
+        out = {**rec, "boxes": [rec["boxes"][k] for k in keep], "labels": [new_index[rec["labels"][k]] for k in keep],
+               "iscrowd": [rec["iscrowd"][k] for k in keep]}
+        if "segments" in rec:
+            out["segments"] = [{**rec["segments"][k], "label": new_index[rec["labels"][k]]} for k in keep]
+        return out
 
     def build_model(self) -> nn.Module:
         return build_detector(self.spec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,7 +42,6 @@ class LossConfig(_Strict):
 
 
 class SegmentationConfig(TaskConfig):
-    task_name: ClassVar[str] = "segmentation"
     data: SegmentationData
     losses: list[LossConfig] = Field(default_factory=lambda: [LossConfig(name="ce")])
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
 import numpy as np
@@ -17,7 +19,9 @@ from mlflow.models import infer_signature
 
 import visionpipe
 from visionpipe.comparison import is_better
+from visionpipe.errors import ConfigError
 from visionpipe.inference import Predictor, encode_png, save_bundle
+from visionpipe.tracking.champion import download_bundle
 from visionpipe.tracking.pyfunc import predictions_frame
 
 logger = logging.getLogger(__name__)
@@ -64,47 +68,165 @@ def log_pyfunc_model(bundle: dict[str, Any], name: str = "model") -> Any:
         )
 
 
-def _champion_score(client: MlflowClient, model_name: str, alias: str, metric: str) -> tuple[Any, float | None]:
-    try:
-        version = client.get_model_version_by_alias(model_name, alias)
+TAG_STATE = "visionpipe.registration"  # pending while a version is being registered, complete at the end
+TAG_INCOMPLETE = "visionpipe.incomplete"
+TAG_PREVIOUS = "visionpipe.previous_champion"
+TAG_FINGERPRINT = "visionpipe.eval_fingerprint"
+
+
+def model_label(spec: dict[str, Any]) -> str:
+    """What a logged model is, e.g. ``detection-fcos-resnet10t`` or ``classification-resnet10t``."""
+    parts = [spec["task"], spec["model"]["name"], spec["model"].get("backbone")]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(p for p in parts if p))
+
+
+def recover_incomplete(client: MlflowClient, name: str, alias: str) -> list[int]:
+    """Versions left ``pending`` by a process killed mid-registration (their run is no longer RUNNING) are
+    tagged incomplete; if one holds the alias, the alias goes back to the champion before it."""
+    found = []
+    try:  # search results carry no aliases: ask for the alias itself
+        holder = client.get_model_version_by_alias(name, alias).version
     except MlflowException:
-        return None, None
+        holder = None
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.tags.get(TAG_STATE) != "pending":
+            continue
+        try:
+            status = client.get_run(version.run_id).info.status if version.run_id else "FINISHED"
+        except MlflowException:
+            status = "DELETED"
+        if status == "RUNNING":  # still being registered by a live run
+            continue
+        client.set_model_version_tag(name, version.version, TAG_INCOMPLETE, "true")
+        client.set_model_version_tag(name, version.version, TAG_STATE, "incomplete")
+        found.append(int(version.version))
+        logger.warning("%s v%s was left half-registered by a killed run (%s): tagged %s", name, version.version,
+                       version.run_id, TAG_INCOMPLETE)
+        if str(holder) == str(version.version):
+            previous = version.tags.get(TAG_PREVIOUS, "none")
+            if previous != "none":
+                client.set_registered_model_alias(name, alias, previous)
+            else:
+                client.delete_registered_model_alias(name, alias)
+            logger.warning("alias '%s' taken back from incomplete v%s (%s)", alias, version.version,
+                           f"back to v{previous}" if previous != "none" else "no champion before it")
+    return found
+
+
+def _champion(client: MlflowClient, name: str, alias: str):
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return None if version.tags.get(TAG_INCOMPLETE) == "true" else version
+
+
+def _recorded_score(client: MlflowClient, version, metric: str) -> float | None:
     tagged = version.tags.get(f"metric.{metric}")
     if tagged is not None:
-        return version, float(tagged)
-    value = client.get_run(version.run_id).data.metrics.get(metric) if version.run_id else None
-    return version, value
+        return float(tagged)
+    return client.get_run(version.run_id).data.metrics.get(metric) if version.run_id else None
+
+
+def gate(client: MlflowClient, champion, metric: str, new_score: float, greater_is_better: bool, fingerprint: str | None,
+         classes: list[str], rescore: Callable[[dict], dict] | None) -> dict[str, Any]:
+    """Decide whether the new version beats the champion on the same evaluation data.
+
+    Same data fingerprint and classes: the champion's recorded score is compared. Otherwise the champion is
+    re-scored on today's data (classes matched by name); if that is impossible, its old number cannot win.
+    """
+    if champion is None:
+        return {"promoted": True, "reason": "no champion yet", "champion_score": None, "champion_recorded_score": None,
+                "champion_fingerprint": None}
+    recorded = _recorded_score(client, champion, metric)
+    champion_fp = champion.tags.get(TAG_FINGERPRINT)
+    champion_classes = json.loads(champion.tags.get("visionpipe.classes", "null") or "null")
+    out = {"champion_recorded_score": recorded, "champion_fingerprint": champion_fp}
+    if fingerprint is not None and champion_fp == fingerprint and champion_classes == list(classes) and recorded is not None:
+        out.update(champion_score=recorded, reason="same evaluation data: recorded scores compared")
+    elif rescore is None:
+        out.update(champion_score=None, reason="champion scored on other data and cannot be re-scored here: the new version wins")
+    else:
+        why = "other classes" if champion_classes is not None and champion_classes != list(classes) else "other evaluation data"
+        try:
+            bundle = download_bundle(f"models:/{champion.name}/{champion.version}")
+            score = float(rescore(bundle)[metric])
+        except Exception as err:  # an unloadable champion must not keep the alias on an old number
+            logger.warning("Could not re-score champion v%s on today's data: %s", champion.version, err)
+            out.update(champion_score=None, reason=f"champion scored on {why} and re-scoring it failed ({type(err).__name__}): "
+                                                   "the new version wins")
+        else:
+            out.update(champion_score=score, reason=f"champion was scored on {why}: re-scored on today's split "
+                                                    f"(classes matched by name)")
+    if "promoted" not in out:
+        out["promoted"] = out["champion_score"] is None or is_better(new_score, out["champion_score"], greater_is_better)
+    return out
+
+
+def _describe(client: MlflowClient, name: str, version: str, spec: dict[str, Any], metric: str, score: float,
+              decision: dict[str, Any], tags: dict[str, str]) -> None:
+    task, model = spec["task"], model_label(spec)
+    client.update_registered_model(name, description=(
+        f"visionpipe {task} models ({len(spec['classes'])} classes). The '{decision['alias']}' alias marks the champion: "
+        f"a version takes it only when its {metric} beats the champion's on the same evaluation data."))
+    for key, value in {"visionpipe.task": task, "visionpipe.metric": metric}.items():
+        client.set_registered_model_tag(name, key, value)
+    champion = ("no champion before it" if decision["champion_version"] is None else
+                f"champion v{decision['champion_version']}: {decision['champion_score']}")
+    client.update_model_version(name, version, description=(
+        f"{model} trained on {tags.get('data.root', 'unknown data')} (fingerprint {tags.get('data.fingerprint', 'unknown')}), "
+        f"classes {', '.join(spec['classes'])}. {metric} = {score:.4f} on the {decision['scoring_split']} split; {champion}. "
+        f"Decision: {'promoted' if decision['promoted'] else 'not promoted'} ({decision['reason']})."))
 
 
 def register_and_gate(bundle: dict[str, Any], metrics: dict[str, float], registry_cfg: dict[str, Any],
-                      tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Register the model logged to the active run; give it the alias only if it beats the champion."""
+                      tags: dict[str, str] | None = None, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Register the model logged to the active run; give it the alias only if it beats the champion.
+
+    ``evaluation``: ``fingerprint`` and ``split`` of the data that scored ``metrics``, and ``rescore``, a
+    function scoring another bundle on that data (see tracking.champion). Registration is all-or-nothing:
+    the version is ``pending`` until the end, and the next run repairs one a killed process left behind.
+    """
     run = mlflow.active_run()
     if run is None:
         raise RuntimeError("register_and_gate needs an active MLflow run (kedro-mlflow starts one during `kedro run`)")
     name, alias, metric = registry_cfg["model_name"], registry_cfg["alias"], registry_cfg["metric"]
     if metric not in metrics:
-        raise KeyError(f"registry.metric '{metric}' is not among the evaluation metrics {sorted(metrics)}")
+        raise ConfigError(f"registry.metric '{metric}' is not among the evaluation metrics {sorted(metrics)}")
+    evaluation = evaluation or {}
     client = MlflowClient()
+    recover_incomplete(client, name, alias)
+    spec = bundle["spec"]
+    new_score = float(metrics[metric])
+    fingerprint = evaluation.get("fingerprint")
+    champion = _champion(client, name, alias)
+    # the slow part (re-scoring) happens before anything is registered, so a kill here leaves no version
+    verdict = gate(client, champion, metric, new_score, registry_cfg.get("greater_is_better", True), fingerprint,
+                   spec["classes"], evaluation.get("rescore"))
     tags = dict(tags or {})
     if tags:
         mlflow.set_tags(tags)
-    info = log_pyfunc_model(bundle)
-    version = mlflow.register_model(info.model_uri, name, tags={**tags, f"metric.{metric}": str(metrics[metric]),
-                                                                "visionpipe.run_id": run.info.run_id})
-    new_score = float(metrics[metric])
-    champion, champion_score = _champion_score(client, name, alias, metric)
-    promoted = is_better(new_score, champion_score, registry_cfg.get("greater_is_better", True))
-    if promoted:
-        client.set_registered_model_alias(name, alias, version.version)
+    info = log_pyfunc_model(bundle, name=model_label(spec))
+    version = mlflow.register_model(info.model_uri, name, tags={
+        **tags, f"metric.{metric}": str(new_score), "visionpipe.run_id": run.info.run_id, TAG_STATE: "pending",
+        TAG_PREVIOUS: str(champion.version) if champion else "none", TAG_FINGERPRINT: str(fingerprint),
+        "visionpipe.classes": json.dumps(list(spec["classes"])), "visionpipe.scoring_split": evaluation.get("split", "val"),
+    })
     decision = {
         "model_name": name, "version": int(version.version), "alias": alias, "metric": metric,
-        "new_score": new_score, "champion_version": int(champion.version) if champion else None,
-        "champion_score": champion_score, "promoted": promoted, "run_id": run.info.run_id, "model_uri": info.model_uri,
+        "new_score": new_score, "new_fingerprint": fingerprint, "scoring_split": evaluation.get("split", "val"),
+        "champion_version": int(champion.version) if champion else None, **verdict,
+        "run_id": run.info.run_id, "model_uri": info.model_uri,
     }
-    mlflow.set_tags({"visionpipe.registered_version": str(version.version), "visionpipe.promoted": str(promoted)})
+    if verdict["promoted"]:
+        client.set_registered_model_alias(name, alias, version.version)
+    for key in ("champion_score", "champion_recorded_score", "champion_fingerprint", "reason", "promoted"):
+        client.set_model_version_tag(name, version.version, f"visionpipe.gate.{key}", str(decision[key]))
+    _describe(client, name, version.version, spec, metric, new_score, decision, tags)
+    client.set_model_version_tag(name, version.version, TAG_STATE, "complete")  # the last step: now it counts
+    mlflow.set_tags({"visionpipe.registered_version": str(version.version), "visionpipe.promoted": str(verdict["promoted"])})
     mlflow.log_dict(decision, "registration.json")
-    logger.info("%s v%s: %s=%.4f vs champion %s -> %s", name, version.version, metric, new_score,
-                "none" if champion_score is None else f"v{champion.version} {champion_score:.4f}",
-                f"alias '{alias}' moved" if promoted else "alias kept")
+    logger.info("%s v%s: %s=%.4f vs champion %s -> %s (%s)", name, version.version, metric, new_score,
+                "none" if champion is None else f"v{champion.version} {decision['champion_score']}",
+                f"alias '{alias}' moved" if verdict["promoted"] else "alias kept", verdict["reason"])
     return decision

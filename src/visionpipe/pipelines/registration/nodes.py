@@ -15,6 +15,7 @@ def register_model(model: dict, metrics: dict[str, float], index: dict, params: 
     """Register the model in the MLflow Model Registry; the alias goes to it only if it beats the champion."""
     import mlflow
 
+    from visionpipe.tracking.champion import rescorer, scoring_split, split_fingerprint
     from visionpipe.tracking.lineage import lineage_tags
     from visionpipe.tracking.registry import register_and_gate
 
@@ -31,5 +32,7 @@ def register_model(model: dict, metrics: dict[str, float], index: dict, params: 
         tags["visionpipe.backbone"] = cfg.model.backbone
     from visionpipe.stages import serving_bundle
 
+    split = scoring_split(index)
+    evaluation = {"split": split, "fingerprint": split_fingerprint(index, split), "rescore": rescorer(task, index, cfg)}
     registry_cfg = {**cfg.registry.model_dump(), "greater_is_better": cfg.registry.greater}
-    return register_and_gate(serving_bundle(model, cfg), metrics, registry_cfg, tags)
+    return register_and_gate(serving_bundle(model, cfg), metrics, registry_cfg, tags, evaluation)

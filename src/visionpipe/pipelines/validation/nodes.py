@@ -16,3 +16,10 @@ def check_dataset(index: dict, params: dict[str, Any], task: str) -> dict:
 def apply_validation_policy(index: dict, report: dict, params: dict[str, Any], task: str) -> dict:
     """``strict``: fail on any finding, naming the files; ``skip``: drop them."""
     return stages.enforce_policy(index, report, parse_task_config(task, params))
+
+
+def report_data_quality(report: dict):
+    """The readable data-quality report (markdown) and its plot, from the validation report."""
+    from visionpipe.data import quality
+
+    return quality.markdown(report), quality.plot(report)

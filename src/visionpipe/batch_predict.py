@@ -1,0 +1,89 @@
+"""Predictions over a folder of any size: decode, run and write one batch at a time (memory stays flat),
+bad files listed with their error instead of aborting the folder, JSON Lines written as it goes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal
+
+from tqdm.auto import tqdm
+
+from visionpipe.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictSummary:
+    written: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    output: Path | None = None
+
+
+def batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively), in a stable order."""
+    from visionpipe.data.images import is_image_file
+
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+
+
+def predict_folder(predictor, files: list[Path], root: Path, output: Path, batch_size: int = 16,
+                   on_error: Literal["skip", "fail"] = "skip", progress: bool = True) -> PredictSummary:
+    """Write one JSON line per image to ``output``: the prediction, or ``{"image", "error"}`` for a file that
+    cannot be read (``on_error: skip``). ``fail`` stops at the first bad file with a DataError naming it.
+
+    Lines go to ``.<output>.partial`` as they are made; the file takes its final name once complete.
+    """
+    from visionpipe.data.images import load_rgb
+    from visionpipe.tracking.pyfunc import predictions_frame
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.partial")
+    summary = PredictSummary(output=output)
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
+    try:
+        with open(partial, "w") as fh:
+            for chunk in batches(files, batch_size):
+                arrays, names = [], []
+                for path in chunk:
+                    name = path.relative_to(root).as_posix()
+                    try:
+                        arrays.append(load_rgb(path))
+                        names.append(name)
+                    except (DataError, OSError, ValueError) as err:
+                        problem = err.problem if isinstance(err, DataError) else str(err)
+                        if on_error == "fail":
+                            raise DataError(path, f"cannot be read ({problem})",
+                                            "Remove or fix it, or pass --on-error skip to list bad files and go on") from None
+                        summary.failed.append({"image": name, "error": problem})
+                        fh.write(json.dumps({"image": name, "error": problem}) + "\n")
+                if arrays:
+                    for name, record in zip(names, predictions_frame(predictor, arrays).to_dict(orient="records")):
+                        fh.write(json.dumps({"image": name, **record}, default=str) + "\n")
+                    summary.written += len(arrays)
+                fh.flush()
+                bar.update(len(chunk))
+                del arrays  # the decoded batch is the only images held at once
+            os.fsync(fh.fileno())
+        os.replace(partial, output)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+    return summary

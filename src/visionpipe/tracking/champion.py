@@ -1,0 +1,136 @@
+"""Comparing like with like: the data a score was measured on, and re-scoring a champion on today's data
+with its classes matched to today's by name."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+UNKNOWN_CLASS_BIAS = -1.0e4  # a class the champion never learnt gets a logit it can never win with
+
+
+def scoring_split(index: dict) -> str:
+    """The split that scores a model: ``test`` when the index has a non-empty one, else ``val``.
+
+    # CONTRACT: must name the split stages.evaluate scores on (the lead's task objects decide).
+    """
+    return "test" if index.get("test") else "val"
+
+
+def split_fingerprint(index: dict, split: str) -> str:
+    """A hash of one split: its records (files, labels, boxes), the class list, and each file's size."""
+    root = Path(index["root"])
+    h = hashlib.md5(json.dumps({"split": split, "classes": index["classes"]}, sort_keys=True).encode())
+    for rec in index.get(split) or []:
+        h.update(json.dumps(rec, sort_keys=True).encode())
+        for key in ("image", "mask"):
+            if key in rec:
+                path = root / rec[key]
+                h.update(f"{rec[key]}:{path.stat().st_size if path.exists() else -1}".encode())
+    return h.hexdigest()
+
+
+def class_layout(shapes_n: dict[str, torch.Size], shapes_n1: dict[str, torch.Size], n: int) -> dict[str, tuple[int, int]]:
+    """Which tensors hold one row per class, from the state-dict shapes of the same model built for ``n`` and
+    ``n + 1`` classes: ``{key: (anchors, offset)}``, dim 0 being ``anchors * (classes + offset)`` (offset 1
+    for a background row)."""
+    layout = {}
+    for key, shape in shapes_n.items():
+        other = shapes_n1.get(key)
+        if other is None or tuple(other) == tuple(shape):
+            continue
+        anchors = other[0] - shape[0]
+        layout[key] = (anchors, shape[0] // anchors - n)
+    return layout
+
+
+def remap_state_dict(old_state: dict[str, torch.Tensor], layout: dict[str, tuple[int, int]], old_classes: list[str],
+                     new_classes: list[str]) -> dict[str, torch.Tensor]:
+    """The champion's weights with every class-sized tensor (``layout``, see class_layout) re-indexed to
+    ``new_classes`` by name.
+
+    Rows of classes the champion knows are copied; rows of classes it does not know get zero weights and a
+    very negative bias, so it never predicts them and their images count as misses.
+
+    # CONTRACT: per task kind the class-sized tensors are the classifier head (classification), the
+    # segmentation head (segmentation) and the detector's class logits (+ background row and per-class box
+    # deltas for two-stage detectors). Found here by building the model for two class counts.
+    """
+    position = {name: i for i, name in enumerate(old_classes)}
+    out = dict(old_state)
+    for key, (anchors, offset) in layout.items():
+        old = old_state[key]
+        class_major = "bbox" in key  # box deltas are laid out class by class, logits anchor by anchor
+        k_old, k_new = len(old_classes) + offset, len(new_classes) + offset
+        # a (classes, anchors, ...) view of the tensor
+        src = old.reshape(k_old, anchors, *old.shape[1:]) if class_major else old.reshape(anchors, k_old, *old.shape[1:]).transpose(0, 1)
+        dst = torch.zeros((k_new, anchors, *old.shape[1:]), dtype=old.dtype)
+        if old.ndim == 1 and not class_major:
+            dst.fill_(UNKNOWN_CLASS_BIAS)
+        dst[:offset] = src[:offset]  # the background row stays
+        for j, name in enumerate(new_classes):
+            if name in position:
+                dst[j + offset] = src[position[name] + offset]
+        dst = dst if class_major else dst.transpose(0, 1)
+        out[key] = dst.contiguous().reshape(anchors * k_new, *old.shape[1:])
+    return out
+
+
+def remap_bundle(bundle: dict[str, Any], classes: list[str]) -> dict[str, Any]:
+    """The champion bundle as a model over ``classes`` (today's class list), matched by name."""
+    from visionpipe.tasks import get_task
+
+    spec = {**bundle["spec"], "model": {**bundle["spec"]["model"], "pretrained_path": None}}
+    old_classes = list(spec["classes"])
+    if old_classes == list(classes):
+        return bundle
+
+    def shapes(names: list[str]) -> dict[str, torch.Size]:
+        return {k: v.shape for k, v in get_task({**spec, "classes": names}).build_model().state_dict().items()}
+
+    layout = class_layout(shapes(old_classes), shapes([*old_classes, "\0probe"]), len(old_classes))
+    return {"spec": {**spec, "classes": list(classes)},
+            "state_dict": remap_state_dict(bundle["state_dict"], layout, old_classes, list(classes))}
+
+
+def rescorer(task: str, index: dict, cfg) -> Callable[[dict[str, Any]], dict[str, float]]:
+    """A function scoring any bundle on today's scoring split, with the bundle's own input size and
+    normalisation and its classes matched to today's by name."""
+
+    def score(bundle: dict[str, Any]) -> dict[str, float]:
+        from visionpipe import stages
+        from visionpipe.config import ModelConfig
+
+        spec = bundle["spec"]
+        remapped = remap_bundle(bundle, index["classes"])
+        own = cfg.model_copy(update={
+            "model": ModelConfig.model_validate({**spec["model"], "pretrained_path": None}),
+            "train": cfg.train.model_copy(update={"image_size": spec["image_size"]}),
+        })
+        metrics, _, _ = stages.evaluate(task, index, stages.augmentation(task, own), remapped, own)
+        return metrics
+
+    return score
+
+
+def download_bundle(model_uri: str) -> dict[str, Any]:
+    """The bundle (spec.json + model.safetensors) inside a registered pyfunc model."""
+    import tempfile
+
+    import mlflow
+
+    from visionpipe.inference import SPEC_FILE, load_bundle
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        specs = sorted(local.rglob(SPEC_FILE))
+        if not specs:
+            raise FileNotFoundError(f"{model_uri} holds no {SPEC_FILE}")
+        return load_bundle(specs[0].parent)
