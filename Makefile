@@ -29,8 +29,9 @@ $(BIN)/kedro: pyproject.toml
 
 install: $(BIN)/kedro
 
+# `visionpipe run` is `kedro run` with quiet defaults set before Kedro loads its plugins (README, "What the terminal shows")
 run: install
-	$(BIN)/kedro run
+	$(BIN)/visionpipe run
 
 test: install
 	$(BIN)/python -m pytest

@@ -66,6 +66,16 @@ def encode_png(array: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def limit_detections(result: dict[str, Any], score_threshold: float | None = None, max_detections: int | None = None) -> dict[str, Any]:
+    """A detection result (``boxes``, ``labels``, ``scores``, best first) cut to the boxes scoring at least
+    ``score_threshold``, then to the first ``max_detections``; other results are returned unchanged."""
+    if "scores" not in result:
+        return result
+    keep = [i for i, s in enumerate(result["scores"]) if score_threshold is None or s >= score_threshold]
+    keep = sorted(keep, key=lambda i: -result["scores"][i])[:max_detections]
+    return {**result, **{k: [result[k][i] for i in keep] for k in ("boxes", "labels", "scores")}}
+
+
 class Predictor:
     """A trained model with its preprocessing; ``predict`` maps images to task outputs."""
 
@@ -89,13 +99,18 @@ class Predictor:
         return self.transform(image=pixels, **extra)["image"]
 
     @torch.inference_mode()
-    def predict(self, images: Iterable[Any]) -> list[dict[str, Any]]:
+    def predict(self, images: Iterable[Any], score_threshold: float | None = None,
+                max_detections: int | None = None) -> list[dict[str, Any]]:
+        """Task outputs per image. Detection: keep boxes scoring at least ``score_threshold``, at most
+        ``max_detections`` per image (on top of the model's own evaluation.* post-processing)."""
         arrays = [decode_image(i) for i in images]
         out: list[dict[str, Any]] = []
         for start in range(0, len(arrays), self.batch_size):
             chunk = arrays[start:start + self.batch_size]
             batch = torch.stack([self.preprocess(a) for a in chunk]).to(self.device)
             out.extend(self._postprocess(batch, chunk))
+        if score_threshold is not None or max_detections is not None:
+            out = [limit_detections(r, score_threshold, max_detections) for r in out]
         return out
 
     def _postprocess(self, batch: torch.Tensor, originals: list[np.ndarray]) -> list[dict[str, Any]]:

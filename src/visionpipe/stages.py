@@ -121,7 +121,7 @@ def train(task: str, index: dict, aug: dict, cfg: TaskConfig, callbacks=None) ->
                 runtime.num_workers)
     trainer = Trainer(task_obj, model, tc, runtime, ckpt_dir, callbacks, signature)
     result = trainer.fit(train_ds, val_ds)
-    spec["best_epoch"] = result.best_epoch
+    spec["best_epoch"] = result.best_epoch + 1  # 1-based like history.csv and the MLflow steps
     spec["runtime"] = {"device": str(runtime.device), "amp": runtime.amp_name, "channels_last": runtime.channels_last,
                        "world_size": distributed.world_size(), "torch": torch.__version__}
     return {"spec": spec, "state_dict": result.best_state}, result.history
@@ -165,7 +165,10 @@ def detection_outputs(index: dict, evaluator) -> tuple[list[dict], dict]:
 
 
 def segmentation_masks(index: dict, evaluator) -> dict[str, Image.Image]:
+    from visionpipe.tracking.plots import palette_mask
+
     out = {}
     for i, mask in sorted(evaluator.predictions.items()):
-        out[Path(index["val"][i]["image"]).stem] = Image.fromarray(mask.astype(np.uint8), mode="L")
+        # palette PNG: values stay class indices, a viewer shows the classes in colour
+        out[Path(index["val"][i]["image"]).stem] = palette_mask(mask, len(index["classes"]))
     return out

@@ -20,7 +20,7 @@ def _nodes(task: str) -> list[Node]:
     evaluate, outputs, plot, plot_inputs, plot_names = _EVAL[task]
     return [
         Node(evaluate, inputs=["model", "clean_index", "augmentation", f"params:{task}"],
-             outputs=["metrics", "mlflow_metrics", *outputs], name="evaluate"),
+             outputs=["metrics", "evaluation_timings", "mlflow_metrics", *outputs], name="evaluate"),
         Node(plot, inputs=plot_inputs, outputs=[f"plot_{p}" for p in plot_names], name="plot"),
     ]
 

@@ -10,7 +10,10 @@ from visionpipe import stages
 from visionpipe.config import parse_task_config
 
 
-def train_model(index: dict, augmentation: dict, params: dict[str, Any], task: str) -> tuple[dict, pd.DataFrame]:
-    """Train; return the best model bundle and the per-epoch history."""
+def train_model(index: dict, augmentation: dict, params: dict[str, Any], task: str) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Train; return the best model bundle, the per-epoch history and the per-epoch timings (their own file)."""
+    from visionpipe.tracking.callbacks import split_history
+
     bundle, history = stages.train(task, index, augmentation, parse_task_config(task, params))
-    return bundle, pd.DataFrame(history)
+    learning, timings = split_history(history)
+    return bundle, pd.DataFrame(learning), pd.DataFrame(timings)
