@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,10 +35,10 @@ def tiny_params(tasks=TASKS, **extra) -> str:
     return ",".join(items)
 
 
-def kedro(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    env.update(KEDRO_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", VISIONPIPE_SYSTEM_METRICS_INTERVAL="1")
-    proc = subprocess.run([str(Path(sys.executable).parent / "kedro"), *args], cwd=project, env=env, capture_output=True, text=True,
+def kedro(project: Path, *args: str, program: str = "kedro") -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING") and k != "VISIONPIPE_VERBOSE"}
+    env.update(KEDRO_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", VISIONPIPE_SYSTEM_METRICS_INTERVAL="1", COLUMNS="200")
+    proc = subprocess.run([str(Path(sys.executable).parent / program), *args], cwd=project, env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
@@ -45,9 +46,11 @@ def kedro(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A copy of the project (configuration only: the package is installed) after one default `kedro run`."""
+    """A copy of the project (configuration only: the package is installed) after one default run, started as
+    `make run` starts it (`visionpipe run`); its terminal output is kept in run_output.txt."""
     root = make_project(tmp_path_factory.mktemp("project"))
-    kedro(root, "run", f"--params={tiny_params()}")
+    proc = kedro(root, "run", f"--params={tiny_params()}", program="visionpipe")
+    (root / "run_output.txt").write_text(proc.stdout + proc.stderr)
     return root
 
 
@@ -60,9 +63,10 @@ def client(project):
     mlflow.set_tracking_uri(None)
 
 
-def _runs(client, name):
+def _runs(client, task):
     exp = client.get_experiment_by_name("visionpipe")
-    return client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{name}'", order_by=["attributes.start_time ASC"])
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.`visionpipe.task` = '{task}'",
+                              order_by=["attributes.start_time ASC"])
 
 
 def test_default_run_makes_one_mlflow_run_per_task(project, client):
@@ -77,11 +81,62 @@ def test_default_run_makes_one_mlflow_run_per_task(project, client):
                     "visionpipe.amp_dtype", "kedro.run_id"):
             assert tag in run.data.tags, (task, tag)
         history = client.get_metric_history(run.info.run_id, "train/loss")
-        assert [m.step for m in history] == [0]
+        assert [m.step for m in history] == [1]  # epochs count from 1, as in the console and history.csv
         assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert "plots/loss_curves.png" in artifacts
         assert {a.path for a in client.list_artifacts(run.info.run_id, "reports")} >= {"reports/validation.json", "reports/history.csv"}
+
+
+def test_terminal_is_quiet_and_ends_each_task_with_a_summary(project, client):
+    out = (project / "run_output.txt").read_text()
+    assert "Loading data from" not in out and "Saving data to" not in out  # catalog lines are DEBUG detail
+    assert "Registering new custom resolver" not in out and "has started" not in out  # kedro-mlflow start-up chatter
+    assert "Add type hints" not in out and "\x1b[33m" not in out and "Downloading artifacts" not in out
+    assert "as logging configuration" not in out
+    for task in TASKS:
+        run = _runs(client, task)[0]
+        block = out[out.index(f"{task}  run {run.info.run_name}"):]
+        for line in ("  metrics", "  best epoch  1/1 restored", f"  registry    visionpipe-{task} v1:", "alias 'champion' moved to v1",
+                     f"data/06_models/{task}/model/", f"/runs/{run.info.run_id}"):
+            assert line in block.split("\n\n")[0], (task, line)
+
+
+def test_runs_are_named_described_and_carry_their_data_as_a_dataset(project, client):
+    from visionpipe.tracking.lineage import dvc_dir_md5
+
+    labels = {"classification": "resnet10t", "detection": "fcos-resnet10t", "segmentation": "Unet-resnet18"}
+    for task in TASKS:
+        run = _runs(client, task)[0]
+        assert re.fullmatch(rf"{task}-{labels[task]}-\d{{4}}-\d{{6}}", run.info.run_name), run.info.run_name
+        root = project / "data/01_raw/builtin" / task
+        md5 = dvc_dir_md5(root)
+        tags = run.data.tags
+        assert tags["data.dvc_md5"] == md5 and tags["visionpipe.best_epoch"] == "1/1"
+        assert "run_id" not in tags and tags["runner"] == "SequentialRunner"  # kedro-mlflow's noise tags
+        assert run.data.params["data.root"] == str(root)
+        (entry,) = run.inputs.dataset_inputs
+        assert (entry.dataset.name, entry.dataset.digest) == (f"{task}-builtin", md5)
+        assert json.loads(entry.dataset.profile)["val"] == TINY[task]["data"]["builtin"]["val_images"]
+        note = tags["mlflow.note.content"]
+        assert note.startswith(f"**{task}** with `{labels[task]}`") and md5 in note and "best epoch 1/1 restored" in note
+        assert "registry: visionpipe-" in note
+
+
+def test_metrics_have_one_name_and_timings_their_own_file(project, client):
+    for task in TASKS:
+        metrics = client.get_run(_runs(client, task)[0].info.run_id).data.metrics
+        assert not {"val_loss", "eval_time_s", "val_images", "train/epoch_time_s"} & set(metrics), sorted(metrics)
+        assert {"val/loss" if task != "detection" else "val/map", "process/epoch_time_s", "process/data_wait_fraction",
+                "process/rss_gb", "process/eval_time_s"} <= set(metrics)
+        report = project / "data/08_reporting" / task
+        assert "eval_time_s" not in json.loads((report / "metrics.json").read_text())
+        history = pd.read_csv(report / "history.csv")
+        assert not {"epoch_time_s", "images_per_s", "data_wait_fraction"} & set(history.columns)
+        assert history["epoch"].tolist() == [1]
+        timings = pd.read_csv(report / "timings.csv")
+        assert timings["epoch"].tolist() == [1] and (timings["data_wait_fraction"].between(0, 1)).all()
+        assert json.loads((report / "eval_timings.json").read_text())["eval_time_s"] > 0
 
 
 def test_classification_outputs(project, client):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import tempfile
@@ -120,6 +121,9 @@ def dataset_input(index: dict, task: str, project: Path | None = None) -> Any:
         @property
         def profile(self) -> dict:
             return self._profile
+
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), "profile": json.dumps(self._profile)}
 
     root = Path(index["root"]).resolve()
     name = f"{task}-builtin" if index.get("builtin") else f"{task}-{root.name}"

@@ -18,8 +18,9 @@ IGNORE_INDEX = 255
 
 
 def class_colours(num_classes: int) -> np.ndarray:
-    """One RGB colour (0..1) per class index: class 0 (background) dark grey, then tab20's colours."""
-    base = plt.get_cmap("tab20").colors
+    """One RGB colour (0..1) per class index: class 0 (background) dark grey, then matplotlib's tab10 (tab20
+    beyond ten classes); the same colours in overlays, legends and the palette of predicted-mask PNGs."""
+    base = plt.get_cmap("tab10" if num_classes <= 11 else "tab20").colors  # tab10's colours are the most distinct
     colours = [(0.15, 0.15, 0.15)] + [base[i % len(base)] for i in range(max(0, num_classes - 1))]
     return np.asarray(colours[:max(1, num_classes)])
 
