@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -199,7 +200,8 @@ def test_champion_gate_keeps_the_alias_for_a_worse_model(project, client):
     champion = client.get_model_version_by_alias(name, "champion")
     assert int(champion.version) == 1
     client.set_model_version_tag(name, champion.version, "metric.top1", "1.0")  # no new model can beat a perfect champion
-    kedro(project, "run", "--pipelines=classification", f"--params={tiny_params(('classification',))}")
+    proc = kedro(project, "run", "--pipelines=classification", f"--params={tiny_params(('classification',))}")
+    assert "visionpipe-classification v2: top1" in proc.stdout and "alias 'champion' kept on v1 (not better)" in proc.stdout
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
     assert versions == [1, 2]
     assert int(client.get_model_version_by_alias(name, "champion").version) == 1
@@ -236,6 +238,10 @@ def test_notebook_runs_top_to_bottom_on_the_store(project):
         NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(project)}}).execute()
     finally:
         os.environ.pop("VISIONPIPE_PROJECT")
+    streams = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert "IProgress" not in streams and "Downloading artifacts" not in streams and "%|" not in streams
+    figures = [o for o in nb.cells[7].outputs if "image/png" in o.get("data", {})]
+    assert len(figures) == int(nb.cells[7].outputs[-1]["text"].split()[0])  # one figure per plot, at its own size
     champions = nb.cells[5].outputs[0]["data"]["text/plain"]
     for task in TASKS:
         assert f"visionpipe-{task}" in champions
@@ -285,3 +291,19 @@ def test_bad_data_fails_with_a_message_not_a_traceback(project, tmp_path):
     assert "Traceback" not in proc.stderr
     report = json.loads((project / "data/08_reporting/classification/validation.json").read_text())
     assert [Path(f["file"]).name for f in report["findings"]] == ["broken.png"]
+
+
+def test_kedro_viz_build_draws_every_task_pipeline(project):
+    """What `make viz` serves, built as static files: every stage and task pipeline, each task its own namespace."""
+    if importlib.util.find_spec("kedro_viz") is None:
+        pytest.skip("kedro-viz is not installed: it is the `viz` extra (`make test-viz` installs it and runs this test)")
+    proc = kedro(project, "viz", "build")
+    assert "Success" in proc.stdout + proc.stderr
+    graph = json.loads((project / "build/api/main").read_text())
+    assert {p["id"] for p in graph["pipelines"]} >= {"__default__", *TASKS, "training", "evaluation"}
+    assert set(graph["modular_pipelines"]) >= {"__root__", *TASKS}
+    for task in TASKS:
+        nodes = json.loads((project / "build/api/pipelines" / task).read_text())["nodes"]
+        names = sorted(n["name"] for n in nodes if n["type"] == "task")
+        assert names == sorted(["ingest_dataset", "check_dataset", "apply_validation_policy", "build_augmentation", "train_model",
+                                "evaluate", "plot", "register_model"]), (task, names)

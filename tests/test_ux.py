@@ -346,3 +346,21 @@ def test_pyfunc_params_schema_and_keyword_arguments():
     model.predictor = Recorder()
     model.predict(None, pd.DataFrame({"image": ["a.png"]}), params={"score_threshold": 0.5, "max_detections": 3})
     assert model.predictor.called == (["a.png"], {"score_threshold": 0.5, "max_detections": 3})
+
+
+# ---------------------------------------------------------------- dvc plots offline
+
+def test_dvc_plots_page_needs_no_internet(tmp_path):
+    template = PROJECT / ".dvc" / "offline_plots.html"
+    if not template.is_file():
+        pytest.skip("`make .dvc/offline_plots.html` (part of `make plots`) builds the template once, with npm")
+    if not (BIN / "dvc").exists():
+        pytest.skip("the dvc CLI is not installed beside this Python")
+    pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.7, 0.5]}).to_csv(tmp_path / "history.csv", index=False)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env, timeout=120)
+    subprocess.run([str(BIN / "dvc"), "plots", "show", "history.csv", "-x", "epoch", "-y", "train_loss", "-o", "out",
+                    "--html-template", str(template)], cwd=tmp_path, check=True, env=env, timeout=120, capture_output=True)
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "<script src=" not in page  # nothing to fetch
+    assert page.count("<script>") >= 3 and "vegaEmbed(" in page and '"train_loss"' in page

@@ -51,6 +51,7 @@ class MlflowRunHook:
         self._tagged_run_id: str | None = None
         self._task: str | None = None
         self._decision: dict | None = None
+        self._lineage_run_id: str | None = None
 
     @hook_impl
     def after_context_created(self, context) -> None:
@@ -64,7 +65,7 @@ class MlflowRunHook:
         self._kedro_run_id = run_params.get("run_id")
         runner = run_params.get("runner")
         self._runner = runner if isinstance(runner, str) or runner is None else type(runner).__name__
-        self._tagged_run_id, self._task, self._decision = None, None, None
+        self._tagged_run_id, self._task, self._decision, self._lineage_run_id = None, None, None, None
 
     @hook_impl
     def before_node_run(self, node, inputs) -> None:
@@ -92,20 +93,30 @@ class MlflowRunHook:
             if key in client.get_run(run.info.run_id).data.tags:
                 client.delete_tag(run.info.run_id, key)
 
+    def _log_lineage(self, index: dict | None) -> None:
+        """Once per run: the data as a dataset input, its DVC md5 and root (when the clean index is first seen:
+        written by the validation stage, or read by a stage pipeline such as ``--pipelines=training``)."""
+        import mlflow
+
+        run = mlflow.active_run()
+        if index is None or run is None or run.info.run_id == self._lineage_run_id:
+            return
+        from visionpipe.tracking.lineage import log_data_lineage
+
+        self._lineage_run_id = run.info.run_id
+        try:
+            log_data_lineage(index, self._task)
+        except Exception as err:  # lineage must not fail a training run; it is reported instead
+            logger.warning("Could not log the data lineage of %s: %s", self._task, err)
+
     @hook_impl
-    def after_node_run(self, node, outputs) -> None:
+    def after_node_run(self, node, inputs, outputs) -> None:
         import mlflow
 
         if mlflow.active_run() is None or not distributed.is_main_process() or not self._task:
             return
-        index = outputs.get(f"{self._task}.clean_index")
-        if index is not None:
-            from visionpipe.tracking.lineage import log_data_lineage
-
-            try:
-                log_data_lineage(index, self._task)
-            except Exception as err:  # lineage must not fail a training run; it is reported instead
-                logger.warning("Could not log the data lineage of %s: %s", self._task, err)
+        key = f"{self._task}.clean_index"
+        self._log_lineage(outputs.get(key, inputs.get(key)))
         decision = outputs.get(f"{self._task}.registration")
         if isinstance(decision, dict):
             self._decision = decision
