@@ -70,7 +70,7 @@ def print_summary(name: str, namespaces: list[str], started: float) -> None:
     from visionpipe.tracking.summary import collect, terminal_lines
 
     task = _task_of(name, namespaces)
-    if task is None:
+    if task is None or int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 speaks for all
         return
     try:
         lines = terminal_lines(collect(task, name, Path.cwd(), since=started, client=_summary_client()))

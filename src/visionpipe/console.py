@@ -12,8 +12,8 @@ import re
 
 VERBOSE_ENV = "VISIONPIPE_VERBOSE"
 # the loggers conf/logging.yml keeps at WARNING; verbose lowers them to INFO
-QUIET_LOGGERS = ("kedro", "kedro.io.data_catalog", "kedro.runner", "kedro.pipeline", "kedro.framework", "kedro_mlflow",
-                 "mlflow", "alembic")
+QUIET_LOGGERS = ("kedro", "kedro.io.data_catalog", "kedro.runner", "kedro.pipeline", "kedro.pipeline.node", "kedro.framework",
+                 "kedro_mlflow", "mlflow", "alembic")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # kedro-mlflow's own PythonModel subclass makes MLflow warn at import, inside MLflow's catch_warnings block
 # (so no warnings filter reaches it); our pyfunc opts out of type-hint validation instead (tracking/pyfunc.py).
@@ -50,14 +50,18 @@ def verbose_requested(flag: bool = False) -> bool:
 
 
 def set_verbosity(verbose: bool) -> None:
-    """Quiet: visionpipe's lines and warnings. Verbose: Kedro's, kedro-mlflow's and MLflow's INFO lines
-    too (catalog loads and saves, node progress), and MLflow's download bars."""
+    """Quiet: the levels of conf/logging.yml (or the user's KEDRO_LOGGING_CONFIG), with kedro-mlflow's and
+    MLflow's loggers, which set their own level when imported, held at WARNING. Verbose: Kedro's,
+    kedro-mlflow's and MLflow's INFO lines too (catalog loads and saves, node progress), and MLflow's
+    download bars."""
     import kedro_mlflow  # noqa: F401  its import sets its logger to INFO: import first, then set the level
 
-    level = logging.INFO if verbose else logging.WARNING
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(level)
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "true" if verbose else "false"
-    if verbose:
-        os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO"
-        logging.getLogger("py.warnings").removeFilter(clean_warning)
+    if not verbose:
+        for name in ("kedro_mlflow", "mlflow"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        return
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO"
+    logging.getLogger("py.warnings").removeFilter(clean_warning)
