@@ -228,6 +228,24 @@ def test_pyfunc_champion_predicts_like_the_in_process_model(project):
     assert [r["score"] for r in remote] == pytest.approx([r["score"] for r in local], abs=1e-5)
 
 
+def test_detection_pyfunc_takes_params_through_its_signature(project):
+    images = sorted((project / "data/01_raw/builtin/detection/images/val").glob("*.png"))[:3]
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri('sqlite:///{project / 'mlflow.db'}')\n"
+        "m = mlflow.pyfunc.load_model('models:/visionpipe-detection@champion')\n"
+        "frame = pd.DataFrame({'image': sys.argv[1:]})\n"
+        "full, cut = m.predict(frame), m.predict(frame, params={'score_threshold': 0.0, 'max_detections': 1})\n"
+        "print(json.dumps({'params': {p.name: p.default for p in m.metadata.signature.params.params},\n"
+        "                  'full': full['scores'].tolist(), 'cut': cut['scores'].tolist()}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, images)], capture_output=True, text=True, cwd=project, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["params"] == {"score_threshold": 0.05, "max_detections": 100}  # the run's evaluation block
+    assert out["cut"] == [scores[:1] for scores in out["full"]]
+
+
 def test_notebook_runs_top_to_bottom_on_the_store(project):
     import nbformat
     from nbclient import NotebookClient

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -226,8 +225,10 @@ def test_verbose_brings_the_details_back(monkeypatch):
         console.set_verbosity(True)
         assert logging.getLogger("kedro.io.data_catalog").isEnabledFor(logging.INFO)
         assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "true"
-        console.set_verbosity(False)
-        assert not logging.getLogger("kedro.io.data_catalog").isEnabledFor(logging.INFO)
+        logging.getLogger("kedro_mlflow").setLevel(logging.INFO)  # what `import kedro_mlflow` does
+        console.set_verbosity(False)  # quiet: conf/logging.yml's levels, kedro-mlflow and MLflow held at WARNING
+        assert not logging.getLogger("kedro_mlflow.framework.hooks.mlflow_hook").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("mlflow.store.db.utils").isEnabledFor(logging.INFO)
         assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
     finally:
         for name, level in levels.items():

@@ -196,7 +196,8 @@ class Trainer:
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
                 best_metrics, best_epoch = dict(metrics), epoch
             if main:
-                logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs, " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch" and "/" not in k))  # per-class values: history.csv, MLflow
+                shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch" and "/" not in k)  # per-class: history, MLflow
+                logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs, shown)
                 if self._ckpt_path():
                     save_checkpoint({
                         "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
