@@ -12,13 +12,16 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-fast clean-data viz mlflow-ui repro help
+.PHONY: install run test test-fast test-viz clean-data viz viz-build notebook notebook-html mlflow-ui repro plots help
 
 help:
-	@echo "make run     - set up .venv if needed, then kedro run (all three tasks on the built-in data)"
+	@echo "make run     - set up .venv if needed, then visionpipe run (kedro run on all three tasks, quiet, with a summary)"
 	@echo "make test    - set up .venv if needed, then run the whole test suite"
 	@echo "make install - (re)create the virtual environment"
-	@echo "make mlflow-ui / make viz / make repro"
+	@echo "make mlflow-ui - browse runs, models and plots (http://127.0.0.1:5000)"
+	@echo "make viz      - kedro-viz: the stage and task pipelines (pick one in the left panel)"
+	@echo "make notebook - JupyterLab on notebooks/compare_champions.ipynb; make notebook-html renders it"
+	@echo "make repro / make plots - dvc repro; dvc plots show, rendered offline"
 
 $(BIN)/kedro: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +32,9 @@ $(BIN)/kedro: pyproject.toml
 
 install: $(BIN)/kedro
 
+# `visionpipe run` is `kedro run` with quiet defaults set before Kedro loads its plugins (README, "What the terminal shows")
 run: install
-	$(BIN)/kedro run
+	$(BIN)/visionpipe run
 
 test: install
 	$(BIN)/python -m pytest
@@ -38,9 +42,53 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
-viz: install
+# extras are installed once, on first use
+$(BIN)/kedro-viz-installed: pyproject.toml | install
 	$(BIN)/python -m pip install -e ".[viz]"
+	touch $@
+
+$(BIN)/notebook-installed: pyproject.toml | install
+	$(BIN)/python -m pip install -e ".[notebook]"
+	touch $@
+
+# Opens on the task pipelines' namespaces collapsed: expand one task, or choose a stage or task pipeline
+# in the left panel's drop-down.
+viz: $(BIN)/kedro-viz-installed
 	$(BIN)/kedro viz run
+
+# A static copy of the viz (build/), the same graph `make viz` serves; tests/test_end_to_end.py checks it.
+viz-build: $(BIN)/kedro-viz-installed
+	$(BIN)/kedro viz build
+
+test-viz: $(BIN)/kedro-viz-installed
+	$(BIN)/python -m pytest tests/test_end_to_end.py -k viz
+
+notebook: $(BIN)/notebook-installed
+	$(BIN)/jupyter lab notebooks/compare_champions.ipynb
+
+notebook-html: $(BIN)/notebook-installed
+	$(BIN)/jupyter nbconvert --to html --execute notebooks/compare_champions.ipynb --output-dir data/08_reporting
+
+# `dvc plots show` offline: DVC's page loads vega, vega-lite and vega-embed from a CDN and stays blank
+# without internet. This template inlines the same versions, taken once from the npm packages (npm pack);
+# `make plots` points DVC at it (.dvc/config.local), so a plain `dvc plots show` is offline afterwards too.
+DVC_PLOTS_TEMPLATE := .dvc/offline_plots.html
+VEGA_NPM := vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2  # the versions dvc-render's page asks the CDN for
+
+$(DVC_PLOTS_TEMPLATE):
+	@command -v npm >/dev/null || { echo "npm is needed once, to fetch vega, vega-lite and vega-embed from the npm registry"; exit 1; }
+	rm -rf .dvc/tmp/vega && mkdir -p .dvc/tmp/vega
+	cd .dvc/tmp/vega && npm pack --silent $(VEGA_NPM) >/dev/null
+	{ printf '<!DOCTYPE html>\n<html>\n<head>\n{refresh_tag}\n<meta charset="utf-8">\n<title>DVC plots</title>\n'; \
+	  for pkg in $(subst @,-,$(VEGA_NPM)); do \
+	    printf '<script>\n'; tar -xOzf .dvc/tmp/vega/$$pkg.tgz package/build/$${pkg%-*}.min.js; printf '\n</script>\n'; \
+	  done; \
+	  printf '<style>table { border-spacing: 15px; }</style>\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n'; } > $@.tmp
+	mv $@.tmp $@
+	rm -rf .dvc/tmp/vega
+
+plots: install $(DVC_PLOTS_TEMPLATE)
+	source $(BIN)/activate && dvc config --local plots.html_template offline_plots.html && dvc plots show
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts

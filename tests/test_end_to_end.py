@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,10 +36,10 @@ def tiny_params(tasks=TASKS, **extra) -> str:
     return ",".join(items)
 
 
-def kedro(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    env.update(KEDRO_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", VISIONPIPE_SYSTEM_METRICS_INTERVAL="1")
-    proc = subprocess.run([str(Path(sys.executable).parent / "kedro"), *args], cwd=project, env=env, capture_output=True, text=True,
+def kedro(project: Path, *args: str, program: str = "kedro") -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING") and k != "VISIONPIPE_VERBOSE"}
+    env.update(KEDRO_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", VISIONPIPE_SYSTEM_METRICS_INTERVAL="1", COLUMNS="200")
+    proc = subprocess.run([str(Path(sys.executable).parent / program), *args], cwd=project, env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
@@ -45,9 +47,11 @@ def kedro(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A copy of the project (configuration only: the package is installed) after one default `kedro run`."""
+    """A copy of the project (configuration only: the package is installed) after one default run, started as
+    `make run` starts it (`visionpipe run`); its terminal output is kept in run_output.txt."""
     root = make_project(tmp_path_factory.mktemp("project"))
-    kedro(root, "run", f"--params={tiny_params()}")
+    proc = kedro(root, "run", f"--params={tiny_params()}", program="visionpipe")
+    (root / "run_output.txt").write_text(proc.stdout + proc.stderr)
     return root
 
 
@@ -60,9 +64,10 @@ def client(project):
     mlflow.set_tracking_uri(None)
 
 
-def _runs(client, name):
+def _runs(client, task):
     exp = client.get_experiment_by_name("visionpipe")
-    return client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{name}'", order_by=["attributes.start_time ASC"])
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.`visionpipe.task` = '{task}'",
+                              order_by=["attributes.start_time ASC"])
 
 
 def test_default_run_makes_one_mlflow_run_per_task(project, client):
@@ -77,11 +82,62 @@ def test_default_run_makes_one_mlflow_run_per_task(project, client):
                     "visionpipe.amp_dtype", "kedro.run_id"):
             assert tag in run.data.tags, (task, tag)
         history = client.get_metric_history(run.info.run_id, "train/loss")
-        assert [m.step for m in history] == [0]
+        assert [m.step for m in history] == [1]  # epochs count from 1, as in the console and history.csv
         assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert "plots/loss_curves.png" in artifacts
         assert {a.path for a in client.list_artifacts(run.info.run_id, "reports")} >= {"reports/validation.json", "reports/history.csv"}
+
+
+def test_terminal_is_quiet_and_ends_each_task_with_a_summary(project, client):
+    out = (project / "run_output.txt").read_text()
+    assert "Loading data from" not in out and "Saving data to" not in out  # catalog lines are DEBUG detail
+    assert "Registering new custom resolver" not in out and "has started" not in out  # kedro-mlflow start-up chatter
+    assert "Add type hints" not in out and "\x1b[33m" not in out and "Downloading artifacts" not in out
+    assert "as logging configuration" not in out
+    for task in TASKS:
+        run = _runs(client, task)[0]
+        block = out[out.index(f"{task}  run {run.info.run_name}"):]
+        for line in ("  metrics", "  best epoch  1/1 restored", f"  registry    visionpipe-{task} v1:", "alias 'champion' moved to v1",
+                     f"data/06_models/{task}/model/", f"/runs/{run.info.run_id}"):
+            assert line in block.split("\n\n")[0], (task, line)
+
+
+def test_runs_are_named_described_and_carry_their_data_as_a_dataset(project, client):
+    from visionpipe.tracking.lineage import dvc_dir_md5
+
+    labels = {"classification": "resnet10t", "detection": "fcos-resnet10t", "segmentation": "Unet-resnet18"}
+    for task in TASKS:
+        run = _runs(client, task)[0]
+        assert re.fullmatch(rf"{task}-{labels[task]}-\d{{4}}-\d{{6}}", run.info.run_name), run.info.run_name
+        root = project / "data/01_raw/builtin" / task
+        md5 = dvc_dir_md5(root)
+        tags = run.data.tags
+        assert tags["data.dvc_md5"] == md5 and tags["visionpipe.best_epoch"] == "1/1"
+        assert "run_id" not in tags and tags["runner"] == "SequentialRunner"  # kedro-mlflow's noise tags
+        assert run.data.params["data.root"] == str(root)
+        (entry,) = run.inputs.dataset_inputs
+        assert (entry.dataset.name, entry.dataset.digest) == (f"{task}-builtin", md5)
+        assert json.loads(entry.dataset.profile)["val"] == TINY[task]["data"]["builtin"]["val_images"]
+        note = tags["mlflow.note.content"]
+        assert note.startswith(f"**{task}** with `{labels[task]}`") and md5 in note and "best epoch 1/1 restored" in note
+        assert "registry: visionpipe-" in note
+
+
+def test_metrics_have_one_name_and_timings_their_own_file(project, client):
+    for task in TASKS:
+        metrics = client.get_run(_runs(client, task)[0].info.run_id).data.metrics
+        assert not {"val_loss", "eval_time_s", "val_images", "train/epoch_time_s"} & set(metrics), sorted(metrics)
+        assert {"val/loss" if task != "detection" else "val/map", "process/epoch_time_s", "process/data_wait_fraction",
+                "process/rss_gb", "process/eval_time_s"} <= set(metrics)
+        report = project / "data/08_reporting" / task
+        assert "eval_time_s" not in json.loads((report / "metrics.json").read_text())
+        history = pd.read_csv(report / "history.csv")
+        assert not {"epoch_time_s", "images_per_s", "data_wait_fraction"} & set(history.columns)
+        assert history["epoch"].tolist() == [1]
+        timings = pd.read_csv(report / "timings.csv")
+        assert timings["epoch"].tolist() == [1] and (timings["data_wait_fraction"].between(0, 1)).all()
+        assert json.loads((report / "eval_timings.json").read_text())["eval_time_s"] > 0
 
 
 def test_classification_outputs(project, client):
@@ -144,7 +200,8 @@ def test_champion_gate_keeps_the_alias_for_a_worse_model(project, client):
     champion = client.get_model_version_by_alias(name, "champion")
     assert int(champion.version) == 1
     client.set_model_version_tag(name, champion.version, "metric.top1", "1.0")  # no new model can beat a perfect champion
-    kedro(project, "run", "--pipelines=classification", f"--params={tiny_params(('classification',))}")
+    proc = kedro(project, "run", "--pipelines=classification", f"--params={tiny_params(('classification',))}")
+    assert "visionpipe-classification v2: top1" in proc.stdout and "alias 'champion' kept on v1 (not better)" in proc.stdout
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
     assert versions == [1, 2]
     assert int(client.get_model_version_by_alias(name, "champion").version) == 1
@@ -171,6 +228,24 @@ def test_pyfunc_champion_predicts_like_the_in_process_model(project):
     assert [r["score"] for r in remote] == pytest.approx([r["score"] for r in local], abs=1e-5)
 
 
+def test_detection_pyfunc_takes_params_through_its_signature(project):
+    images = sorted((project / "data/01_raw/builtin/detection/images/val").glob("*.png"))[:3]
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri('sqlite:///{project / 'mlflow.db'}')\n"
+        "m = mlflow.pyfunc.load_model('models:/visionpipe-detection@champion')\n"
+        "frame = pd.DataFrame({'image': sys.argv[1:]})\n"
+        "full, cut = m.predict(frame), m.predict(frame, params={'score_threshold': 0.0, 'max_detections': 1})\n"
+        "print(json.dumps({'params': {p.name: p.default for p in m.metadata.signature.params.params},\n"
+        "                  'full': full['scores'].tolist(), 'cut': cut['scores'].tolist()}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, images)], capture_output=True, text=True, cwd=project, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["params"] == {"score_threshold": 0.05, "max_detections": 100}  # the run's evaluation block
+    assert out["cut"] == [scores[:1] for scores in out["full"]]
+
+
 def test_notebook_runs_top_to_bottom_on_the_store(project):
     import nbformat
     from nbclient import NotebookClient
@@ -181,6 +256,10 @@ def test_notebook_runs_top_to_bottom_on_the_store(project):
         NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(project)}}).execute()
     finally:
         os.environ.pop("VISIONPIPE_PROJECT")
+    streams = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert "IProgress" not in streams and "Downloading artifacts" not in streams and "%|" not in streams
+    figures = [o for o in nb.cells[7].outputs if "image/png" in o.get("data", {})]
+    assert len(figures) == int(nb.cells[7].outputs[-1]["text"].split()[0])  # one figure per plot, at its own size
     champions = nb.cells[5].outputs[0]["data"]["text/plain"]
     for task in TASKS:
         assert f"visionpipe-{task}" in champions
@@ -230,3 +309,19 @@ def test_bad_data_fails_with_a_message_not_a_traceback(project, tmp_path):
     assert "Traceback" not in proc.stderr
     report = json.loads((project / "data/08_reporting/classification/validation.json").read_text())
     assert [Path(f["file"]).name for f in report["findings"]] == ["broken.png"]
+
+
+def test_kedro_viz_build_draws_every_task_pipeline(project):
+    """What `make viz` serves, built as static files: every stage and task pipeline, each task its own namespace."""
+    if importlib.util.find_spec("kedro_viz") is None:
+        pytest.skip("kedro-viz is not installed: it is the `viz` extra (`make test-viz` installs it and runs this test)")
+    proc = kedro(project, "viz", "build")
+    assert "Success" in proc.stdout + proc.stderr
+    graph = json.loads((project / "build/api/main").read_text())
+    assert {p["id"] for p in graph["pipelines"]} >= {"__default__", *TASKS, "training", "evaluation"}
+    assert set(graph["modular_pipelines"]) >= {"__root__", *TASKS}
+    for task in TASKS:
+        nodes = json.loads((project / "build/api/pipelines" / task).read_text())["nodes"]
+        names = sorted(n["name"] for n in nodes if n["type"] == "task")
+        assert names == sorted(["ingest_dataset", "check_dataset", "apply_validation_policy", "build_augmentation", "train_model",
+                                "evaluate", "plot", "register_model"]), (task, names)

@@ -121,25 +121,28 @@ def test_no_monitor_without_an_active_run(store, fake_monitor):
 
 # ---------------------------------------------------------------- MlflowRunHook
 
+_PARAMS = {"params:detection": {"model": {"name": "fcos", "backbone": "resnet10t"}}}
+
+
 def test_run_is_tagged_with_task_and_kedro_run_id_and_stage_runs_are_named(store):
     hook = MlflowRunHook()
     hook.after_context_created(None)
     hook.before_pipeline_run({"run_id": "2026-11-23T18.00.00.000Z"})
     run = mlflow.start_run(run_name="training")
-    hook.before_node_run(_namespaced_node())
+    hook.before_node_run(_namespaced_node(), _PARAMS)
     tags = mlflow.MlflowClient().get_run(run.info.run_id).data.tags
     assert tags["kedro.run_id"] == "2026-11-23T18.00.00.000Z"
     assert tags["visionpipe.task"] == "detection"
-    assert tags["mlflow.runName"] == "detection.training"
+    assert tags["mlflow.runName"] == "detection-fcos-resnet10t-training-1123-180000"
 
 
-def test_task_run_keeps_its_name(store):
+def test_task_run_is_named_for_its_task_and_model(store):
     hook = MlflowRunHook()
     hook.after_context_created(None)
-    hook.before_pipeline_run({"run_id": "x"})
+    hook.before_pipeline_run({"run_id": "2026-11-23T18.00.00.000Z"})
     run = mlflow.start_run(run_name="detection")
-    hook.before_node_run(_namespaced_node())
-    assert mlflow.MlflowClient().get_run(run.info.run_id).info.run_name == "detection"
+    hook.before_node_run(_namespaced_node(), _PARAMS)
+    assert mlflow.MlflowClient().get_run(run.info.run_id).info.run_name == "detection-fcos-resnet10t-1123-180000"
 
 
 def test_runs_left_open_are_closed_but_an_outer_run_stays_open(store):

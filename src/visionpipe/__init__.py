@@ -7,6 +7,10 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from visionpipe import console  # noqa: E402
+
+console.install_defaults()  # quiet logs unless VISIONPIPE_VERBOSE=1 (README, "What the terminal shows")
+
 __version__ = "0.1.0"
 
 

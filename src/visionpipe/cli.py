@@ -6,12 +6,20 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
-from kedro.framework.cli.project import run as kedro_run
 
-from visionpipe import TASKS
+from visionpipe import TASKS, console  # the package's import set the quiet defaults (visionpipe/console.py)
+
+# Importing Kedro's CLI configures logging and says so at INFO; outside a project (no conf/logging.yml),
+# Kedro's default config would print that line even for `visionpipe --help`.
+logging.disable(logging.INFO)
+try:
+    from kedro.framework.cli.project import run as kedro_run
+finally:
+    logging.disable(logging.NOTSET)
 from visionpipe.errors import VisionpipeError
 from visionpipe.shard_command import shard
 
@@ -39,8 +47,44 @@ def _scopes(names: list[str], namespaces: list[str]) -> list[tuple[str, list[str
     return out
 
 
+def _task_of(name: str, namespaces: list[str]) -> str | None:
+    if name in TASKS:
+        return name
+    return namespaces[0] if len(namespaces) == 1 else None
+
+
+def _summary_client():
+    """An MLflow client on the project's store, or None when there is no store (the summary never creates one)."""
+    import mlflow
+
+    from visionpipe.settings import tracking_uri
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def print_summary(name: str, namespaces: list[str], started: float) -> None:
+    """The end-of-run table of the task this session ran (nothing for a pipeline spanning several tasks)."""
+    from visionpipe.tracking.summary import collect, terminal_lines
+
+    task = _task_of(name, namespaces)
+    if task is None or int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 speaks for all
+        return
+    try:
+        lines = terminal_lines(collect(task, name, Path.cwd(), since=started, client=_summary_client()))
+    except Exception as err:  # the run succeeded; a summary problem must not turn it into a failure
+        logger.warning("No end-of-run summary for %s: %s", task, err)
+        return
+    click.secho(lines[0], bold=True)
+    for line in lines[1:]:
+        click.echo(line)
+
+
 def _run(**kwargs):
-    """Run each task in its own Kedro session, so each gets its own MLflow run."""
+    """Run each task in its own Kedro session, so each gets its own MLflow run; print a summary after each."""
+    console.set_verbosity(console.verbose_requested(kwargs.pop("verbose", False)))
     names = _expand(kwargs.pop("pipeline"), kwargs.pop("pipelines"))
     scopes = _scopes(names, kwargs.pop("namespaces") or [])
     results = {}
@@ -48,20 +92,24 @@ def _run(**kwargs):
         label = f"{name} ({', '.join(namespaces)})" if namespaces else name
         if len(scopes) > 1:
             click.secho(f"=== kedro run --pipelines={label}", fg="cyan")
+        started = time.time()
         try:
             results[label] = kedro_run.callback(pipeline=None, pipelines=[name], namespaces=namespaces, **kwargs)
         except VisionpipeError as err:
             # a user-facing error (bad data, bad parameters): its message says what to do, no traceback
             raise click.ClickException(f"{name}: {type(err).__name__}: {err}") from None
+        print_summary(name, namespaces, started)
     return results
 
 
 run = click.Command(
     name="run",
-    params=kedro_run.params,
+    params=[*kedro_run.params,
+            click.Option(["--verbose", "-v"], is_flag=True, default=False,
+                         help=f"Show Kedro's node and catalog lines, kedro-mlflow's and MLflow's (or set {console.VERBOSE_ENV}=1).")],
     callback=_run,
     help="Run the pipeline. Without --pipelines, every task (classification, detection, segmentation) runs in "
-         "turn, each in its own session and MLflow run.",
+         "turn, each in its own session and MLflow run, and ends with a summary of each.",
 )
 
 

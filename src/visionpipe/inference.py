@@ -112,6 +112,8 @@ class Predictor:
             out.extend(self.task.postprocess(outputs, [a.shape[:2] for a in chunk]))
         return out
 
-    def predict(self, images: Iterable[Any]) -> list[dict[str, Any]]:
-        """One result per image (paths, bytes, base64, PIL or arrays), as the task formats it."""
-        return [self.task.format_result(r) for r in self.predict_arrays([decode_image(i) for i in images])]
+    def predict(self, images: Iterable[Any], **params) -> list[dict[str, Any]]:
+        """One result per image (paths, bytes, base64, PIL or arrays), as the task formats it. ``params``: the
+        task's inference parameters (``Task.inference_params``, e.g. detection's score_threshold, max_detections)."""
+        rows = [self.task.format_result(r) for r in self.predict_arrays([decode_image(i) for i in images])]
+        return [self.task.apply_params(row, params) for row in rows] if params else rows

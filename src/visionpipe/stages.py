@@ -96,7 +96,7 @@ def train(task: str, index: dict, aug: dict, cfg: TaskConfig, callbacks: list[Ca
     trainer = Trainer(adapter, model, tc, runtime, ckpt_dir, list(callbacks or []), signature, records=index["val"],
                       selection=(cfg.registry.metric.removeprefix("test/"), cfg.registry.greater), checkpoint_extra=checkpoint_extra())
     result = trainer.fit(train_ds, val_ds)
-    spec["best_epoch"] = result.best_epoch
+    spec["best_epoch"] = result.best_epoch + 1  # 1-based like history.csv and the MLflow steps
     spec["runtime"] = {"device": str(runtime.device), "amp": runtime.amp_name, "channels_last": runtime.channels_last,
                        "world_size": distributed.world_size(), "torch": torch.__version__}
     return {"spec": spec, "state_dict": result.best_state}, result.history

@@ -190,12 +190,12 @@ class Trainer:
 
         for cb in self.callbacks if main else []:
             cb.on_fit_start({"steps_per_epoch": steps_per_epoch, "train_images": len(train_ds), "val_images": len(val_ds),
-                             "world_size": distributed.world_size(), "start_epoch": start_epoch})
+                             "world_size": distributed.world_size(), "start_epoch": start_epoch, "epochs": cfg.epochs})
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
             metrics = self._train_epoch(model, train_loader, optimizer, scheduler, scaler, epoch)
             metrics.update(self.evaluate(val_loader, model=model).compute())
-            metrics["epoch"] = epoch
+            metrics["epoch"] = epoch + 1  # 1-based, as the console, history.csv, MLflow steps and plots count
             history.append(metrics)
             metric, greater = self.selection
             score = metrics.get(metric, float("nan"))
@@ -203,7 +203,8 @@ class Trainer:
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
                 best_metrics, best_epoch = dict(metrics), epoch
             if main:
-                logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs, " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
+                shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch" and "/" not in k)  # per-class: history, MLflow
+                logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs, shown)
                 if self._ckpt_path():
                     save_checkpoint({
                         "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -235,7 +236,9 @@ class Trainer:
                    leave=False, dynamic_ncols=True)
         optimizer.zero_grad(set_to_none=True)
         n_batches = len(loader)
+        data_wait, fetch_start = 0.0, time.perf_counter()
         for step, batch in enumerate(loader):
+            data_wait += time.perf_counter() - fetch_start  # host time blocked on the loader: data-bound when large
             batch = self.adapter.to_device(batch, rt)
             bs = self.adapter.batch_size(batch)
             last_micro = (step + 1) % accum == 0 or step + 1 == n_batches
@@ -263,6 +266,7 @@ class Trainer:
                 self._check_finite(running, epoch, step)
                 bar.set_postfix(loss=f"{running:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
             bar.update(1)
+            fetch_start = time.perf_counter()
         bar.close()
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
@@ -270,7 +274,7 @@ class Trainer:
         train_loss, images = distributed.global_mean(loss_sum, seen)
         self._check_finite(train_loss, epoch, n_batches - 1)
         return {"train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed,
-                "images_per_s": images / max(elapsed, 1e-9)}
+                "images_per_s": images / max(elapsed, 1e-9), "data_wait_fraction": data_wait / max(elapsed, 1e-9)}
 
     def _check_finite(self, value: float, epoch: int, step: int) -> None:
         if not math.isfinite(value):

@@ -1,20 +1,57 @@
-"""Naming, tagging and closing the MLflow run kedro-mlflow opens for a session."""
+"""Naming, describing, tagging and closing the MLflow run kedro-mlflow opens for a session."""
 
 from __future__ import annotations
+
+import logging
+import re
+from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
 from visionpipe.engine import distributed
 
+logger = logging.getLogger(__name__)
+
+# kedro-mlflow copies Kedro's run_params into tags: "runner" is a Python object repr and "run_id" repeats
+# kedro.run_id under a name that reads like MLflow's own run id.
+_NOISE_TAGS = ("run_id",)
+
+
+def model_label(params: dict[str, Any]) -> str:
+    """``fcos-resnet10t``: the model name and its backbone or encoder, as people call the model."""
+    model = params.get("model") or {}
+    parts = [model.get("name")] + [model.get(k) for k in ("backbone", "encoder") if model.get(k) and model.get(k) != model.get("name")]
+    return "-".join(str(p) for p in parts if p) or "model"
+
+
+def run_stamp(kedro_run_id: str | None) -> str:
+    """``1123-180407`` from Kedro's session id ``2026-11-23T18.04.07.474Z``: tells repeated runs apart, sorts by time."""
+    digits = re.findall(r"\d+", kedro_run_id or "")
+    if len(digits) >= 6:
+        return f"{digits[1]}{digits[2]}-{digits[3]}{digits[4]}{digits[5]}"
+    import time
+
+    return time.strftime("%m%d-%H%M%S")
+
+
+def run_name(task: str, label: str, stage: str | None, kedro_run_id: str | None) -> str:
+    """``<task>-<model>-<stamp>``; a stage run adds the stage: ``detection-fcos-resnet10t-training-1123-180407``."""
+    return "-".join(p for p in (task, label, stage, run_stamp(kedro_run_id)) if p)
+
 
 class MlflowRunHook:
-    """Tags the run with the Kedro run id and the task (from the node namespace), names stage runs
-    ``<task>.<stage>``, and closes what kedro-mlflow leaves open so the next session gets its own run."""
+    """Names runs ``<task>-<model>-<stamp>``, tags them with the Kedro run id and the task (from the node
+    namespace), logs the data as a dataset input once the clean index exists, writes the run description
+    at the end, and closes what kedro-mlflow leaves open so the next session gets its own run."""
 
     def __init__(self):
         self._outer_run_id: str | None = None
         self._kedro_run_id: str | None = None
+        self._runner: str | None = None
         self._tagged_run_id: str | None = None
+        self._task: str | None = None
+        self._decision: dict | None = None
+        self._lineage_run_id: str | None = None
 
     @hook_impl
     def after_context_created(self, context) -> None:
@@ -26,22 +63,75 @@ class MlflowRunHook:
     @hook_impl
     def before_pipeline_run(self, run_params) -> None:
         self._kedro_run_id = run_params.get("run_id")
+        runner = run_params.get("runner")
+        self._runner = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+        self._tagged_run_id, self._task, self._decision, self._lineage_run_id = None, None, None, None
 
     @hook_impl
-    def before_node_run(self, node) -> None:
+    def before_node_run(self, node, inputs) -> None:
         import mlflow
 
         run = mlflow.active_run()
         if run is None or run.info.run_id == self._tagged_run_id or not distributed.is_main_process():
             return
         self._tagged_run_id = run.info.run_id
+        tags = {}
         if self._kedro_run_id:
-            mlflow.set_tag("kedro.run_id", self._kedro_run_id)
+            tags["kedro.run_id"] = self._kedro_run_id
+        if self._runner:
+            tags["runner"] = self._runner.rsplit(".", 1)[-1].split(" ")[0].lstrip("<")
         task = (node.namespace or "").split(".")[0]
         if task:
-            mlflow.set_tag("visionpipe.task", task)
-            if run.info.run_name != task:  # a stage pipeline run for one task, e.g. "training"
-                mlflow.set_tag("mlflow.runName", f"{task}.{run.info.run_name}")
+            self._task = task
+            label = model_label(inputs.get(f"params:{task}") or {})
+            stage = None if run.info.run_name == task else run.info.run_name  # a stage pipeline run, e.g. "training"
+            tags.update({"visionpipe.task": task, "visionpipe.model_label": label,
+                         "mlflow.runName": run_name(task, label, stage, self._kedro_run_id)})
+        mlflow.set_tags(tags)
+        client = mlflow.MlflowClient()
+        for key in _NOISE_TAGS:
+            if key in client.get_run(run.info.run_id).data.tags:
+                client.delete_tag(run.info.run_id, key)
+
+    def _log_lineage(self, index: dict | None) -> None:
+        """Once per run: the data as a dataset input, its DVC md5 and root (when the clean index is first seen:
+        written by the validation stage, or read by a stage pipeline such as ``--pipelines=training``)."""
+        import mlflow
+
+        run = mlflow.active_run()
+        if index is None or run is None or run.info.run_id == self._lineage_run_id:
+            return
+        from visionpipe.tracking.lineage import log_data_lineage
+
+        self._lineage_run_id = run.info.run_id
+        try:
+            log_data_lineage(index, self._task)
+        except Exception as err:  # lineage must not fail a training run; it is reported instead
+            logger.warning("Could not log the data lineage of %s: %s", self._task, err)
+
+    @hook_impl
+    def after_node_run(self, node, inputs, outputs) -> None:
+        import mlflow
+
+        if mlflow.active_run() is None or not distributed.is_main_process() or not self._task:
+            return
+        key = f"{self._task}.clean_index"
+        self._log_lineage(outputs.get(key, inputs.get(key)))
+        decision = outputs.get(f"{self._task}.registration")
+        if isinstance(decision, dict):
+            self._decision = decision
+
+    def _describe(self) -> None:
+        """The run description (MLflow's note) from what the run logged: task, model, data, results, best epoch."""
+        import mlflow
+
+        from visionpipe.tracking.summary import run_note
+
+        if not (self._tagged_run_id and self._task) or not distributed.is_main_process():
+            return
+        client = mlflow.MlflowClient()
+        run = client.get_run(self._tagged_run_id)
+        client.set_tag(run.info.run_id, "mlflow.note.content", run_note(self._task, run.data.tags, run.data.metrics, self._decision))
 
     def _close_runs(self) -> None:
         """kedro-mlflow re-enters its run at every node; close what is left."""
@@ -52,4 +142,8 @@ class MlflowRunHook:
 
     @hook_impl
     def after_pipeline_run(self) -> None:
+        try:
+            self._describe()
+        except Exception as err:  # a description must not turn a finished run into a failed one
+            logger.warning("Could not write the MLflow run description: %s", err)
         self._close_runs()

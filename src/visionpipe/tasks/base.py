@@ -18,7 +18,8 @@ post-processing        ONE ``postprocess(outputs, original_sizes)``: network out
                        results in the original image's pixels; used by evaluation, by the
                        pyfunc/``Predictor`` and to check the ONNX export
 outputs                ``prediction_outputs`` (what evaluation writes beside metrics.json),
-                       ``plots``, ``format_result`` (a JSON-ready row for serving)
+                       ``plots``, ``format_result`` (a JSON-ready row for serving),
+                       ``inference_params``/``apply_params`` (prediction-time parameters)
 export                 ``export_onnx`` / ``onnx_forward``
 configuration          ``config_model``: a pydantic model with ``extra="forbid"``
 =====================  =====================================================================
@@ -324,6 +325,16 @@ class Task:
     def format_result(self, result: dict[str, Any]) -> dict[str, Any]:
         """One postprocessed result as a JSON-ready row (pyfunc, ``visionpipe predict``)."""
         return result
+
+    @classmethod
+    def inference_params(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        """Parameters a caller may pass at prediction time (the pyfunc's params schema), with their defaults."""
+        return {}
+
+    @classmethod
+    def apply_params(cls, row: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """A formatted row under the caller's ``inference_params``."""
+        return row
 
     # -------------------------------------------------------------- export
     def export_onnx(self, model: torch.nn.Module, output: Path) -> None:

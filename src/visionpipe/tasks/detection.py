@@ -155,6 +155,14 @@ def _builder_keys(name: str) -> list[str]:
     return sorted(keys - {"weights", "weights_backbone", "progress"})
 
 
+def limit_detections(result: dict[str, Any], score_threshold: float | None = None, max_detections: int | None = None) -> dict[str, Any]:
+    """A formatted detection row (``boxes``, ``labels``, ``scores``) cut to the boxes scoring at least
+    ``score_threshold``, best first, then to the first ``max_detections``."""
+    keep = [i for i, s in enumerate(result["scores"]) if score_threshold is None or s >= score_threshold]
+    keep = sorted(keep, key=lambda i: -result["scores"][i])[:max_detections]
+    return {**result, **{k: [result[k][i] for i in keep] for k in ("boxes", "labels", "scores")}}
+
+
 def coco_ground_truth(records: list[dict], classes: list[str]) -> dict:
     """The COCO ground truth of ``records``: category ids are class index + 1."""
     images, annotations = [], []
@@ -346,6 +354,16 @@ class DetectionTask(Task):
         return {"boxes": [[round(v, 2) for v in b] for b in result["boxes"].tolist()],
                 "labels": [self.classes[i] for i in result["labels"].tolist()],
                 "scores": [round(float(v), 5) for v in result["scores"].tolist()]}
+
+    @classmethod
+    def inference_params(cls, spec):
+        # the model already dropped what is below the run's own settings: a call can raise the threshold, lower the cap
+        ev = spec.get("evaluation") or {}
+        return {"score_threshold": float(ev.get("score_threshold", 0.05)), "max_detections": int(ev.get("max_detections", 100))}
+
+    @classmethod
+    def apply_params(cls, row, params):
+        return limit_detections(row, params.get("score_threshold"), params.get("max_detections"))
 
     def prediction_outputs(self, index: dict, evaluator) -> dict[str, Any]:
         return {"predictions": evaluator.results, "ground_truth": evaluator.ground_truth}

@@ -254,9 +254,11 @@ class SegmentationTask(Task):
         return {"mask": result["mask"].to(torch.uint8).cpu().numpy()}
 
     def prediction_outputs(self, index: dict, evaluator) -> dict[str, Any]:
-        from PIL import Image
 
-        masks = {Path(index["val"][i]["image"]).stem: Image.fromarray(m.astype(np.uint8), mode="L") for i, m in sorted(evaluator.predictions.items())}
+        from visionpipe.tracking.plots import palette_mask
+
+        # palette PNGs: values stay class indices, a viewer shows the classes in the overlay colours
+        masks = {Path(index["val"][i]["image"]).stem: palette_mask(m, len(index["classes"])) for i, m in sorted(evaluator.predictions.items())}
         return {"predicted_masks": masks}
 
     @classmethod

@@ -13,12 +13,45 @@ from visionpipe.engine.trainer import Callback
 
 logger = logging.getLogger(__name__)
 
-# engine history keys -> MLflow metric names; evaluator keys become val/<key>
-_TRAIN_KEYS = {"train_loss": "train/loss", "lr": "train/lr", "epoch_time_s": "train/epoch_time_s", "images_per_s": "train/images_per_s"}
+# Engine history keys -> MLflow metric names. Curves: train/<key> and val/<key>, step = the 1-based epoch.
+# process/<key>: what this training process costs (time, memory, data-loader wait); MLflow's system/<key>
+# describe the whole host. The final metrics of the restored best model keep their plain names (top1, map,
+# miou): the runs list's columns and the registry gate read those.
+_TRAIN_KEYS = {"train_loss": "train/loss", "lr": "train/lr"}
+# timing and process keys of an epoch record (the engine's, for every task): timings.csv, not history.csv/DVC
+PROCESS_KEYS = ("epoch_time_s", "images_per_s", "data_wait_fraction", "rss_gb", "gpu_peak_gb")
 
 
 def epoch_metric_name(key: str) -> str:
+    """The MLflow name of an epoch-history key: ``train_loss`` -> ``train/loss``, ``top1`` -> ``val/top1``."""
+    if key in PROCESS_KEYS:
+        return f"process/{key}"
     return _TRAIN_KEYS.get(key, f"val/{key.removeprefix('val_')}")
+
+
+def process_figures(device: torch.device | None = None) -> dict[str, float]:
+    """This process's resident memory, and the peak GPU memory allocated since the last call (then reset)."""
+    import psutil
+
+    figures = {"rss_gb": psutil.Process().memory_info().rss / 2**30}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        device = device if device is not None and device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+        figures["gpu_peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)
+    return figures
+
+
+def split_history(history: list[dict[str, float]]) -> tuple[list[dict], list[dict]]:
+    """(learning history, timings): timings and process figures go to their own file, so `dvc metrics diff`
+    and `dvc plots diff` show only real changes. Both keep the 1-based ``epoch`` column."""
+    learning = [{k: v for k, v in row.items() if k not in PROCESS_KEYS} for row in history]
+    timings = [{"epoch": row.get("epoch"), **{k: row[k] for k in PROCESS_KEYS if k in row}} for row in history]
+    return learning, timings
+
+
+def best_epoch_tag(best_epoch: int, epochs: int) -> str:
+    """``6/8``: the 1-based best epoch (``best_epoch`` is the engine's 0-based index) of ``epochs``."""
+    return f"{best_epoch + 1}/{epochs}"
 
 
 def runtime_tags(runtime: Runtime) -> dict[str, str]:
@@ -52,6 +85,7 @@ class MlflowEpochLogger(Callback):
     def __init__(self, run_id: str, tags: dict[str, str] | None = None):
         self.run_id = run_id
         self.tags = tags or {}
+        self.epochs: int | None = None
 
     @classmethod
     def for_active_run(cls, tags: dict[str, str] | None = None) -> "MlflowEpochLogger | None":
@@ -63,16 +97,24 @@ class MlflowEpochLogger(Callback):
     def on_fit_start(self, info: dict[str, Any]) -> None:
         import mlflow
 
+        self.epochs = info.get("epochs")
+
         mlflow.MlflowClient().log_batch(self.run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in
                                                           {**self.tags, "visionpipe.world_size": info["world_size"]}.items()])
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Adds the process figures to the epoch's record (so they reach timings.csv too), then logs it at
+        step = the 1-based epoch, the number the console and history.csv show."""
         import mlflow
 
+        metrics.update(process_figures())
         values = {epoch_metric_name(k): float(v) for k, v in metrics.items() if k != "epoch" and isinstance(v, (int, float))}
-        mlflow.log_metrics(values, step=epoch, run_id=self.run_id, synchronous=False)
+        mlflow.log_metrics(values, step=int(metrics.get("epoch", epoch + 1)), run_id=self.run_id, synchronous=False)
 
     def on_fit_end(self, result) -> None:
         import mlflow
 
         mlflow.flush_async_logging()
+        if result.best_epoch >= 0:
+            epochs = max(self.epochs or 0, len(result.history))
+            mlflow.MlflowClient().set_tag(self.run_id, "visionpipe.best_epoch", best_epoch_tag(result.best_epoch, epochs))

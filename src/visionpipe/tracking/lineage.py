@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
+import tempfile
+import warnings
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+logger = logging.getLogger(__name__)
 
 
 def _git(*args: str, cwd: Path | None = None) -> str | None:
@@ -45,10 +52,92 @@ def dvc_data_version(data_root: str | Path, project: Path | None = None) -> str 
     return None
 
 
+def dvc_dir_md5(path: str | Path) -> str:
+    """The md5 ``dvc add <path>`` would record for a folder (``<md5>.dir``) or a file, computed with DVC's
+    own hashing code (dvc_data), whether or not the folder is tracked by DVC. Nothing is written: the
+    objects are built in a throw-away staging area (``dry_run``)."""
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+
+    path = Path(path).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such data folder to hash")
+    fs = LocalFileSystem()
+    with tempfile.TemporaryDirectory() as tmp:
+        _, _, obj = build(HashFileDB(fs, tmp), str(path), fs, "md5", dry_run=True)
+    return obj.hash_info.value
+
+
+_DATA_MD5: dict[tuple[str, float], str] = {}
+
+
+def data_md5(root: str | Path, project: Path | None = None) -> str:
+    """DVC's md5 of the data: the one recorded in ``<root>.dvc`` or dvc.lock when there is one (then
+    ``dvc repro`` ran and it was checked), else computed now with DVC's hashing. Cached per process
+    by the folder's modification time, so the tag and the dataset input hash the folder once."""
+    recorded = dvc_data_version(root, project)
+    if recorded:
+        return recorded
+    key = (str(Path(root).resolve()), Path(root).stat().st_mtime)
+    if key not in _DATA_MD5:
+        _DATA_MD5[key] = dvc_dir_md5(root)
+    return _DATA_MD5[key]
+
+
 def lineage_tags(index: dict, project: Path | None = None) -> dict[str, str]:
+    """Tags that say where a model came from: git commit, data root, format, fingerprint and DVC md5."""
     tags = git_tags(project)
     tags["data.root"] = index["root"]
     tags["data.format"] = index["format"]
     tags["data.fingerprint"] = index.get("fingerprint", "unknown")
-    tags["data.dvc_md5"] = dvc_data_version(index["root"], project) or "untracked"
+    try:
+        tags["data.dvc_md5"] = data_md5(index["root"], project)
+    except OSError as err:  # data moved away after ingestion: say so rather than invent a version
+        logger.warning("Cannot hash %s for data.dvc_md5: %s", index["root"], err)
+        tags["data.dvc_md5"] = "unknown"
+    tags["data.dvc_tracked"] = str(dvc_data_version(index["root"], project) is not None)
     return tags
+
+
+def split_sizes(index: dict) -> dict[str, int]:
+    """Images per split of a dataset index (train, val, and test when present)."""
+    return {split: len(index[split]) for split in ("train", "val", "test") if isinstance(index.get(split), list)}
+
+
+def dataset_input(index: dict, task: str, project: Path | None = None) -> Any:
+    """The data as an MLflow dataset (what the runs list's Dataset column shows): name, digest = DVC md5,
+    source = the resolved root, profile = split sizes, classes and format."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    class DataFolder(MetaDataset):
+        """A folder of images and labels, known by metadata only (MLflow never reads it)."""
+
+        def __init__(self, profile: dict, **kwargs):
+            self._profile = profile
+            super().__init__(**kwargs)
+
+        @property
+        def profile(self) -> dict:
+            return self._profile
+
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), "profile": json.dumps(self._profile)}
+
+    root = Path(index["root"]).resolve()
+    name = f"{task}-builtin" if index.get("builtin") else f"{task}-{root.name}"
+    profile = {**split_sizes(index), "classes": len(index.get("classes", [])), "format": index.get("format")}
+    with warnings.catch_warnings():  # two registered local-file source classes both match a plain path
+        warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+        source = resolve_dataset_source(str(root))
+    return DataFolder(profile=profile, source=source, name=name, digest=data_md5(root, project))
+
+
+def log_data_lineage(index: dict, task: str, project: Path | None = None) -> None:
+    """Log the data to the active MLflow run: the dataset input, the lineage tags and ``data.root`` resolved."""
+    import mlflow
+
+    mlflow.set_tags(lineage_tags(index, project))
+    mlflow.log_param("data.root", str(Path(index["root"]).resolve()))
+    mlflow.log_input(dataset_input(index, task, project), context="training")

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-import warnings
-
 import mlflow.pyfunc
 import pandas as pd
 
-# Inputs are validated by the logged signature (a string column of paths or base64 images), not by
-# type hints, which MLflow would otherwise ask for at every load.
-warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
+
+def default_params(spec: dict) -> dict:
+    """The pyfunc's inference parameters and their defaults (the task's ``inference_params``), logged as the
+    signature's params schema, so callers can pass e.g. ``params={"score_threshold": 0.5, "max_detections": 10}``
+    to ``predict`` or a serving endpoint."""
+    from visionpipe.tasks import get_task_class
+
+    return get_task_class(spec["task"]).inference_params(spec)
 
 
-def predictions_frame(predictor, images) -> pd.DataFrame:
-    """The pyfunc's output for ``images``: one row per image; array values (masks) as base64 PNG under ``<key>_png``."""
+def predictions_frame(predictor, images, **params) -> pd.DataFrame:
+    """The pyfunc's output for ``images``: one row per image; array values (masks) as base64 PNG under
+    ``<key>_png``. ``params`` (see :func:`default_params`) go to ``Predictor.predict`` as keyword arguments."""
     import numpy as np
 
     from visionpipe.inference import encode_png
 
+    results = predictor.predict(images, **{k: v for k, v in params.items() if v is not None})
     rows = [{(f"{k}_png" if isinstance(v, np.ndarray) else k): (encode_png(v) if isinstance(v, np.ndarray) else v) for k, v in r.items()}
-            for r in predictor.predict(images)]
+            for r in results]
     return pd.DataFrame(rows)
 
 
@@ -31,6 +36,11 @@ class VisionPipeModel(mlflow.pyfunc.PythonModel):
     ``mask_png``: the class-index mask at the image's size, as base64 PNG.
     """
 
+    # Inputs are validated by the logged signature (a string column of paths or base64 images), not by type
+    # hints. Without this MLflow warns "Add type hints to the `predict` method" at every import, inside its
+    # own catch_warnings block, so a warnings filter cannot silence it.
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         import torch
 
@@ -39,6 +49,7 @@ class VisionPipeModel(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor.from_folder(context.artifacts["bundle"], device="cuda" if torch.cuda.is_available() else "cpu")
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would treat them as a schema
+        """``params``: MLflow has already checked them against the logged params schema and filled in defaults."""
         if isinstance(model_input, pd.DataFrame):
             column = "image" if "image" in model_input.columns else model_input.columns[0]
             images = model_input[column].tolist()
@@ -46,4 +57,4 @@ class VisionPipeModel(mlflow.pyfunc.PythonModel):
             images = list(model_input["image"])
         else:
             images = list(model_input)
-        return predictions_frame(self.predictor, images)
+        return predictions_frame(self.predictor, images, **(params or {}))

@@ -22,7 +22,7 @@ from visionpipe.comparison import is_better
 from visionpipe.errors import ConfigError
 from visionpipe.inference import Predictor, encode_png, save_bundle
 from visionpipe.tracking.champion import download_bundle
-from visionpipe.tracking.pyfunc import predictions_frame
+from visionpipe.tracking.pyfunc import default_params, predictions_frame
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +53,11 @@ def log_pyfunc_model(bundle: dict[str, Any], name: str = "model") -> Any:
         save_bundle(bundle, folder)
         example = pd.DataFrame({"image": [example_image(bundle["spec"])]})
         output = predictions_frame(Predictor(bundle), example["image"].tolist())
+        params = default_params(bundle["spec"]) or None  # score_threshold, max_detections: MLflow's params schema
         try:
-            signature = infer_signature(example, output)
+            signature = infer_signature(example, output, params=params)
         except Exception:  # outputs with ragged lists: keep the input schema only
-            signature = infer_signature(example)
+            signature = infer_signature(example, params=params)
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # models-from-code: nothing pickled

@@ -10,15 +10,35 @@ from visionpipe import stages
 from visionpipe.config import parse_task_config
 
 
-def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """kedro-mlflow's metrics format: one value at step 0 per numeric metric."""
-    return {k: {"value": float(v), "step": 0} for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+# val_loss is the val/loss curve at the best epoch; val_images is in the dataset input's profile
+_NOT_LOGGED_AS_FINAL = ("val_loss", "val_images")
+
+
+def split_timings(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    """(metrics, timings): the evaluation time leaves metrics.json, so `dvc metrics diff` shows only real changes."""
+    metrics = dict(metrics)
+    seconds = metrics.pop("eval_time_s", None)
+    timings = {} if seconds is None else {"eval_time_s": seconds,
+                                          "eval_images_per_s": metrics.get("val_images", 0) / max(seconds, 1e-9)}
+    return metrics, timings
+
+
+def mlflow_metrics(metrics: dict[str, Any], timings: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+    """kedro-mlflow's metrics format: one value at step 0 per numeric final metric (plain names: top1, map, miou),
+    timings under process/ beside the per-epoch process figures."""
+    out = {k: {"value": float(v), "step": 0} for k, v in metrics.items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _NOT_LOGGED_AS_FINAL}
+    out.update({f"process/{k}": {"value": float(v), "step": 0} for k, v in (timings or {}).items()})
+    return out
 
 
 def evaluate_model(model: dict, index: dict, augmentation: dict, params: dict[str, Any], task: str) -> dict[str, Any]:
-    """The task's metrics on the validation split, and what the task writes beside them (predictions...)."""
+    """The task's metrics on the validation split, their timings (own file), and what the task writes beside
+    them (predictions...)."""
     metrics, evaluator, task_obj = stages.evaluate(task, index, augmentation, model, parse_task_config(task, params))
-    return {"metrics": metrics, "mlflow_metrics": mlflow_metrics(metrics), **task_obj.prediction_outputs(index, evaluator)}
+    metrics, timings = split_timings(metrics)
+    return {"metrics": metrics, "evaluation_timings": timings, "mlflow_metrics": mlflow_metrics(metrics, timings),
+            **task_obj.prediction_outputs(index, evaluator)}
 
 
 def plot_evaluation(index: dict, history: pd.DataFrame, *outputs, task: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ def _nodes(task: str) -> list[Node]:
     outputs = list(task_cls.output_datasets)
     return [
         Node(for_task(evaluate_model, task), inputs=["model", "clean_index", "augmentation", f"params:{task}"],
-             outputs={name: name for name in ["metrics", "mlflow_metrics", *outputs]}, name="evaluate"),
+             outputs={name: name for name in ["metrics", "evaluation_timings", "mlflow_metrics", *outputs]}, name="evaluate"),
         Node(for_task(plot_evaluation, task), inputs=["clean_index", "training_history", *outputs],
              outputs={f"plot_{p}": f"plot_{p}" for p in task_cls.plot_names}, name="plot"),
     ]

@@ -10,10 +10,12 @@ from visionpipe import stages
 from visionpipe.config import parse_task_config
 
 
-def train_model(index: dict, augmentation: dict, params: dict[str, Any], task: str) -> tuple[dict, pd.DataFrame]:
-    """Train; return the best model bundle and the per-epoch history (streamed to the active MLflow run)."""
-    from visionpipe.tracking.callbacks import tracking_callbacks
+def train_model(index: dict, augmentation: dict, params: dict[str, Any], task: str) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Train; return the best model bundle, the per-epoch history and the per-epoch timings (their own file);
+    epochs are streamed to the active MLflow run."""
+    from visionpipe.tracking.callbacks import split_history, tracking_callbacks
 
     cfg = parse_task_config(task, params)
     bundle, history = stages.train(task, index, augmentation, cfg, callbacks=tracking_callbacks(cfg))
-    return bundle, pd.DataFrame(history)
+    learning, timings = split_history(history)
+    return bundle, pd.DataFrame(learning), pd.DataFrame(timings)

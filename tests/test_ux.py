@@ -1,0 +1,366 @@
+"""What a person sees: quiet logs, the end-of-run summary, run names and notes, lineage, plots, pyfunc params.
+
+Fast unit tests; what only a whole `kedro run` shows is checked in test_end_to_end.py on its one project.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import PROJECT
+
+BIN = Path(sys.executable).parent
+
+
+# ---------------------------------------------------------------- lineage
+
+def _tiny_folder(root: Path) -> Path:
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "x.txt").write_text("hi\n")
+    (root / "a" / "b" / "y.txt").write_text("there\n")
+    (root / "a" / "z.bin").write_bytes(bytes(range(256)) * 3)
+    return root
+
+
+@pytest.mark.skipif(not (BIN / "dvc").exists(), reason="the dvc CLI is not installed beside this Python")
+def test_dvc_dir_md5_equals_what_dvc_add_records(tmp_path):
+    from visionpipe.tracking.lineage import dvc_dir_md5
+
+    data = _tiny_folder(tmp_path / "data")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env, timeout=120)
+    subprocess.run([str(BIN / "dvc"), "add", "data", "-q"], cwd=tmp_path, check=True, env=env, timeout=120)
+    recorded = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"]
+    assert recorded.endswith(".dir")
+    assert dvc_dir_md5(data) == recorded
+    (data / "x.txt").write_text("changed\n")
+    assert dvc_dir_md5(data) != recorded
+
+
+def test_lineage_prefers_the_recorded_md5_and_computes_it_otherwise(tmp_path):
+    from visionpipe.tracking.lineage import data_md5, dvc_dir_md5, lineage_tags
+
+    data = _tiny_folder(tmp_path / "data")
+    index = {"root": str(data), "format": "imagefolder", "fingerprint": "f"}
+    tags = lineage_tags(index, tmp_path)
+    assert tags["data.dvc_md5"] == dvc_dir_md5(data) and tags["data.dvc_tracked"] == "False"
+    (tmp_path / "data.dvc").write_text(yaml.safe_dump({"outs": [{"md5": "abc.dir", "path": "data"}]}))
+    assert data_md5(data, tmp_path) == "abc.dir"
+    assert lineage_tags(index, tmp_path)["data.dvc_tracked"] == "True"
+
+
+def test_data_is_logged_as_an_mlflow_dataset_input(tmp_path):
+    import mlflow
+
+    from visionpipe.tracking.lineage import dvc_dir_md5, log_data_lineage
+
+    data = _tiny_folder(tmp_path / "pets")
+    index = {"root": str(data), "format": "imagefolder", "classes": ["cat", "dog"], "train": [{}] * 3, "val": [{}] * 2}
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run() as run:
+            log_data_lineage(index, "classification", tmp_path)
+        got = mlflow.MlflowClient().get_run(run.info.run_id)
+    finally:
+        mlflow.set_tracking_uri(None)
+    (entry,) = got.inputs.dataset_inputs
+    assert entry.dataset.name == "classification-pets"
+    assert entry.dataset.digest == dvc_dir_md5(data)
+    assert json.loads(entry.dataset.source)["uri"] == str(data.resolve())
+    assert json.loads(entry.dataset.profile) == {"train": 3, "val": 2, "classes": 2, "format": "imagefolder"}
+    assert [t.value for t in entry.tags] == ["training"]
+    assert got.data.params["data.root"] == str(data.resolve())
+    assert got.data.tags["data.dvc_md5"] == dvc_dir_md5(data)
+
+
+# ---------------------------------------------------------------- metrics, timings, epochs
+
+def test_final_metrics_have_one_name_and_timings_leave_metrics_json():
+    from visionpipe.pipelines.evaluation.nodes import mlflow_metrics, split_timings
+
+    metrics, timings = split_timings({"val_loss": 1.2, "top1": 0.5, "eval_time_s": 2.0, "val_images": 10})
+    assert metrics == {"val_loss": 1.2, "top1": 0.5, "val_images": 10}
+    assert timings == {"eval_time_s": 2.0, "eval_images_per_s": 5.0}
+    logged = mlflow_metrics(metrics, timings)
+    # val_loss is the val/loss curve at the best epoch, val_images the dataset input's profile
+    assert logged == {"top1": {"value": 0.5, "step": 0}, "process/eval_time_s": {"value": 2.0, "step": 0},
+                      "process/eval_images_per_s": {"value": 5.0, "step": 0}}
+
+
+def test_epoch_history_splits_into_learning_curves_and_timings():
+    from visionpipe.tracking.callbacks import best_epoch_tag, epoch_metric_name, split_history
+
+    history = [{"train_loss": 1.0, "lr": 0.1, "epoch_time_s": 3.0, "images_per_s": 9.0, "data_wait_fraction": 0.2,
+                "rss_gb": 1.5, "val_loss": 0.9, "top1": 0.4, "epoch": 1}]
+    learning, timings = split_history(history)
+    assert learning == [{"train_loss": 1.0, "lr": 0.1, "val_loss": 0.9, "top1": 0.4, "epoch": 1}]
+    assert timings == [{"epoch": 1, "epoch_time_s": 3.0, "images_per_s": 9.0, "data_wait_fraction": 0.2, "rss_gb": 1.5}]
+    names = {k: epoch_metric_name(k) for k in history[0] if k != "epoch"}
+    assert names == {"train_loss": "train/loss", "lr": "train/lr", "epoch_time_s": "process/epoch_time_s",
+                     "images_per_s": "process/images_per_s", "data_wait_fraction": "process/data_wait_fraction",
+                     "rss_gb": "process/rss_gb", "val_loss": "val/loss", "top1": "val/top1"}
+    assert best_epoch_tag(5, 8) == "6/8"
+
+
+def test_trainer_history_counts_epochs_from_one_and_measures_data_wait(in_tmp):
+    from conftest import task_params
+    from visionpipe import stages
+    from visionpipe.config import parse_task_config
+
+    cfg = parse_task_config("classification", task_params("classification", in_tmp, train={"epochs": 2}))
+    index = stages.ingest("classification", cfg)
+    bundle, history = stages.train("classification", index, stages.augmentation("classification", cfg), cfg, callbacks=[])
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert 1 <= bundle["spec"]["best_epoch"] <= 2
+    assert all(0.0 <= h["data_wait_fraction"] <= 1.0 for h in history)
+
+
+def test_process_figures_are_this_process():
+    import psutil
+
+    from visionpipe.tracking.callbacks import process_figures
+
+    figures = process_figures()
+    assert figures["rss_gb"] == pytest.approx(psutil.Process().memory_info().rss / 2**30, rel=0.2)
+
+
+# ---------------------------------------------------------------- run names, notes, summary
+
+def test_run_names_tell_task_model_and_time_apart():
+    from visionpipe.hooks.mlflow_runs import model_label, run_name, run_stamp
+
+    assert model_label({"model": {"name": "fcos", "backbone": "resnet10t"}}) == "fcos-resnet10t"
+    assert model_label({"model": {"name": "resnet10t", "backbone": None}}) == "resnet10t"
+    assert run_stamp("2026-11-23T18.04.07.474Z") == "1123-180407"
+    assert run_name("detection", "fcos-resnet10t", None, "2026-11-23T18.04.07.474Z") == "detection-fcos-resnet10t-1123-180407"
+    assert run_name("detection", "fcos", "training", "2026-11-23T18.04.07.474Z") == "detection-fcos-training-1123-180407"
+
+
+DECISION = {"model_name": "visionpipe-detection", "version": 3, "alias": "champion", "metric": "map", "new_score": 0.5,
+            "champion_version": 2, "champion_score": 0.6, "promoted": False, "run_id": "r"}
+
+
+def test_registry_line_says_moved_or_kept_and_why():
+    from visionpipe.tracking.summary import registry_line
+
+    assert registry_line(DECISION) == ("visionpipe-detection v3: map 0.5000 vs champion v2 0.6000; "
+                                       "alias 'champion' kept on v2 (not better)")
+    first = {**DECISION, "version": 1, "champion_version": None, "champion_score": None, "promoted": True}
+    assert registry_line(first).endswith("vs no champion before; alias 'champion' moved to v1")
+    assert registry_line({"skipped": "detection.registry.enabled is false"}) == "not registered: detection.registry.enabled is false"
+
+
+def test_summary_reads_back_only_what_this_run_wrote(tmp_path):
+    from visionpipe.tracking.summary import collect, terminal_lines
+
+    report = tmp_path / "data/08_reporting/detection"
+    report.mkdir(parents=True)
+    (report / "metrics.json").write_text(json.dumps({"map": 0.25, "map_50": 0.5, "ap/circle": 0.1, "val_images": 6}))
+    (report / "registration.json").write_text(json.dumps(DECISION))
+    old = time.time() - 3600
+    os.utime(report / "registration.json", (old, old))  # from an earlier run: not news
+    (tmp_path / "data/06_models/detection/model").mkdir(parents=True)
+    summary = collect("detection", "detection", tmp_path, since=time.time() - 60)
+    assert summary.metrics == {"map": 0.25, "map_50": 0.5}
+    assert summary.registration is None
+    lines = terminal_lines(summary)
+    assert lines[0] == "detection"
+    assert "  metrics  map 0.2500  map_50 0.5000" in lines
+    assert any(line.startswith("  outputs") and "data/06_models/detection/model/" in line for line in lines)
+
+
+def test_run_note_describes_task_model_data_results_and_best_epoch():
+    from visionpipe.tracking.summary import run_note
+
+    tags = {"visionpipe.model_label": "fcos-resnet10t", "data.root": "/d", "data.format": "coco", "data.dvc_md5": "m.dir",
+            "visionpipe.best_epoch": "6/8"}
+    note = run_note("detection", tags, {"map": 0.5, "map_50": 0.7, "process/eval_time_s": 1.0}, DECISION)
+    assert note.splitlines() == [
+        "**detection** with `fcos-resnet10t`",
+        "- data: `/d` (coco), dvc md5 `m.dir`",
+        "- validation: map 0.5000, map_50 0.7000",
+        "- best epoch 6/8 restored",
+        "- registry: visionpipe-detection v3: map 0.5000 vs champion v2 0.6000; alias 'champion' kept on v2 (not better)",
+    ]
+
+
+# ---------------------------------------------------------------- logs
+
+def test_project_logging_config_is_accepted_by_kedro_and_quiet():
+    from kedro.framework.project import _ProjectLogging
+
+    config = yaml.safe_load((PROJECT / "conf" / "logging.yml").read_text())
+    before = logging.getLogger().manager.disable
+    _ProjectLogging().configure(config)  # Kedro's own validation (allowed classes only)
+    try:
+        for name in ("kedro.io.data_catalog", "kedro.runner.sequential_runner", "kedro_mlflow.framework.hooks.mlflow_hook",
+                     "kedro.framework.project"):
+            assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+        assert logging.getLogger("visionpipe.stages").isEnabledFor(logging.INFO)
+    finally:
+        logging.disable(before)
+
+
+def test_verbose_brings_the_details_back(monkeypatch):
+    from visionpipe import console
+
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    assert console.verbose_requested(True) and not console.verbose_requested(False)
+    monkeypatch.setenv(console.VERBOSE_ENV, "1")
+    assert console.verbose_requested(False)
+    levels = {name: logging.getLogger(name).level for name in console.QUIET_LOGGERS}
+    try:
+        console.set_verbosity(True)
+        assert logging.getLogger("kedro.io.data_catalog").isEnabledFor(logging.INFO)
+        assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "true"
+        logging.getLogger("kedro_mlflow").setLevel(logging.INFO)  # what `import kedro_mlflow` does
+        console.set_verbosity(False)  # quiet: conf/logging.yml's levels, kedro-mlflow and MLflow held at WARNING
+        assert not logging.getLogger("kedro_mlflow.framework.hooks.mlflow_hook").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("mlflow.store.db.utils").isEnabledFor(logging.INFO)
+        assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        logging.getLogger("py.warnings").addFilter(console.clean_warning)
+
+
+def test_warnings_lose_colour_codes_and_the_type_hint_nag():
+    from visionpipe.console import clean_warning
+
+    def record(text):
+        return logging.LogRecord("py.warnings", logging.WARNING, __file__, 1, "%s", (text,), None)
+
+    assert not clean_warning(record("x.py:1: UserWarning: \x1b[33mAdd type hints to the `predict` method to enable\x1b[0m"))
+    kept = record("x.py:1: UserWarning: \x1b[31mSomething else\x1b[0m")
+    assert clean_warning(kept) and kept.getMessage() == "x.py:1: UserWarning: Something else"
+
+
+def test_help_and_pyfunc_import_print_no_log_line_or_warning(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(PROJECT / "src")}
+    env.pop("VISIONPIPE_VERBOSE", None)
+    proc = subprocess.run([str(BIN / "visionpipe"), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("Usage: visionpipe")
+    assert proc.stderr == "" and "INFO" not in proc.stdout
+    proc = subprocess.run([sys.executable, "-W", "always", "-c", "import visionpipe.tracking.pyfunc"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "type hints" not in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------- plots and masks
+
+def test_predicted_masks_are_palette_pngs_that_keep_class_indices(tmp_path):
+    from visionpipe.tracking.plots import class_colours, palette_mask
+
+    mask = np.array([[0, 1], [2, 255]], dtype=np.uint8)
+    palette_mask(mask, 3).save(tmp_path / "m.png")
+    image = Image.open(tmp_path / "m.png")
+    assert image.mode == "P"
+    assert (np.asarray(image) == mask).all()
+    rgb = np.asarray(image.convert("RGB"))
+    assert tuple(rgb[0, 1]) == tuple((class_colours(3)[1] * 255).round().astype(int))
+    assert tuple(rgb[1, 1]) == (255, 255, 255) and len({tuple(p) for p in rgb.reshape(-1, 3)}) == 4
+
+
+def test_box_grid_shows_the_top_k_above_the_threshold():
+    from visionpipe.tracking.plots import top_detections
+
+    preds = [{"image_id": 1, "score": s, "category_id": 1, "bbox": [0, 0, 1, 1]} for s in (0.2, 0.9, 0.5, 0.7, 0.35)]
+    preds.append({"image_id": 2, "score": 0.99, "category_id": 1, "bbox": [0, 0, 1, 1]})
+    assert [p["score"] for p in top_detections(preds, 1, 0.3, 3)] == [0.9, 0.7, 0.5]
+
+
+def _coco(tmp_path):
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    gt = {"images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100, "iscrowd": 0},
+                          {"id": 2, "image_id": 1, "category_id": 2, "bbox": [16, 16, 8, 8], "area": 64, "iscrowd": 0}],
+          "categories": [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}]}
+    preds = [{"image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "score": 0.9},
+             {"image_id": 1, "category_id": 2, "bbox": [0, 0, 4, 4], "score": 0.8}]
+    return gt, preds
+
+
+def test_pr_curves_put_each_class_ap_in_the_legend(tmp_path):
+    from visionpipe.tracking.plots import box_grid, pr_curves
+
+    gt, preds = _coco(tmp_path)
+    fig = pr_curves(preds, gt, ["circle", "square"])
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["circle (AP50 1.000)", "square (AP50 0.000)"]
+    grid = box_grid(preds, gt, {"root": str(tmp_path)}, min_score=0.85)
+    assert [t.get_text() for t in grid.axes[0].texts] == ["circle 0.90"]
+
+
+def test_segmentation_overlays_have_a_class_legend(tmp_path):
+    from visionpipe.tracking.plots import mask_overlays
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    Image.fromarray(np.ones((8, 8), np.uint8)).save(tmp_path / "a_mask.png")
+    index = {"root": str(tmp_path), "classes": ["background", "cat", "dog"], "val": [{"image": "a.png", "mask": "a_mask.png"}]}
+    fig = mask_overlays({"a": np.full((8, 8), 2, np.uint8)}, index)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["background", "cat", "dog"]
+
+
+# ---------------------------------------------------------------- pyfunc params
+
+def test_detection_results_are_limited_by_score_and_count():
+    from visionpipe.tasks.detection import limit_detections
+
+    result = {"boxes": [[0, 0, 1, 1], [1, 1, 2, 2], [2, 2, 3, 3]], "labels": ["a", "b", "c"], "scores": [0.9, 0.6, 0.3]}
+    assert limit_detections(result, 0.5, None)["labels"] == ["a", "b"]
+    assert limit_detections(result, None, 1) == {"boxes": [[0, 0, 1, 1]], "labels": ["a"], "scores": [0.9]}
+
+
+def test_pyfunc_params_schema_and_keyword_arguments():
+    from mlflow.models import infer_signature
+
+    from visionpipe.tracking.pyfunc import VisionPipeModel, default_params
+
+    spec = {"task": "detection", "evaluation": {"score_threshold": 0.05, "max_detections": 100}}
+    assert default_params(spec) == {"score_threshold": 0.05, "max_detections": 100}
+    assert default_params({"task": "classification"}) == {}
+    signature = infer_signature(pd.DataFrame({"image": ["x"]}), params=default_params(spec))
+    assert {p.name: (p.dtype.name, p.default) for p in signature.params.params} == {
+        "score_threshold": ("double", 0.05), "max_detections": ("long", 100)}
+
+    class Recorder:
+        spec = {"task": "detection"}
+
+        def predict(self, images, **params):
+            self.called = (images, params)
+            return [{"boxes": [], "labels": [], "scores": []}]
+
+    model = VisionPipeModel()
+    model.predictor = Recorder()
+    model.predict(None, pd.DataFrame({"image": ["a.png"]}), params={"score_threshold": 0.5, "max_detections": 3})
+    assert model.predictor.called == (["a.png"], {"score_threshold": 0.5, "max_detections": 3})
+
+
+# ---------------------------------------------------------------- dvc plots offline
+
+def test_dvc_plots_page_needs_no_internet(tmp_path):
+    template = PROJECT / ".dvc" / "offline_plots.html"
+    if not template.is_file():
+        pytest.skip("`make .dvc/offline_plots.html` (part of `make plots`) builds the template once, with npm")
+    if not (BIN / "dvc").exists():
+        pytest.skip("the dvc CLI is not installed beside this Python")
+    pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.7, 0.5]}).to_csv(tmp_path / "history.csv", index=False)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env, timeout=120)
+    subprocess.run([str(BIN / "dvc"), "plots", "show", "history.csv", "-x", "epoch", "-y", "train_loss", "-o", "out",
+                    "--html-template", str(template)], cwd=tmp_path, check=True, env=env, timeout=120, capture_output=True)
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "<script src=" not in page  # nothing to fetch
+    assert page.count("<script>") >= 3 and "vegaEmbed(" in page and '"train_loss"' in page
