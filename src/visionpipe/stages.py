@@ -70,15 +70,16 @@ def augmentation(task: str, cfg: TaskConfig) -> dict:
 
 # ---------------------------------------------------------------- training
 
-def make_spec(task: str, cfg: TaskConfig, classes: list[str]) -> dict[str, Any]:
+def make_spec(task: str, cfg: TaskConfig, classes: list[str], category_ids: list[int] | None = None) -> dict[str, Any]:
     """Everything needed to rebuild the model and its preprocessing, saved beside the weights."""
-    return get_task_class(task).make_spec(cfg, classes)
+    return get_task_class(task).make_spec(cfg, classes, category_ids)
 
 
 def _datasets(task_obj, index: dict, aug: dict, cfg: TaskConfig):
     train_tf, val_tf = transforms.from_dict(aug["train"]), transforms.from_dict(aug["val"])
     max_px = cfg.data.max_image_pixels
-    return (IndexDataset(index, "train", train_tf, task_obj.make_sample, cfg.train.seed, max_px),
+    mosaic_epochs = cfg.train.epochs - cfg.train.close_mosaic_epochs  # Mosaic (if in augment) is off from this epoch on
+    return (IndexDataset(index, "train", train_tf, task_obj.make_sample, cfg.train.seed, max_px, mosaic_epochs=mosaic_epochs),
             IndexDataset(index, "val", val_tf, task_obj.make_sample, cfg.train.seed, max_px, for_eval=True))
 
 
@@ -87,7 +88,7 @@ def train(task: str, index: dict, aug: dict, cfg: TaskConfig, callbacks: list[Ca
     return the best model bundle and the history. ``callbacks`` (e.g. MLflow logging) come from the node."""
     tc = cfg.train
     seed_everything(tc.seed, tc.deterministic)
-    spec = make_spec(task, cfg, index["classes"])
+    spec = make_spec(task, cfg, index["classes"], index.get("category_ids"))
     task_obj = get_task(spec)
     model = task_obj.build_model()
     runtime = resolve_runtime(tc, cfg.data)

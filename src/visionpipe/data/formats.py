@@ -132,7 +132,7 @@ def read_coco(root: Path, data_cfg, annotations: str = "boxes", background: bool
     ann_files = {"train": data_cfg.train_annotations, "val": data_cfg.val_annotations}
     image_dirs = {"train": data_cfg.train_images, "val": data_cfg.val_images}
     contents = {s: _load_json(root / ann_files[s]) for s in SPLITS}
-    categories = sorted(contents["train"]["categories"], key=lambda c: c["id"])
+    categories = _same_categories(root, ann_files, contents)
     names = [c["name"] for c in categories]
     cat_index = {c["id"]: i for i, c in enumerate(categories)}
     offset = 1 if background else 0
@@ -184,7 +184,27 @@ def read_coco(root: Path, data_cfg, annotations: str = "boxes", background: bool
                 rec["segments"].append({"label": label, "segmentation": ann.get("segmentation") or [], "iscrowd": int(ann.get("iscrowd", 0))})
         out[split] = sorted(images.values(), key=lambda r: r["image_id"])
     classes = ["background", *names] if background else names
-    return {"classes": classes, **out, "problems": problems}
+    # the user's category id of each class: predictions.json and ground_truth.json speak these ids
+    return {"classes": classes, "category_ids": [int(c["id"]) for c in categories], **out, "problems": problems}
+
+
+def _same_categories(root: Path, ann_files: dict[str, str], contents: dict[str, dict]) -> list[dict]:
+    """Train's categories sorted by id; every other split must list the same (id, name) pairs."""
+    train_path = root / ann_files["train"]
+    for split, content in contents.items():
+        if not content["categories"]:
+            raise DataError(root / ann_files[split], "the 'categories' list is empty",
+                            "List every category as {\"id\": ..., \"name\": ...}; annotations refer to them by id")
+    categories = sorted(contents["train"]["categories"], key=lambda c: c["id"])
+    expected = [(int(c["id"]), str(c["name"])) for c in categories]
+    for split, content in contents.items():
+        found = sorted((int(c["id"]), str(c["name"])) for c in content["categories"])
+        if split != "train" and found != expected:
+            only_train = sorted(set(expected) - set(found))
+            only_here = sorted(set(found) - set(expected))
+            raise DataError(root / ann_files[split], f"categories differ from {train_path}: only in train {only_train}, only in {split} {only_here}",
+                            "Use the same category ids and names in every split's annotation file")
+    return categories
 
 
 # ---------------------------------------------------------------- Pascal VOC

@@ -151,6 +151,7 @@ class Task:
     config_model: ClassVar[type]
     metrics: ClassVar[tuple[str, ...]]  # scalar metric names the evaluator returns
     per_class_metric: ClassVar[str | None] = None  # "ap" -> metrics "ap/<class name>"
+    supports_mosaic: ClassVar[bool] = False  # make_sample takes donors for albumentations' Mosaic
     primary_metric: ClassVar[str]
     output_datasets: ClassVar[tuple[str, ...]]  # what evaluation writes besides metrics (catalog names)
     plot_names: ClassVar[tuple[str, ...]]
@@ -182,8 +183,11 @@ class Task:
         return name in cls.metrics or bool(cls.per_class_metric and name.startswith(f"{cls.per_class_metric}/"))
 
     @classmethod
-    def make_spec(cls, cfg, classes: list[str]) -> dict[str, Any]:
-        """Everything needed to rebuild the model and its preprocessing, saved beside the weights."""
+    def make_spec(cls, cfg, classes: list[str], category_ids: list[int] | None = None) -> dict[str, Any]:
+        """Everything needed to rebuild the model and its preprocessing, saved beside the weights.
+
+        ``category_ids``: the user's COCO category id of each class (``index["category_ids"]``), for
+        tasks whose outputs speak the user's ids."""
         mean, std = cls.normalization(cfg.model.model_dump())
         return {"task": cls.name, "classes": list(classes), "model": cfg.model.model_dump(), "image_size": cfg.train.image_size,
                 "mean": list(mean), "std": list(std), "evaluation": cfg.evaluation.model_dump()}
@@ -243,10 +247,25 @@ class Task:
         """User augmentations (train only), then resize, normalisation and tensor conversion."""
         from visionpipe.data.transforms import compose
 
+        cls.check_mosaic(augment)
         return compose(augment, image_size, mean, std, train=train, block=cls.name)
 
+    @classmethod
+    def check_mosaic(cls, augment: list[dict]) -> None:
+        """A ConfigError when ``augment`` holds albumentations' Mosaic and the task cannot feed it donor images."""
+        if not cls.supports_mosaic and any(isinstance(t, dict) and t.get("__class_fullname__", "").split(".")[-1] == "Mosaic" for t in augment):
+            raise ConfigError(f"{cls.name}.augment: Mosaic needs donor images with their annotations, which only detection provides; "
+                              "remove it from this task's augment list")
+
     def make_sample(self, pixels: np.ndarray, record: dict, root: Path, transform, index: int, for_eval: bool = False):
+        """(input tensor, target, meta) for one decoded image. Tasks with ``supports_mosaic`` also take
+        ``donors``: a list of (pixels, record) of other images of the split for albumentations' Mosaic."""
         raise NotImplementedError
+
+    @staticmethod
+    def stack(tensors: list[torch.Tensor]):
+        """Preprocessed images as the batch ``forward`` takes (a stacked tensor; detection: a list)."""
+        return torch.stack(tensors)
 
     @staticmethod
     def collate(batch):
@@ -273,7 +292,9 @@ class Task:
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
 
-    def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, batch) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The training loss, or a dict of named terms: the trainer sums them, and records each as
+        ``train_<term>`` beside ``train_loss`` (history.csv, MLflow)."""
         raise NotImplementedError
 
     def forward(self, model: torch.nn.Module, images: torch.Tensor):
