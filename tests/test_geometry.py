@@ -174,3 +174,66 @@ def test_val_categories_must_match_train(tmp_path):
     (root / "annotations" / "instances_val.json").write_text(json.dumps(val))
     with pytest.raises(DataError, match="'categories' list is empty"):
         stages.ingest("detection", cfg)
+
+
+# ---------------------------------------------------------------- segmentation
+
+SEG_SIZES = [(64, 40), (40, 64), (64, 64), (32, 24), (20, 32), (128, 80)]  # letterbox scales 1, 2 and 0.5
+
+
+def write_masks(root: Path) -> list[np.ndarray]:
+    """Mask folders of non-square images: class c's region drawn bright in colour channel c - 1."""
+    masks = []
+    for split in ("train", "val"):
+        for k, (h, w) in enumerate(SEG_SIZES):
+            mask = np.zeros((h, w), dtype=np.uint8)
+            mask[h // 4:h // 2 + 2 * (k % 2), 2:w // 2] = 1
+            mask[h // 2 + 4:h - 2, w // 2 + 2:w - 4] = 2
+            pixels = np.zeros((h, w, 3), dtype=np.uint8)
+            pixels[mask == 1, 0] = 255
+            pixels[mask == 2, 1] = 255
+            for folder, array in (("images", pixels), ("masks", mask)):
+                (root / split / folder).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(root / split / folder / f"{k}.png")
+            if split == "val":
+                masks.append(mask)
+    return masks
+
+
+class OracleSegmenter(nn.Module):
+    """Per-pixel logits read off the letterboxed input: class c where channel c - 1 is bright."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        mean, std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+        self.register_buffer("threshold", (0.5 - mean) / std, persistent=False)
+
+    def forward(self, x):
+        bright = (x - self.threshold).clamp(-1, 1)  # > 0 where the channel is more than half on
+        return torch.cat([torch.zeros_like(bright[:, :1]), bright[:, :2]], 1)
+
+
+def test_segmentation_oracle_scores_iou_1_on_non_square_images(tmp_path, monkeypatch):
+    root = tmp_path / "masks"
+    truth = write_masks(root)
+    cfg = parse_task_config("segmentation", task_params("segmentation", tmp_path, augment=[],
+                                                        data={"root": str(root), "format": "masks", "classes": ["background", "a", "b"]},
+                                                        train={"image_size": 64}))
+    index = stages.ingest("segmentation", cfg)
+    aug = stages.augmentation("segmentation", cfg)
+    spec = stages.make_spec("segmentation", cfg, index["classes"])
+    monkeypatch.setattr(SegmentationTask, "build_model", lambda self: OracleSegmenter(spec["mean"], spec["std"]))
+    bundle = {"spec": spec, "state_dict": {}}
+    metrics, evaluator, _ = stages.evaluate("segmentation", index, aug, bundle, cfg)
+    assert metrics["miou"] == pytest.approx(1.0) and metrics["pixel_accuracy"] == pytest.approx(1.0)
+    # the letterboxed training sample: ratio kept, padding ignored by the loss
+    task_obj = get_task(spec)
+    image, target, _ = task_obj.make_sample(np.zeros((32, 24, 3), np.uint8), index["train"][3], root,
+                                            SegmentationTask.compose([], 64, spec["mean"], spec["std"], train=True), 3)
+    assert image.shape == (3, 64, 64) and (target[:, 48:] == cfg.data.ignore_index).all() and (target[:, :48] != cfg.data.ignore_index).all()
+    # Predictor (the pyfunc's path), with and without flip TTA
+    images = [np.asarray(Image.open(root / "val" / "images" / f"{k}.png").convert("RGB")) for k in range(len(SEG_SIZES))]
+    for tta in (False, True):
+        bundle["spec"]["evaluation"]["tta"] = tta
+        for result, mask in zip(Predictor(bundle).predict_arrays(images), truth):
+            assert result["mask"].shape == mask.shape and (result["mask"].numpy() == mask).all()
