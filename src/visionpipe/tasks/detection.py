@@ -182,6 +182,8 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
         body = TimmFPN(backbone, out_channels, out_indices=out_indices, extra="pool" if name == "fasterrcnn" else "p6p7")
         common = dict(**sizes, image_mean=list(mean), image_std=list(std))
         if name == "fcos":
+            if out_channels % 32:  # FCOS's head normalises with GroupNorm(32 groups)
+                raise ConfigError(f"{where}.fpn_channels: FCOS needs a multiple of 32 (its head uses 32 GroupNorm groups), got {out_channels}")
             if "anchor_sizes" in kwargs or "anchor_aspect_ratios" in kwargs:
                 raise ConfigError(f"{where}.anchor_sizes/anchor_aspect_ratios: FCOS is anchor-free (one point per location); "
                                   "use them with retinanet or fasterrcnn")
