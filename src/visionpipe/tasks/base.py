@@ -326,6 +326,16 @@ class Task:
         return result
 
     # -------------------------------------------------------------- export
+    @staticmethod
+    def compare_results(want: dict[str, Any], got: dict[str, Any], tol: float = 1e-3) -> str | None:
+        """None when two postprocessed results agree (the ONNX check), else what differs."""
+        for key, value in want.items():
+            a, b = np.asarray(value, dtype=np.float64), np.asarray(got[key], dtype=np.float64)
+            if a.shape != b.shape or not np.allclose(a, b, atol=tol, rtol=tol):
+                diff = np.abs(a - b).max() if a.shape == b.shape else f"shapes {a.shape} vs {b.shape}"
+                return f"'{key}' ({diff})"
+        return None
+
     def export_onnx(self, model: torch.nn.Module, output: Path) -> None:
         """Export: input ``images`` (N, 3, S, S) normalised as spec.json says; output ``logits``."""
         size = self.spec["image_size"]

@@ -332,6 +332,19 @@ class DetectionEvaluator:
         return metrics
 
 
+class _NamedDetections(nn.Module):
+    """One image in, (boxes, scores, labels) out: ONNX names outputs by position, and torchvision's detectors
+    order their dicts differently (Faster R-CNN: boxes, labels, scores; FCOS/RetinaNet: boxes, scores, labels)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        det = self.model([image])[0]
+        return det["boxes"], det["scores"], det["labels"]
+
+
 class DetectionTask(Task):
     name = "detection"
     config_model = DetectionConfig
@@ -499,6 +512,24 @@ class DetectionTask(Task):
         return {"pr_curves": plots.pr_curves(predictions, ground_truth, index["classes"]),
                 "val_boxes": plots.box_grid(predictions, ground_truth, index), "loss_curves": plots.loss_curves(history)}
 
+    @staticmethod
+    def compare_results(want, got, tol: float = 1e-3):
+        """Detections as sets: near-tied scores (within ``tol``) may come out in either order, and at the
+        detections cap an equal-score detection may stand in for another."""
+        ws, gs = np.asarray(want["scores"], dtype=np.float64), np.asarray(got["scores"], dtype=np.float64)
+        if ws.shape != gs.shape or not np.allclose(np.sort(ws), np.sort(gs), atol=tol):
+            return f"scores differ ({len(ws)} vs {len(gs)} detections)"
+        wb, gb = np.asarray(want["boxes"], dtype=np.float64), np.asarray(got["boxes"], dtype=np.float64)
+        wl, gl = np.asarray(want["labels"]), np.asarray(got["labels"])
+        floor = ws.min() + tol if len(ws) else 0.0
+        for box, label, score in zip(wb, wl, ws):
+            if score <= floor:  # at the cap: its stand-in may be another equal-score detection
+                continue
+            same = (gl == label) & (np.abs(gs - score) <= tol) & (np.abs(gb - box).max(axis=1) <= 100 * tol)
+            if not same.any():
+                return f"no onnxruntime detection matches {label} {box.round(2).tolist()} (score {score:.4f})"
+        return None
+
     def export_onnx(self, model, output):
         """Input ``image`` (3, H, W), any size, scaled to [0, 1] (the model normalises and resizes keeping the
         aspect ratio); outputs ``boxes`` (x0, y0, x1, y1 in the input image's pixels), ``scores``, ``labels``
@@ -508,7 +539,7 @@ class DetectionTask(Task):
         size = self.spec["image_size"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(model, ([torch.rand(3, size, size + size // 2)],), str(output), input_names=["image"],
+            torch.onnx.export(_NamedDetections(model).eval(), (torch.rand(3, size, size + size // 2),), str(output), input_names=["image"],
                               output_names=["boxes", "scores", "labels"], opset_version=17, dynamo=False,
                               dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
                                             "scores": {0: "detections"}, "labels": {0: "detections"}})
