@@ -58,12 +58,13 @@ def pr_curves(predictions: list[dict], ground_truth: dict, classes: list[str]) -
 
     _, ev = coco_evaluate(ground_truth, predictions, classes)
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    names = {c["id"]: c["name"] for c in ground_truth["categories"]}  # the user's category ids
     if ev is not None:
         recall = ev.params.recThrs
         for k, cat_id in enumerate(ev.params.catIds):
             precision = ev.eval["precision"][0, :, k, 0, -1]  # IoU 0.5, all areas, most detections
             if (precision > -1).any():
-                ax.plot(recall, np.clip(precision, 0, None), label=classes[cat_id - 1])
+                ax.plot(recall, np.clip(precision, 0, None), label=names.get(cat_id, str(cat_id)))
         ax.legend(fontsize=7)
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall at IoU 0.5")
     fig.tight_layout()
