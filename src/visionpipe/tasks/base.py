@@ -8,10 +8,16 @@ branch on a task's name (``tests/test_task_contract.py`` greps for that). A task
 data                   ``formats`` (readers by ``data.format``; the first is the built-in data's),
                        ``write_builtin`` / ``builtin_classes``, ``check_record`` (per-record
                        validation beyond decoding the image), ``record_labels`` (class balance)
-samples                ``compose`` (albumentations pipeline), ``make_sample``, ``collate``,
-                       ``to_device``, ``batch_size``, ``preprocess`` (one raw image for serving)
-model                  ``build_model`` (one factory, helpful errors), ``loss``, ``forward``
-                       (inference forward), ``configure`` (evaluation-time settings)
+samples                ``compose`` (albumentations pipeline; detection does not resize, its model
+                       does, keeping the aspect ratio; segmentation letterboxes), ``make_sample``
+                       (``donors`` for albumentations' Mosaic where ``supports_mosaic``), ``collate``,
+                       ``to_device``, ``batch_size``, ``preprocess`` (one raw image for serving),
+                       ``stack`` (preprocessed images as ``forward`` takes them; detection: a list)
+model                  ``build_model`` (one factory, helpful errors), ``loss`` (a tensor, or a dict of
+                       named terms the trainer sums and records as ``train_<term>``), ``forward``
+                       (inference forward, TTA included), ``configure`` (evaluation-time settings)
+ids                    ``make_spec(cfg, classes, category_ids)``: the user's COCO category ids
+                       (``index["category_ids"]``) travel in the spec; detection outputs speak them
 evaluation             ``evaluator`` (accumulates a split, returns metrics), ``metrics``/
                        ``per_class_metric`` (what ``registry.metric`` may name)
 post-processing        ONE ``postprocess(outputs, original_sizes)``: network outputs to per-image
@@ -19,7 +25,7 @@ post-processing        ONE ``postprocess(outputs, original_sizes)``: network out
                        pyfunc/``Predictor`` and to check the ONNX export
 outputs                ``prediction_outputs`` (what evaluation writes beside metrics.json),
                        ``plots``, ``format_result`` (a JSON-ready row for serving)
-export                 ``export_onnx`` / ``onnx_forward``
+export                 ``export_onnx`` / ``onnx_forward``; ``compare_results`` (torch vs onnxruntime)
 configuration          ``config_model``: a pydantic model with ``extra="forbid"``
 =====================  =====================================================================
 
