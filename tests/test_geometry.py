@@ -237,3 +237,46 @@ def test_segmentation_oracle_scores_iou_1_on_non_square_images(tmp_path, monkeyp
         bundle["spec"]["evaluation"]["tta"] = tta
         for result, mask in zip(Predictor(bundle).predict_arrays(images), truth):
             assert result["mask"].shape == mask.shape and (result["mask"].numpy() == mask).all()
+
+
+def test_sparse_ids_end_to_end_rescore_with_pycocotools_against_the_users_file(tmp_path):
+    """Real training on non-square photos with COCO ids 5/17/90: validation, training, evaluation; the
+    written predictions re-score against the user's own instances_val.json to the reported mAP."""
+    root = tmp_path / "coco"
+    write_coco(root)
+    cfg = parse_task_config("detection", task_params("detection", tmp_path, data={"root": str(root)},
+                                                     train={"image_size": 64, "batch_size": 2, "lr": 0.01},
+                                                     evaluation={"score_threshold": 0.0}))
+    index = stages.enforce_policy(*(lambda i: (i, stages.validate(i, cfg)))(stages.ingest("detection", cfg)), cfg)
+    aug = stages.augmentation("detection", cfg)
+    bundle, history = stages.train("detection", index, aug, cfg, callbacks=[])
+    assert bundle["spec"]["category_ids"] == CATEGORY_IDS and "train_bbox_ctrness" in history[0]
+    metrics, evaluator, task_obj = stages.evaluate("detection", index, aug, bundle, cfg)
+    predictions = json.loads(json.dumps(task_obj.prediction_outputs(index, evaluator)["predictions"]))  # as written to JSON
+    assert predictions and {p["category_id"] for p in predictions} <= set(CATEGORY_IDS) and {p["image_id"] for p in predictions} == set(IMAGE_IDS)
+    assert _pycocotools_map(root / "annotations" / "instances_val.json", predictions) == pytest.approx(metrics["map"], abs=1e-12)
+    # the served model speaks the same pixels: Predictor rows (the same batch as evaluation's) match predictions.json
+    rows = Predictor(bundle).predict([root / rec["image"] for rec in index["val"]])
+    for row, rec in zip(rows, index["val"]):
+        mine = sorted((p for p in predictions if p["image_id"] == rec["image_id"]), key=lambda p: -p["score"])
+        assert sorted(row["scores"], reverse=True) == pytest.approx([p["score"] for p in mine], abs=2e-5)
+        x, y, w, h = mine[0]["bbox"]
+        np.testing.assert_allclose(row["boxes"][int(np.argmax(row["scores"]))], [x, y, x + w, y + h], atol=0.05)
+
+
+def test_classification_flip_tta_averages_the_flipped_logits(tmp_path):
+    from visionpipe.tasks.classification import ClassificationTask
+
+    class LeftRight(nn.Module):  # logits: brightness of the left half, of the right half
+        def forward(self, x):
+            half = x.shape[-1] // 2
+            return torch.stack([x[..., :half].mean((1, 2, 3)), x[..., half:].mean((1, 2, 3))], 1)
+
+    cfg = parse_task_config("classification", task_params("classification", tmp_path))
+    spec = stages.make_spec("classification", cfg, ["left", "right"])
+    images = torch.zeros(1, 3, 8, 8)
+    images[..., :4] = 1.0
+    plain = ClassificationTask(spec).forward(LeftRight(), images)
+    spec["evaluation"]["tta"] = True
+    tta = ClassificationTask(spec).forward(LeftRight(), images)
+    assert plain.tolist() == [[1.0, 0.0]] and tta.tolist() == [[0.5, 0.5]]
