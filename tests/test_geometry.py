@@ -280,3 +280,29 @@ def test_classification_flip_tta_averages_the_flipped_logits(tmp_path):
     spec["evaluation"]["tta"] = True
     tta = ClassificationTask(spec).forward(LeftRight(), images)
     assert plain.tolist() == [[1.0, 0.0]] and tta.tolist() == [[0.5, 0.5]]
+
+
+def test_tiled_detection_finds_small_objects_in_a_large_photo_in_its_pixels(detection_oracle, tmp_path):
+    """A 300x200 photo with two small objects: whole, the detector shrinks it to 128 px and the boxes blur;
+    with evaluation.tile every box comes back in the photo's pixels (tiles shifted, merged by NMS),
+    the same through Predictor and the ONNX export."""
+    from torchvision.ops import box_iou
+
+    from visionpipe.tasks.detection import tile_starts
+
+    assert tile_starts(300, 128, 0.25) == [0, 96, 172] and tile_starts(100, 128, 0.25) == [0]
+    pixels = np.zeros((200, 300, 3), dtype=np.uint8)
+    truth = torch.tensor([[150.0, 30, 171, 47], [33, 140, 52, 161]])
+    pixels[30:47, 150:171, 0] = 255
+    pixels[140:161, 33:52, 1] = 255
+    bundle = detection_oracle["bundle"]
+    whole = Predictor(bundle).predict_arrays([pixels])[0]
+    assert box_iou(whole["boxes"], truth).max(1).values.min() < 0.95
+    bundle["spec"]["evaluation"]["tile"] = {"size": 128, "overlap": 0.25}
+    predictor = Predictor(bundle)
+    onnx_path = tmp_path / "oracle.onnx"
+    predictor.task.export_onnx(predictor.model, onnx_path)
+    for p in (predictor, Predictor(bundle, onnx=onnx_path)):
+        tiled = p.predict_arrays([pixels])[0]
+        best = box_iou(truth, tiled["boxes"]).max(1)
+        assert (best.values > 0.95).all() and tiled["labels"][best.indices].tolist() == [0, 1]

@@ -16,7 +16,7 @@ from torch import nn
 
 from pydantic import Field, model_validator
 
-from visionpipe.config import CocoFilesMixin, DataConfig, EvaluationConfig, TaskConfig, TrainConfig
+from visionpipe.config import CocoFilesMixin, DataConfig, EvaluationConfig, TaskConfig, TrainConfig, _Strict
 from visionpipe.data import builtin, formats
 from visionpipe.engine import distributed
 from visionpipe.engine.runtime import Runtime
@@ -32,11 +32,20 @@ class DetectionData(DataConfig, CocoFilesMixin):
     format: Literal["coco", "voc", "yolo"] = "coco"
 
 
+class TileConfig(_Strict):
+    """Tiled inference for images larger than the training scale (SAHI's idea): overlapping tiles of ``size``
+    original pixels, plus the whole image, boxes merged with per-class NMS."""
+
+    size: int = Field(ge=32)
+    overlap: float = Field(0.2, ge=0.0, lt=0.9)  # fraction of a tile shared with its neighbour
+
+
 class DetectionEvaluation(EvaluationConfig):
     score_threshold: float = Field(0.05, ge=0, le=1)  # detections below are dropped before NMS
     nms_threshold: float = Field(0.5, gt=0, le=1)  # IoU for non-maximum suppression
     max_detections: int = Field(100, ge=1)  # per image
     class_agnostic_nms: bool = False  # also suppress overlapping boxes of different classes (one box per object)
+    tile: TileConfig | None = None  # null: whole images; {size, overlap}: tiled inference (evaluation, Predictor, pyfunc)
 
 
 class DetectionTrain(TrainConfig):
@@ -332,6 +341,36 @@ class DetectionEvaluator:
         return metrics
 
 
+def tile_starts(length: int, size: int, overlap: float) -> list[int]:
+    """Tile offsets along one side: steps of ``size * (1 - overlap)``, the last tile flush with the end."""
+    if length <= size:
+        return [0]
+    step = max(1, int(size * (1 - overlap)))
+    starts = list(range(0, length - size, step))
+    return starts + [length - size]
+
+
+def tiled_detections(run, image: torch.Tensor, size: int, overlap: float, iou: float, max_detections: int) -> dict:
+    """Detections of one (3, H, W) image from its overlapping tiles and the whole image (for objects larger
+    than a tile), each tile's boxes shifted to the image, merged by per-class NMS (torchvision's
+    ``batched_nms``), the best ``max_detections`` kept. Images no larger than a tile run whole."""
+    from torchvision.ops import batched_nms
+
+    h, w = image.shape[-2:]
+    if h <= size and w <= size:
+        return run([image])[0]
+    offsets = [(x, y) for y in tile_starts(h, size, overlap) for x in tile_starts(w, size, overlap)]
+    tiles = [image[:, y:y + size, x:x + size] for x, y in offsets]
+    # tiles in chunks (same size, so no padding between them), the whole image alone
+    outputs = [o for start in range(0, len(tiles), 16) for o in run(tiles[start:start + 16])] + run([image])
+    shifts = [torch.tensor([x, y, x, y], dtype=torch.float32) for x, y in offsets] + [torch.zeros(4)]
+    boxes = torch.cat([o["boxes"].float().cpu() + s for o, s in zip(outputs, shifts)])
+    scores = torch.cat([o["scores"].float().cpu() for o in outputs])
+    labels = torch.cat([o["labels"].cpu() for o in outputs])
+    keep = batched_nms(boxes, scores, labels, iou)[:max_detections]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+
+
 class _NamedDetections(nn.Module):
     """One image in, (boxes, scores, labels) out: ONNX names outputs by position, and torchvision's detectors
     order their dicts differently (Faster R-CNN: boxes, labels, scores; FCOS/RetinaNet: boxes, scores, labels)."""
@@ -463,7 +502,16 @@ class DetectionTask(Task):
         return {name.removeprefix("loss_"): value for name, value in model(list(images), targets).items()}
 
     def forward(self, model, images):
-        return model(list(images))
+        return self._tiled(lambda batch: model(batch), list(images))
+
+    def _tiled(self, run, images: list[torch.Tensor]) -> list[dict]:
+        """``run`` (a list of images to raw detections) on whole images, or with ``evaluation.tile`` on each
+        image's tiles and the whole image, merged per image."""
+        ev = self.spec.get("evaluation", {})
+        tile = ev.get("tile")
+        if not tile:
+            return run(images)
+        return [tiled_detections(run, image, tile["size"], tile["overlap"], ev["nms_threshold"], ev["max_detections"]) for image in images]
 
     def evaluator(self, runtime: Runtime, records: list[dict], keep_predictions: bool = False) -> DetectionEvaluator:
         return DetectionEvaluator(self, records, keep_predictions)
@@ -545,8 +593,11 @@ class DetectionTask(Task):
                                             "scores": {0: "detections"}, "labels": {0: "detections"}})
 
     def onnx_forward(self, session, images):
-        outputs = []
-        for image in images:
-            boxes, scores, labels = session.run(None, {"image": image.numpy()})
-            outputs.append({"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(scores), "labels": torch.from_numpy(labels)})
-        return outputs
+        def run(batch):
+            outputs = []
+            for image in batch:
+                boxes, scores, labels = session.run(None, {"image": image.contiguous().numpy()})
+                outputs.append({"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(scores), "labels": torch.from_numpy(labels)})
+            return outputs
+
+        return self._tiled(run, list(images))
