@@ -16,7 +16,7 @@ from conftest import PROJECT, task_params
 from visionpipe import stages
 from visionpipe.config import parse_task_config
 from visionpipe.data import formats
-from visionpipe.data.datasets import EpochSampler, IndexDataset
+from visionpipe.data.datasets import EpochSampler
 from visionpipe.data.sampling import GroupedBatchSampler, aspect_ratio_groups
 from visionpipe.errors import ConfigError
 from visionpipe.tasks import get_task
