@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import mlflow
 import pytest
 from kedro.io import DataCatalog, MemoryDataset
@@ -34,6 +36,10 @@ def store(_store_uri):
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
+    from mlflow.tracking import fluent
+
+    fluent._active_experiment_id = None  # no later test's store should look for this experiment
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # set_experiment exports it too
 
 
 def _namespaced_node():

@@ -95,6 +95,9 @@ class TrainConfig(_Strict):
     checkpoint_dir: str | None = None
     deterministic: bool = True
     log_every_n_steps: int = Field(50, ge=1)
+    # batches drawn from images of similar width/height (torchvision references' GroupedBatchSampler); 0: off
+    aspect_ratio_group_factor: int = Field(0, ge=0)
+    close_mosaic_epochs: int = Field(0, ge=0)  # albumentations' Mosaic (in augment) is off for the last N epochs
     progress_bar: bool = True
 
     @field_validator("device")
@@ -109,6 +112,20 @@ class EvaluationConfig(_Strict):
     """Evaluation-time settings, read when the evaluation stage runs (not frozen at training)."""
 
     batch_size: int = Field(32, ge=1)
+
+
+class TTAEvaluationConfig(EvaluationConfig):
+    """Evaluation with test-time augmentation (classification, segmentation)."""
+
+    tta: bool = False  # average the outputs of the image and its horizontal flip (evaluation, Predictor, pyfunc)
+
+
+def flip_tta(model, images):
+    """The mean of the model's outputs on ``images`` and on their horizontal flip (flipped back): logits of
+    classifiers (flip-invariant) or per-pixel logits (flipped back along the width)."""
+    out = model(images).float()
+    flipped = model(images.flip(-1)).float()
+    return (out + (flipped.flip(-1) if flipped.ndim == 4 else flipped)) / 2
 
 
 class RegistryConfig(_Strict):
@@ -136,6 +153,13 @@ class TaskConfig(_Strict):
     augment: list[dict[str, Any]] = Field(default_factory=list)
     evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig
+
+    @model_validator(mode="after")
+    def _close_mosaic(self):
+        if self.train.close_mosaic_epochs and not any(isinstance(t, dict) and str(t.get("__class_fullname__", "")).split(".")[-1] == "Mosaic"
+                                                      for t in self.augment):
+            raise ValueError(f"train.close_mosaic_epochs is {self.train.close_mosaic_epochs} but augment has no Mosaic; set it to 0 or add Mosaic")
+        return self
 
 
 

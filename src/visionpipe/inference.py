@@ -104,11 +104,12 @@ class Predictor:
         out: list[dict[str, Any]] = []
         for start in range(0, len(arrays), self.batch_size):
             chunk = arrays[start:start + self.batch_size]
-            batch = torch.stack([self.preprocess(a) for a in chunk])
+            batch = self.task.stack([self.preprocess(a) for a in chunk])
             if self.session is not None:
                 outputs = self.task.onnx_forward(self.session, batch)
             else:
-                outputs = self.task.forward(self.model, batch.to(self.device))
+                device_batch = [t.to(self.device) for t in batch] if isinstance(batch, list) else batch.to(self.device)
+                outputs = self.task.forward(self.model, device_batch)
             out.extend(self.task.postprocess(outputs, [a.shape[:2] for a in chunk]))
         return out
 

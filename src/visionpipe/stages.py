@@ -70,9 +70,9 @@ def augmentation(task: str, cfg: TaskConfig) -> dict:
 
 # ---------------------------------------------------------------- training
 
-def make_spec(task: str, cfg: TaskConfig, classes: list[str]) -> dict[str, Any]:
+def make_spec(task: str, cfg: TaskConfig, classes: list[str], category_ids: list[int] | None = None) -> dict[str, Any]:
     """Everything needed to rebuild the model and its preprocessing, saved beside the weights."""
-    return get_task_class(task).make_spec(cfg, classes)
+    return get_task_class(task).make_spec(cfg, classes, category_ids)
 
 
 def train(task: str, index: dict, aug: dict, cfg: TaskConfig, callbacks: list[Callback] | None = None) -> tuple[dict, list[dict]]:
@@ -80,7 +80,7 @@ def train(task: str, index: dict, aug: dict, cfg: TaskConfig, callbacks: list[Ca
     return the best model bundle and the history. ``callbacks`` (e.g. MLflow logging) come from the node."""
     tc = cfg.train
     seed_everything(tc.seed, tc.deterministic)
-    spec = make_spec(task, cfg, index["classes"])
+    spec = make_spec(task, cfg, index["classes"], index.get("category_ids"))
     task_obj = get_task(spec)
     model = task_obj.build_model()
     runtime = resolve_runtime(tc, cfg.data)

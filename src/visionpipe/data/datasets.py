@@ -14,6 +14,7 @@ from torch.utils.data import Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from visionpipe.data.shards import load_record_rgb
+from visionpipe.data.sampling import MosaicDonors
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -28,7 +29,8 @@ class IndexDataset(Dataset):
     """
 
     def __init__(self, index: dict, split: str, transform, make_sample: Callable, seed: int = 0, max_pixels: int | None = None,
-                 for_eval: bool = False):
+                 for_eval: bool = False, mosaic_epochs: int | None = None):
+        """``mosaic_epochs``: albumentations' Mosaic in ``transform`` runs in epochs before this one (None: always)."""
         self.root = Path(index["root"])
         self.records = index[split]
         self.classes = index["classes"]
@@ -37,6 +39,7 @@ class IndexDataset(Dataset):
         self.seed = seed
         self.max_pixels = max_pixels
         self.for_eval = for_eval
+        self.mosaic = MosaicDonors(transform, len(self.records), seed, mosaic_epochs)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -46,7 +49,11 @@ class IndexDataset(Dataset):
         record = self.records[i]
         self.transform.set_random_seed(sample_seed(self.seed, epoch, i))
         pixels = load_record_rgb(self.root, record, max_pixels=self.max_pixels)  # a file, or a tar shard member
-        return self.make_sample(pixels, record, self.root, self.transform, i, for_eval=self.for_eval)
+        if not self.mosaic.transforms:
+            return self.make_sample(pixels, record, self.root, self.transform, i, for_eval=self.for_eval)
+        donors = [(load_record_rgb(self.root, self.records[j], max_pixels=self.max_pixels), self.records[j])
+                  for j in self.mosaic.donors(i, epoch)]
+        return self.make_sample(pixels, record, self.root, self.transform, i, for_eval=self.for_eval, donors=donors)
 
 
 class EpochSampler(Sampler):

@@ -132,7 +132,7 @@ def read_coco(root: Path, data_cfg, annotations: str = "boxes", background: bool
     ann_files = {"train": data_cfg.train_annotations, "val": data_cfg.val_annotations}
     image_dirs = {"train": data_cfg.train_images, "val": data_cfg.val_images}
     contents = {s: _load_json(root / ann_files[s]) for s in SPLITS}
-    categories = sorted(contents["train"]["categories"], key=lambda c: c["id"])
+    categories = _same_categories(root, ann_files, contents)
     names = [c["name"] for c in categories]
     cat_index = {c["id"]: i for i, c in enumerate(categories)}
     offset = 1 if background else 0
@@ -185,7 +185,27 @@ def read_coco(root: Path, data_cfg, annotations: str = "boxes", background: bool
                 rec["segments"].append({"label": label, "segmentation": ann.get("segmentation") or [], "iscrowd": int(ann.get("iscrowd", 0))})
         out[split] = sorted(images.values(), key=lambda r: r["image_id"])
     classes = ["background", *names] if background else names
-    return {"classes": classes, **out, "problems": problems}
+    # the user's category id of each class: predictions.json and ground_truth.json speak these ids
+    return {"classes": classes, "category_ids": [int(c["id"]) for c in categories], **out, "problems": problems}
+
+
+def _same_categories(root: Path, ann_files: dict[str, str], contents: dict[str, dict]) -> list[dict]:
+    """Train's categories sorted by id; every other split must list the same (id, name) pairs."""
+    train_path = root / ann_files["train"]
+    for split, content in contents.items():
+        if not content["categories"]:
+            raise DataError(root / ann_files[split], "the 'categories' list is empty",
+                            "List every category as {\"id\": ..., \"name\": ...}; annotations refer to them by id")
+    categories = sorted(contents["train"]["categories"], key=lambda c: c["id"])
+    expected = [(int(c["id"]), str(c["name"])) for c in categories]
+    for split, content in contents.items():
+        found = sorted((int(c["id"]), str(c["name"])) for c in content["categories"])
+        if split != "train" and found != expected:
+            only_train = sorted(set(expected) - set(found))
+            only_here = sorted(set(found) - set(expected))
+            raise DataError(root / ann_files[split], f"categories differ from {train_path}: only in train {only_train}, only in {split} {only_here}",
+                            "Use the same category ids and names in every split's annotation file")
+    return categories
 
 
 # ---------------------------------------------------------------- Pascal VOC
@@ -250,35 +270,98 @@ def read_voc(root: Path, val_fraction: float, seed: int, classes: list[str] | No
 
 # ---------------------------------------------------------------- YOLO
 
+def _yolo_yaml(root: Path) -> tuple[Path | None, dict]:
+    """The Ultralytics dataset file (``data.yaml`` or ``dataset.yaml``) in ``root``, parsed, or (None, {})."""
+    for name in ("data.yaml", "dataset.yaml"):
+        path = root / name
+        if path.is_file():
+            try:
+                content = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as err:
+                raise DataError(path, f"invalid YAML ({err})", "Fix the file; see Ultralytics' dataset YAML format") from None
+            if not isinstance(content, dict):
+                raise DataError(path, "not a mapping", "A YOLO data.yaml holds path, train, val, [test] and names")
+            return path, content
+    return None, {}
+
+
 def _yolo_classes(root: Path, classes: list[str] | None) -> list[str]:
     if classes:
         return list(classes)
     if (root / "classes.txt").is_file():
         return [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
-    for name in ("data.yaml", "dataset.yaml"):
-        if (root / name).is_file():
-            names = (yaml.safe_load((root / name).read_text()) or {}).get("names")
-            if isinstance(names, dict):
-                return [names[k] for k in sorted(names)]
-            if isinstance(names, list):
-                return names
+    path, content = _yolo_yaml(root)
+    names = content.get("names")
+    if isinstance(names, dict):  # {0: person, 1: bicycle}: ids in order
+        return [str(names[k]) for k in sorted(names, key=int)]
+    if isinstance(names, list) and names:
+        return [str(n) for n in names]
+    if path is not None and names is not None:
+        raise DataError(path, f"'names' must be a list or a mapping of class id to name, got {names!r}", "Write names: [cat, dog] or names: {0: cat, 1: dog}")
     raise DataError(root, "no class names for YOLO labels", "Add classes.txt (one name a line) or data.yaml with 'names', or set data.classes")
 
 
+def _yolo_split_images(root: Path, yaml_path: Path | None, content: dict, split: str) -> list[tuple[Path, Path]] | None:
+    """(image, label file) pairs of one split, as Ultralytics resolves them: ``path`` (relative to the YAML's
+    folder) joined with the split's entry, which is an image folder, a .txt list of images, or a list of those;
+    labels sit where the last ``images`` folder of the path is ``labels``. None when the YAML has no such split."""
+    entry = content.get(split)
+    if yaml_path is None:  # the default layout: images/<split> and labels/<split>
+        image_dir = root / "images" / split
+        if split == "test" and not image_dir.is_dir():
+            return None
+        _require_dir(image_dir, f"images/{split} folder", "YOLO data needs images/train and images/val (or a data.yaml naming them)")
+        entries = [image_dir]
+    elif entry is None:
+        if split == "test":
+            return None
+        raise DataError(yaml_path, f"no '{split}' entry", f"Name the {split} images, e.g. {split}: images/{split}")
+    else:
+        base = Path(content.get("path") or ".")
+        base = base if base.is_absolute() else yaml_path.parent / base
+        entries = [base / e for e in (entry if isinstance(entry, list) else [entry])]
+    files: list[Path] = []
+    for item in entries:
+        if item.is_file() and item.suffix == ".txt":  # one image path a line, relative to the list's folder
+            lines = [line.strip() for line in item.read_text().splitlines() if line.strip()]
+            files.extend(Path(line) if Path(line).is_absolute() else (item.parent / line).resolve() for line in lines)
+        elif item.is_dir():
+            files.extend(sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p)))
+        else:
+            raise DataError(yaml_path or item, f"{split} images '{item}' not found", "Point the entry at an image folder or a .txt list of images")
+
+    def label_of(image: Path) -> Path:
+        parts = list(image.parts)
+        if "images" in parts:
+            i = len(parts) - 1 - parts[::-1].index("images")
+            parts[i] = "labels"
+        return Path(*parts).with_suffix(".txt")
+
+    return [(f, label_of(f)) for f in files]
+
+
 def read_yolo(root: Path, classes: list[str] | None) -> dict:
-    """``root/images/{train,val}/*`` with ``root/labels/{train,val}/<stem>.txt`` (class cx cy w h, normalised)."""
-    _require_dir(root / "images", "images folder", "A YOLO root holds images/{train,val}/ and labels/{train,val}/")
+    """Ultralytics layout: ``data.yaml`` (``path``, ``train``, ``val``, optional ``test``, ``names`` as a list or
+    mapping) or, without one, ``root/images/{train,val}/*`` with ``root/labels/{train,val}/<stem>.txt``
+    (class cx cy w h, normalised). A ``test`` split is read when present."""
+    _require_dir(root, "data root", "Set data.root to a YOLO dataset folder")
+    yaml_path, content = _yolo_yaml(root)
+    if yaml_path is None:
+        _require_dir(root / "images", "images folder", "A YOLO root holds images/{train,val}/ and labels/{train,val}/, or a data.yaml")
     classes = _yolo_classes(root, classes)
     problems: list[dict] = []
     out: dict[str, list] = {}
     next_id = 1
-    for split in SPLITS:
-        image_dir = root / "images" / split
-        _require_dir(image_dir, f"images/{split} folder", "YOLO data needs images/train and images/val")
+    for split in (*SPLITS, "test"):
+        pairs = _yolo_split_images(root, yaml_path, content, split)
+        if pairs is None:
+            continue
         records = []
-        for img_path in sorted(p for p in image_dir.rglob("*") if p.is_file() and is_image_file(p)):
-            rel = _rel(img_path, root)
-            label_path = root / "labels" / split / img_path.relative_to(image_dir).with_suffix(".txt")
+        for img_path, label_path in pairs:
+            try:
+                rel = _rel(img_path, root)
+            except ValueError:
+                raise DataError(img_path, f"{split} image outside data.root {root}", "Keep the images under data.root (data.yaml 'path')") from None
             try:
                 width, height = image_size(img_path)
             except DataError as err:

@@ -64,7 +64,18 @@ def box_params() -> A.BboxParams:
 
 
 def to_dict(transform: A.Compose) -> dict[str, Any]:
-    return A.to_dict(transform)
+    """albumentations' serialised form, minus PadIfNeeded's ``padding``: albumentations 2.0 writes that key
+    and then warns that it is not valid when reading it back."""
+    spec = A.to_dict(transform)
+
+    def clean(node: dict) -> None:
+        if node.get("__class_fullname__", "").endswith("PadIfNeeded"):
+            node.pop("padding", None)
+        for child in node.get("transforms", []) or []:
+            clean(child)
+
+    clean(spec["transform"])
+    return spec
 
 
 def from_dict(spec: dict[str, Any]) -> A.Compose:

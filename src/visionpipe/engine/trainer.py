@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from visionpipe.data.datasets import EpochSampler, ShardSampler
+from visionpipe.data.sampling import GroupedBatchSampler, train_groups
 from visionpipe.comparison import is_better
 from visionpipe.engine import distributed
 from visionpipe.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -125,7 +126,12 @@ class Trainer:
                       persistent_workers=self.runtime.num_workers > 0)
         if self.runtime.num_workers > 0:
             common["prefetch_factor"] = 4
-        train = DataLoader(train_ds, batch_size=self.cfg.batch_size, sampler=sampler, drop_last=len(train_ds) > self.cfg.batch_size * world, **common)
+        drop_last = len(train_ds) > self.cfg.batch_size * world
+        groups = train_groups(train_ds, self.cfg.aspect_ratio_group_factor)  # batches of similar aspect ratio (detection)
+        if groups is not None:
+            train = DataLoader(train_ds, batch_sampler=GroupedBatchSampler(sampler, groups, self.cfg.batch_size, drop_last), **common)
+        else:
+            train = DataLoader(train_ds, batch_size=self.cfg.batch_size, sampler=sampler, drop_last=drop_last, **common)
         val = DataLoader(val_ds, batch_size=self.cfg.batch_size, sampler=ShardSampler(len(val_ds), rank, world), **common)
         return train, val, sampler
 
@@ -227,6 +233,7 @@ class Trainer:
         model.train()
         device = rt.device
         loss_sum = torch.zeros((), device=device)
+        term_sums: dict[str, torch.Tensor] = {}  # named loss terms when the task returns a dict
         seen = torch.zeros((), device=device)
         accum = cfg.grad_accum_steps
         start = time.perf_counter()
@@ -246,6 +253,10 @@ class Trainer:
             with sync:
                 with rt.autocast():
                     loss = self.adapter.loss(model, batch)
+                    if isinstance(loss, dict):
+                        for name, term in loss.items():
+                            term_sums[name] = term_sums.get(name, 0) + term.detach().float() * bs
+                        loss = sum(loss.values())
                 (scaler.scale(loss / accum) if scaler else loss / accum).backward()
             loss_sum += loss.detach().float() * bs
             seen += bs
@@ -273,7 +284,8 @@ class Trainer:
         elapsed = time.perf_counter() - start
         train_loss, images = distributed.global_mean(loss_sum, seen)
         self._check_finite(train_loss, epoch, n_batches - 1)
-        return {"train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed,
+        terms = {f"train_{name}": distributed.global_mean(total, seen)[0] for name, total in term_sums.items()}
+        return {"train_loss": train_loss, **terms, "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": elapsed,
                 "images_per_s": images / max(elapsed, 1e-9), "data_wait_fraction": data_wait / max(elapsed, 1e-9)}
 
     def _check_finite(self, value: float, epoch: int, step: int) -> None:

@@ -8,10 +8,16 @@ branch on a task's name (``tests/test_task_contract.py`` greps for that). A task
 data                   ``formats`` (readers by ``data.format``; the first is the built-in data's),
                        ``write_builtin`` / ``builtin_classes``, ``check_record`` (per-record
                        validation beyond decoding the image), ``record_labels`` (class balance)
-samples                ``compose`` (albumentations pipeline), ``make_sample``, ``collate``,
-                       ``to_device``, ``batch_size``, ``preprocess`` (one raw image for serving)
-model                  ``build_model`` (one factory, helpful errors), ``loss``, ``forward``
-                       (inference forward), ``configure`` (evaluation-time settings)
+samples                ``compose`` (albumentations pipeline; detection does not resize, its model
+                       does, keeping the aspect ratio; segmentation letterboxes), ``make_sample``
+                       (``donors`` for albumentations' Mosaic where ``supports_mosaic``), ``collate``,
+                       ``to_device``, ``batch_size``, ``preprocess`` (one raw image for serving),
+                       ``stack`` (preprocessed images as ``forward`` takes them; detection: a list)
+model                  ``build_model`` (one factory, helpful errors), ``loss`` (a tensor, or a dict of
+                       named terms the trainer sums and records as ``train_<term>``), ``forward``
+                       (inference forward, TTA included), ``configure`` (evaluation-time settings)
+ids                    ``make_spec(cfg, classes, category_ids)``: the user's COCO category ids
+                       (``index["category_ids"]``) travel in the spec; detection outputs speak them
 evaluation             ``evaluator`` (accumulates a split, returns metrics), ``metrics``/
                        ``per_class_metric`` (what ``registry.metric`` may name)
 post-processing        ONE ``postprocess(outputs, original_sizes)``: network outputs to per-image
@@ -20,7 +26,7 @@ post-processing        ONE ``postprocess(outputs, original_sizes)``: network out
 outputs                ``prediction_outputs`` (what evaluation writes beside metrics.json),
                        ``plots``, ``format_result`` (a JSON-ready row for serving),
                        ``inference_params``/``apply_params`` (prediction-time parameters)
-export                 ``export_onnx`` / ``onnx_forward``
+export                 ``export_onnx`` / ``onnx_forward``; ``compare_results`` (torch vs onnxruntime)
 configuration          ``config_model``: a pydantic model with ``extra="forbid"``
 =====================  =====================================================================
 
@@ -152,6 +158,7 @@ class Task:
     config_model: ClassVar[type]
     metrics: ClassVar[tuple[str, ...]]  # scalar metric names the evaluator returns
     per_class_metric: ClassVar[str | None] = None  # "ap" -> metrics "ap/<class name>"
+    supports_mosaic: ClassVar[bool] = False  # make_sample takes donors for albumentations' Mosaic
     primary_metric: ClassVar[str]
     output_datasets: ClassVar[tuple[str, ...]]  # what evaluation writes besides metrics (catalog names)
     plot_names: ClassVar[tuple[str, ...]]
@@ -183,8 +190,11 @@ class Task:
         return name in cls.metrics or bool(cls.per_class_metric and name.startswith(f"{cls.per_class_metric}/"))
 
     @classmethod
-    def make_spec(cls, cfg, classes: list[str]) -> dict[str, Any]:
-        """Everything needed to rebuild the model and its preprocessing, saved beside the weights."""
+    def make_spec(cls, cfg, classes: list[str], category_ids: list[int] | None = None) -> dict[str, Any]:
+        """Everything needed to rebuild the model and its preprocessing, saved beside the weights.
+
+        ``category_ids``: the user's COCO category id of each class (``index["category_ids"]``), for
+        tasks whose outputs speak the user's ids."""
         mean, std = cls.normalization(cfg.model.model_dump())
         return {"task": cls.name, "classes": list(classes), "model": cfg.model.model_dump(), "image_size": cfg.train.image_size,
                 "mean": list(mean), "std": list(std), "evaluation": cfg.evaluation.model_dump()}
@@ -254,6 +264,7 @@ class Task:
         """User augmentations (train only), then resize, normalisation and tensor conversion."""
         from visionpipe.data.transforms import compose
 
+        cls.check_mosaic(augment)
         return compose(augment, image_size, mean, std, train=train, block=cls.name)
 
     def datasets(self, index: dict, aug: dict, cfg):
@@ -264,11 +275,26 @@ class Task:
 
         train_tf, val_tf = transforms.from_dict(aug["train"]), transforms.from_dict(aug["val"])
         max_px = cfg.data.max_image_pixels
-        return (self, IndexDataset(index, "train", train_tf, self.make_sample, cfg.train.seed, max_px),
+        mosaic_epochs = cfg.train.epochs - cfg.train.close_mosaic_epochs  # Mosaic (if in augment) is off from this epoch on
+        return (self, IndexDataset(index, "train", train_tf, self.make_sample, cfg.train.seed, max_px, mosaic_epochs=mosaic_epochs),
                 IndexDataset(index, "val", val_tf, self.make_sample, cfg.train.seed, max_px, for_eval=True))
 
+    @classmethod
+    def check_mosaic(cls, augment: list[dict]) -> None:
+        """A ConfigError when ``augment`` holds albumentations' Mosaic and the task cannot feed it donor images."""
+        if not cls.supports_mosaic and any(isinstance(t, dict) and t.get("__class_fullname__", "").split(".")[-1] == "Mosaic" for t in augment):
+            raise ConfigError(f"{cls.name}.augment: Mosaic needs donor images with their annotations, which only detection provides; "
+                              "remove it from this task's augment list")
+
     def make_sample(self, pixels: np.ndarray, record: dict, root: Path, transform, index: int, for_eval: bool = False):
+        """(input tensor, target, meta) for one decoded image. Tasks with ``supports_mosaic`` also take
+        ``donors``: a list of (pixels, record) of other images of the split for albumentations' Mosaic."""
         raise NotImplementedError
+
+    @staticmethod
+    def stack(tensors: list[torch.Tensor]):
+        """Preprocessed images as the batch ``forward`` takes (a stacked tensor; detection: a list)."""
+        return torch.stack(tensors)
 
     @staticmethod
     def collate(batch):
@@ -295,7 +321,9 @@ class Task:
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
 
-    def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, batch) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The training loss, or a dict of named terms: the trainer sums them, and records each as
+        ``train_<term>`` beside ``train_loss`` (history.csv, MLflow)."""
         raise NotImplementedError
 
     def forward(self, model: torch.nn.Module, images: torch.Tensor):
@@ -337,6 +365,16 @@ class Task:
         return row
 
     # -------------------------------------------------------------- export
+    @staticmethod
+    def compare_results(want: dict[str, Any], got: dict[str, Any], tol: float = 1e-3) -> str | None:
+        """None when two postprocessed results agree (the ONNX check), else what differs."""
+        for key, value in want.items():
+            a, b = np.asarray(value, dtype=np.float64), np.asarray(got[key], dtype=np.float64)
+            if a.shape != b.shape or not np.allclose(a, b, atol=tol, rtol=tol):
+                diff = np.abs(a - b).max() if a.shape == b.shape else f"shapes {a.shape} vs {b.shape}"
+                return f"'{key}' ({diff})"
+        return None
+
     def export_onnx(self, model: torch.nn.Module, output: Path) -> None:
         """Export: input ``images`` (N, 3, S, S) normalised as spec.json says; output ``logits``."""
         size = self.spec["image_size"]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from visionpipe.config import DataConfig, TaskConfig
+from visionpipe.config import DataConfig, TaskConfig, TTAEvaluationConfig, flip_tta
 from visionpipe.data import builtin, formats
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
@@ -34,6 +34,7 @@ class ClassificationData(DataConfig):
 
 class ClassificationConfig(TaskConfig):
     data: ClassificationData
+    evaluation: TTAEvaluationConfig = TTAEvaluationConfig()
 
 
 def build_classifier(model_cfg: dict[str, Any], num_classes: int, block: str = "classification") -> torch.nn.Module:
@@ -69,7 +70,7 @@ class ClassificationEvaluator:
 
     def update(self, model, batch) -> None:
         images, labels, metas = batch
-        logits = model(images).float()
+        logits = (self.task.forward(model, images) if self.task is not None else model(images)).float()
         self.loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         self.count += labels.numel()
         self.top1.update(logits, labels)
@@ -135,6 +136,9 @@ class ClassificationTask(Task):
     def loss(self, model, batch) -> torch.Tensor:
         images, labels, _ = batch
         return F.cross_entropy(model(images), labels)
+
+    def forward(self, model, images):
+        return flip_tta(model, images) if self.spec.get("evaluation", {}).get("tta") else model(images)
 
     def evaluator(self, runtime: Runtime, records: list[dict], keep_predictions: bool = False) -> ClassificationEvaluator:
         return ClassificationEvaluator(self, runtime.device, keep_predictions)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal
@@ -13,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from visionpipe.config import CocoFilesMixin, DataConfig, EvaluationConfig, TaskConfig
+from visionpipe.config import CocoFilesMixin, DataConfig, EvaluationConfig, TaskConfig, TrainConfig, _Strict
 from visionpipe.data import builtin, formats
 from visionpipe.engine import distributed
 from visionpipe.engine.runtime import Runtime
@@ -31,21 +32,47 @@ class DetectionData(DataConfig, CocoFilesMixin):
     format: Literal["coco", "voc", "yolo", "shards"] = "coco"
 
 
+class TileConfig(_Strict):
+    """Tiled inference for images larger than the training scale (SAHI's idea): overlapping tiles of ``size``
+    original pixels, plus the whole image, boxes merged with per-class NMS."""
+
+    size: int = Field(ge=32)
+    overlap: float = Field(0.2, ge=0.0, lt=0.9)  # fraction of a tile shared with its neighbour
+
+
 class DetectionEvaluation(EvaluationConfig):
     score_threshold: float = Field(0.05, ge=0, le=1)  # detections below are dropped before NMS
     nms_threshold: float = Field(0.5, gt=0, le=1)  # IoU for non-maximum suppression
     max_detections: int = Field(100, ge=1)  # per image
+    class_agnostic_nms: bool = False  # also suppress overlapping boxes of different classes (one box per object)
+    tile: TileConfig | None = None  # null: whole images; {size, overlap}: tiled inference (evaluation, Predictor, pyfunc)
+
+
+class DetectionTrain(TrainConfig):
+    # null, or [min, max] shorter sides in steps of 32 drawn per batch (torchvision's transform); image_size is evaluation's
+    multi_scale: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _multi_scale(self):
+        if self.multi_scale is not None:
+            lo, hi = self.multi_scale
+            if lo % 32 or hi % 32 or not 32 <= lo <= hi:
+                raise ValueError(f"multi_scale must be [min, max] with multiples of 32 and 32 <= min <= max, got {list(self.multi_scale)}")
+            if not lo <= self.image_size <= hi:
+                raise ValueError(f"image_size {self.image_size} (the evaluation size) must lie within multi_scale {list(self.multi_scale)}")
+        return self
 
 
 class DetectionConfig(TaskConfig):
     data: DetectionData
+    train: DetectionTrain = DetectionTrain()
     evaluation: DetectionEvaluation = DetectionEvaluation()
 
 
 class TimmFPN(nn.Module):
     """Any timm CNN as a multi-scale body (``features_only``) under torchvision's FeaturePyramidNetwork."""
 
-    def __init__(self, name: str, out_channels: int = 128, out_indices=(2, 3, 4), extra: str = "p6p7"):
+    def __init__(self, name: str, out_channels: int = 128, out_indices=(-3, -2, -1), extra: str = "p6p7"):
         super().__init__()
         import timm
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
@@ -53,9 +80,12 @@ class TimmFPN(nn.Module):
         if not timm.is_model(name):
             raise ConfigError(f"detection.model.backbone: unknown timm model '{name}'.{close_matches(name, timm.list_models())}")
         try:
+            # negative indices count from the backbone's last level (timm's feature_info): (-3, -2, -1) are the
+            # last three levels of any family (ResNet (2, 3, 4), ConvNeXt (1, 2, 3), EfficientNet, RegNet...)
             self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(out_indices))
-        except Exception as err:  # timm raises RuntimeError/AssertionError for models without feature maps
-            raise ConfigError(f"detection.model.backbone: '{name}' cannot serve multi-scale features ({err}); pick a CNN such as resnet18") from None
+        except Exception as err:  # timm raises RuntimeError/AssertionError/IndexError for models without those feature maps
+            raise ConfigError(f"detection.model.backbone: '{name}' cannot serve multi-scale features at model.kwargs.out_indices "
+                              f"{list(out_indices)} ({err}); pick a CNN such as resnet18 or other out_indices") from None
         channels = self.body.feature_info.channels()
         strides = list(self.body.feature_info.reduction())
         blocks = LastLevelP6P7(out_channels, out_channels) if extra == "p6p7" else LastLevelMaxPool()
@@ -74,47 +104,110 @@ def set_postprocess(model: nn.Module, score: float, nms: float, max_det: int) ->
     target.score_thresh, target.nms_thresh, target.detections_per_img = score, nms, max_det
 
 
+def detector_sizes(spec: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``min_size``/``max_size`` for torchvision's GeneralizedRCNNTransform, which resizes each image keeping its
+    aspect ratio (shorter side to ``min_size``, longer side at most ``max_size``) and maps boxes back.
+
+    ``train.multi_scale: [lo, hi]``: training draws the shorter side per batch from ``lo..hi`` in steps of 32
+    (the transform's own random choice); evaluation uses its last entry, ``image_size``. The default
+    ``max_size`` keeps torchvision's 1333/800 ratio to the largest shorter side.
+    """
+    size = spec["image_size"]
+    scales = spec.get("multi_scale")
+    sizes = (size,) if not scales else tuple(s for s in range(scales[0], scales[1] + 1, 32) if s != size) + (size,)
+    return {"min_size": kwargs.pop("min_size", sizes), "max_size": kwargs.pop("max_size", math.ceil(max(sizes) * 1333 / 800))}
+
+
+def anchor_generator(kwargs: dict[str, Any], strides: list[int], default_sizes, default_ratios):
+    """torchvision's AnchorGenerator from ``model.kwargs.anchor_sizes`` (one list per level, or one list for
+    every level) and ``anchor_aspect_ratios`` (height/width ratios, the same at every level)."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    levels = len(strides)
+    sizes = kwargs.pop("anchor_sizes", None)
+    ratios = kwargs.pop("anchor_aspect_ratios", None)
+    if sizes is None:
+        sizes = default_sizes
+    else:
+        if not isinstance(sizes, (list, tuple)) or not sizes:
+            raise ConfigError(f"detection.model.kwargs.anchor_sizes: a list of sizes in pixels, or one list per level ({levels} levels), got {sizes!r}")
+        if not isinstance(sizes[0], (list, tuple)):
+            sizes = [sizes] * levels
+        if len(sizes) != levels:
+            raise ConfigError(f"detection.model.kwargs.anchor_sizes: {len(sizes)} lists for {levels} feature levels; give one list per "
+                              f"level (strides {strides}) or a single list used at every level")
+        sizes = tuple(tuple(float(v) for v in level) for level in sizes)
+    if ratios is None:
+        ratios = default_ratios
+    else:
+        if not isinstance(ratios, (list, tuple)) or not ratios or not all(isinstance(r, (int, float)) and r > 0 for r in ratios):
+            raise ConfigError(f"detection.model.kwargs.anchor_aspect_ratios: a list of positive height/width ratios such as [0.5, 1.0, 2.0], got {ratios!r}")
+        ratios = tuple(float(r) for r in ratios)
+    return AnchorGenerator(tuple(sizes), (tuple(ratios),) * levels)
+
+
+def _builder_anchors(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The anchor generator keyword for a torchvision builder, its own defaults replaced by the user's settings."""
+    if name.startswith("retinanet"):  # five levels, strides 8..128, three scales per octave
+        sizes = tuple((x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))) for x in (32, 64, 128, 256, 512))
+        return {"anchor_generator": anchor_generator(kwargs, [8, 16, 32, 64, 128], sizes, (0.5, 1.0, 2.0))}
+    if "mobilenet" in name:  # three levels, every size at each
+        return {"rpn_anchor_generator": anchor_generator(kwargs, [16, 32, 64], ((32, 64, 128, 256, 512),) * 3, (0.5, 1.0, 2.0))}
+    return {"rpn_anchor_generator": anchor_generator(kwargs, [4, 8, 16, 32, 64], ((32,), (64,), (128,), (256,), (512,)), (0.5, 1.0, 2.0))}
+
+
 def build_detector(spec: dict[str, Any]) -> nn.Module:
     import torchvision
     from torchvision.models import detection as tvd
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.ops import MultiScaleRoIAlign
 
-    model_cfg, num_classes, size = spec["model"], len(spec["classes"]) + 1, spec["image_size"]  # + background
+    model_cfg, num_classes = spec["model"], len(spec["classes"]) + 1  # + background
     name, backbone = model_cfg["name"], model_cfg.get("backbone")
     kwargs, reset_head = pop_reset_head(model_cfg.get("kwargs") or {})
     mean, std = spec["mean"], spec["std"]
     anchor_scale = float(kwargs.pop("anchor_scale", 4.0))
     out_channels = int(kwargs.pop("fpn_channels", 128))
+    out_indices = kwargs.pop("out_indices", (-3, -2, -1))
+    sizes = detector_sizes(spec, kwargs)
+    where = "detection.model.kwargs"
     if backbone is None:
         builders = torchvision.models.list_models(module=tvd)
         if name not in builders:
             raise ConfigError(f"detection.model.name: '{name}' is not a torchvision detection model; use one of {builders} "
                               f"or one of {list(TIMM_ARCHS)} with model.backbone set to a timm model.{close_matches(name, builders)}")
-        extra = {"min_size": size, "max_size": size} if not name.startswith("ssd") else {}
-        model = call_with_model_kwargs(torchvision.models.get_model, kwargs, "detection.model.kwargs", name=name, weights=None,
+        extra = sizes if not name.startswith("ssd") else {}
+        if "anchor_sizes" in kwargs or "anchor_aspect_ratios" in kwargs:
+            if not name.startswith(("fasterrcnn", "retinanet")):
+                raise ConfigError(f"{where}.anchor_sizes/anchor_aspect_ratios: only for fasterrcnn/retinanet models, not '{name}'")
+            extra.update(_builder_anchors(name, kwargs))
+        model = call_with_model_kwargs(torchvision.models.get_model, kwargs, where, name=name, weights=None,
                                        weights_backbone=None, num_classes=num_classes, image_mean=list(mean), image_std=list(std),
                                        **extra, accepted=lambda: _builder_keys(name), check_first=True)
     else:
         if name not in TIMM_ARCHS:
             raise ConfigError(f"detection.model.name: with a timm backbone the detector is one of {list(TIMM_ARCHS)}, got '{name}'."
                               f"{close_matches(name, list(TIMM_ARCHS))}")
-        body = TimmFPN(backbone, out_channels, extra="pool" if name == "fasterrcnn" else "p6p7")
-        levels = len(body.strides)
-        common = dict(min_size=size, max_size=size, image_mean=list(mean), image_std=list(std))
-        common.update(kwargs)
-        where = "detection.model.kwargs"
+        body = TimmFPN(backbone, out_channels, out_indices=out_indices, extra="pool" if name == "fasterrcnn" else "p6p7")
+        common = dict(**sizes, image_mean=list(mean), image_std=list(std))
         if name == "fcos":
-            anchors = AnchorGenerator(tuple((s,) for s in body.strides), ((1.0,),) * levels)
+            if out_channels % 32:  # FCOS's head normalises with GroupNorm(32 groups)
+                raise ConfigError(f"{where}.fpn_channels: FCOS needs a multiple of 32 (its head uses 32 GroupNorm groups), got {out_channels}")
+            if "anchor_sizes" in kwargs or "anchor_aspect_ratios" in kwargs:
+                raise ConfigError(f"{where}.anchor_sizes/anchor_aspect_ratios: FCOS is anchor-free (one point per location); "
+                                  "use them with retinanet or fasterrcnn")
+            common.update(kwargs)
+            anchors = anchor_generator({}, body.strides, tuple((s,) for s in body.strides), (1.0,))
             model = call_with_model_kwargs(tvd.FCOS, common, where, backbone=body, num_classes=num_classes, anchor_generator=anchors,
                                            accepted=lambda: _class_keys(tvd.FCOS), check_first=True)
         elif name == "retinanet":
-            sizes = tuple(tuple(s * anchor_scale * 2 ** (i / 3) for i in range(3)) for s in body.strides)
-            model = call_with_model_kwargs(tvd.RetinaNet, common, where, backbone=body, num_classes=num_classes,
-                                           anchor_generator=AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * levels),
+            anchors = anchor_generator(kwargs, body.strides, tuple(tuple(s * anchor_scale * 2 ** (i / 3) for i in range(3)) for s in body.strides),
+                                       (0.5, 1.0, 2.0))
+            common.update(kwargs)
+            model = call_with_model_kwargs(tvd.RetinaNet, common, where, backbone=body, num_classes=num_classes, anchor_generator=anchors,
                                            accepted=lambda: _class_keys(tvd.RetinaNet), check_first=True)
         else:
-            anchors = AnchorGenerator(tuple((s * anchor_scale,) for s in body.strides), ((0.5, 1.0, 2.0),) * levels)
+            anchors = anchor_generator(kwargs, body.strides, tuple((s * anchor_scale,) for s in body.strides), (0.5, 1.0, 2.0))
+            common.update(kwargs)
             pool = MultiScaleRoIAlign(featmap_names=body.level_names, output_size=7, sampling_ratio=2)
             model = call_with_model_kwargs(tvd.FasterRCNN, common, where, backbone=body, num_classes=num_classes, rpn_anchor_generator=anchors,
                                            box_roi_pool=pool, accepted=lambda: _class_keys(tvd.FasterRCNN), check_first=True)
@@ -131,7 +224,7 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
 # GeneralizedRCNNTransform's own keys: detectors pass unknown keyword arguments to it, which ignores them
 _TRANSFORM_KEYS = ("size_divisible", "fixed_size")
 # keys build_detector takes out of model.kwargs itself
-_OWN_KEYS = ("fpn_channels", "anchor_scale", "reset_head")
+_OWN_KEYS = ("fpn_channels", "anchor_scale", "reset_head", "out_indices", "anchor_sizes", "anchor_aspect_ratios")
 
 
 def _class_keys(cls) -> list[str]:
@@ -163,45 +256,70 @@ def limit_detections(result: dict[str, Any], score_threshold: float | None = Non
     return {**result, **{k: [result[k][i] for i in keep] for k in ("boxes", "labels", "scores")}}
 
 
-def coco_ground_truth(records: list[dict], classes: list[str]) -> dict:
-    """The COCO ground truth of ``records``: category ids are class index + 1."""
+def coco_categories(classes: list[str], category_ids: list[int] | None = None) -> list[dict]:
+    """COCO ``categories`` for the classes: the user's own ids (COCO data), else 1..K in class order (VOC, YOLO)."""
+    ids = category_ids or list(range(1, len(classes) + 1))
+    return [{"id": int(i), "name": n, "supercategory": "object"} for i, n in zip(ids, classes)]
+
+
+def coco_ground_truth(records: list[dict], classes: list[str], category_ids: list[int] | None = None) -> dict:
+    """The COCO ground truth of ``records`` with the user's image ids and category ids (``category_ids[label]``)."""
+    ids = category_ids or list(range(1, len(classes) + 1))
     images, annotations = [], []
     for rec in records:
         images.append({"id": rec["image_id"], "file_name": rec["image"], "width": rec["width"], "height": rec["height"]})
         for box, label, crowd in zip(rec["boxes"], rec["labels"], rec["iscrowd"]):
             x0, y0, x1, y1 = box
-            annotations.append({"id": len(annotations) + 1, "image_id": rec["image_id"], "category_id": label + 1,
+            annotations.append({"id": len(annotations) + 1, "image_id": rec["image_id"], "category_id": int(ids[label]),
                                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": crowd})
-    return {"images": images, "annotations": annotations,
-            "categories": [{"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(classes)]}
+    return {"images": images, "annotations": annotations, "categories": coco_categories(classes, ids)}
 
 
-def coco_evaluate(ground_truth: dict, predictions: list[dict], classes: list[str], max_detections: int = 100) -> tuple[dict, Any]:
-    """COCO bbox evaluation with pycocotools; returns (metrics, the COCOeval object)."""
+def coco_backend(name: str = "auto"):
+    """(COCO, COCOeval) classes: faster-coco-eval's drop-in when installed (``auto``), else pycocotools."""
+    if name in ("auto", "faster_coco_eval"):
+        try:
+            from faster_coco_eval import COCO, COCOeval_faster
+
+            return COCO, COCOeval_faster
+        except ImportError:
+            if name == "faster_coco_eval":
+                raise
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    return COCO, COCOeval
+
+
+def coco_evaluate(ground_truth: dict, predictions: list[dict], classes: list[str], max_detections: int = 100,
+                  backend: str = "auto") -> tuple[dict, Any]:
+    """COCO bbox evaluation (faster-coco-eval or pycocotools, same numbers); returns (metrics, the COCOeval object).
+
+    Per-class AP is keyed by the category names of ``ground_truth``.
+    """
+    coco_cls, eval_cls = coco_backend(backend)
+    names = {c["id"]: c["name"] for c in ground_truth["categories"]}
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = ground_truth
-        gt.createIndex()
         if not predictions:
             metrics = {"map": 0.0, "map_50": 0.0, "map_75": 0.0}
             metrics.update({f"ap/{c}": 0.0 for c in classes})
             return metrics, None
+        gt = coco_cls()
+        gt.dataset = ground_truth
+        gt.createIndex()
         dt = gt.loadRes([dict(p) for p in predictions])  # loadRes adds keys to the dicts it is given
-        ev = COCOeval(gt, dt, "bbox")
+        ev = eval_cls(gt, dt, "bbox")
         ev.params.maxDets = [1, 10, max_detections]
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    names = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large"]
-    metrics = {n: float(v) for n, v in zip(names, ev.stats[:6]) if v >= 0}  # -1: no object of that size
+    metric_names = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large"]
+    metrics = {n: float(v) for n, v in zip(metric_names, ev.stats[:6]) if v >= 0}  # -1: no object of that size
     precision = ev.eval["precision"]  # [iou thresholds, recall points, classes, areas, max dets]
     for k, cat_id in enumerate(ev.params.catIds):
         p = precision[:, :, k, 0, -1]
         p = p[p > -1]
-        metrics[f"ap/{classes[cat_id - 1]}"] = float(p.mean()) if p.size else float("nan")
+        metrics[f"ap/{names[cat_id]}"] = float(p.mean()) if p.size else float("nan")
     return metrics, ev
 
 
@@ -224,10 +342,53 @@ class DetectionEvaluator:
 
     def compute(self) -> dict[str, float]:
         results = [r for part in distributed.all_gather_objects(self.results) for r in part]
-        self.ground_truth = coco_ground_truth(self.records, self.task.classes)
+        self.ground_truth = coco_ground_truth(self.records, self.task.classes, self.task.category_ids)
         metrics, self.last_eval = coco_evaluate(self.ground_truth, results, self.task.classes, self.task.spec["evaluation"]["max_detections"])
         self.results = results
         return metrics
+
+
+def tile_starts(length: int, size: int, overlap: float) -> list[int]:
+    """Tile offsets along one side: steps of ``size * (1 - overlap)``, the last tile flush with the end."""
+    if length <= size:
+        return [0]
+    step = max(1, int(size * (1 - overlap)))
+    starts = list(range(0, length - size, step))
+    return starts + [length - size]
+
+
+def tiled_detections(run, image: torch.Tensor, size: int, overlap: float, iou: float, max_detections: int) -> dict:
+    """Detections of one (3, H, W) image from its overlapping tiles and the whole image (for objects larger
+    than a tile), each tile's boxes shifted to the image, merged by per-class NMS (torchvision's
+    ``batched_nms``), the best ``max_detections`` kept. Images no larger than a tile run whole."""
+    from torchvision.ops import batched_nms
+
+    h, w = image.shape[-2:]
+    if h <= size and w <= size:
+        return run([image])[0]
+    offsets = [(x, y) for y in tile_starts(h, size, overlap) for x in tile_starts(w, size, overlap)]
+    tiles = [image[:, y:y + size, x:x + size] for x, y in offsets]
+    # tiles in chunks (same size, so no padding between them), the whole image alone
+    outputs = [o for start in range(0, len(tiles), 16) for o in run(tiles[start:start + 16])] + run([image])
+    shifts = [torch.tensor([x, y, x, y], dtype=torch.float32) for x, y in offsets] + [torch.zeros(4)]
+    boxes = torch.cat([o["boxes"].float().cpu() + s for o, s in zip(outputs, shifts)])
+    scores = torch.cat([o["scores"].float().cpu() for o in outputs])
+    labels = torch.cat([o["labels"].cpu() for o in outputs])
+    keep = batched_nms(boxes, scores, labels, iou)[:max_detections]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+
+
+class _NamedDetections(nn.Module):
+    """One image in, (boxes, scores, labels) out: ONNX names outputs by position, and torchvision's detectors
+    order their dicts differently (Faster R-CNN: boxes, labels, scores; FCOS/RetinaNet: boxes, scores, labels)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        det = self.model([image])[0]
+        return det["boxes"], det["scores"], det["labels"]
 
 
 class DetectionTask(Task):
@@ -244,6 +405,16 @@ class DetectionTask(Task):
     output_datasets = ("predictions", "ground_truth")
     plot_names = ("pr_curves", "val_boxes", "loss_curves")
 
+    def __init__(self, spec: dict[str, Any]):
+        super().__init__(spec)
+        # the user's COCO category id of each class (VOC/YOLO: 1..K in class order)
+        self.category_ids: list[int] = [int(i) for i in spec.get("category_ids") or range(1, len(self.classes) + 1)]
+
+    @classmethod
+    def make_spec(cls, cfg, classes, category_ids=None):
+        return {**super().make_spec(cfg, classes, category_ids), "multi_scale": list(cfg.train.multi_scale) if cfg.train.multi_scale else None,
+                "category_ids": [int(i) for i in category_ids] if category_ids else list(range(1, len(classes) + 1))}
+
     @classmethod
     def normalization(cls, model_cfg: dict[str, Any]):
         return timm_normalization(model_cfg.get("backbone") or "resnet50")
@@ -253,11 +424,15 @@ class DetectionTask(Task):
         # torchvision's GeneralizedRCNNTransform normalises inside the model: the input is only scaled to [0, 1]
         return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
+    supports_mosaic = True
+
     @classmethod
     def compose(cls, augment, image_size, mean, std, train):
+        """No resize: the detector's own transform resizes keeping the aspect ratio (``min_size``/``max_size``)
+        and maps its boxes back to the size of the image it was given, the original image's."""
         from visionpipe.data.transforms import box_params, compose
 
-        return compose(augment, image_size, mean, std, train=train, block=cls.name, bbox_params=box_params())
+        return compose(augment, image_size, mean, std, train=train, block=cls.name, bbox_params=box_params(), resize=[])
 
     @classmethod
     def write_builtin(cls, root: Path, cfg: dict, rng: np.random.Generator) -> None:
@@ -289,8 +464,8 @@ class DetectionTask(Task):
     def configure(self, model: nn.Module, evaluation_cfg: dict[str, Any]) -> None:
         set_postprocess(model, evaluation_cfg["score_threshold"], evaluation_cfg["nms_threshold"], evaluation_cfg["max_detections"])
 
-    def make_sample(self, pixels, record, root, transform, index, for_eval: bool = False):
-        h, w = pixels.shape[:2]
+    @staticmethod
+    def _usable_boxes(record: dict, h: int, w: int) -> tuple[np.ndarray, list[int]]:
         boxes, labels = [], []
         for box, label, crowd in zip(record["boxes"], record["labels"], record["iscrowd"]):
             x0, y0, x1, y1 = np.clip(box, 0, [w, h, w, h])  # validation allowed a pixel of overhang
@@ -298,7 +473,19 @@ class DetectionTask(Task):
                 continue
             boxes.append([float(x0), float(y0), float(x1), float(y1)])
             labels.append(label)
-        out = transform(image=pixels, bboxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4), labels=labels)
+        return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), labels
+
+    def make_sample(self, pixels, record, root, transform, index, for_eval: bool = False, donors=None):
+        """``donors``: (pixels, record) of other images for albumentations' ``Mosaic`` (its ``mosaic_metadata``)."""
+        h, w = pixels.shape[:2]
+        boxes, labels = self._usable_boxes(record, h, w)
+        extra = {}
+        if donors is not None:
+            extra["mosaic_metadata"] = []
+            for donor_pixels, donor in donors:
+                donor_boxes, donor_labels = self._usable_boxes(donor, *donor_pixels.shape[:2])
+                extra["mosaic_metadata"].append({"image": donor_pixels, "bboxes": donor_boxes, "labels": donor_labels})
+        out = transform(image=pixels, bboxes=boxes, labels=labels, **extra)
         target = {"boxes": torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)),
                   "labels": torch.as_tensor(np.asarray(out["labels"], dtype=np.int64) + 1)}
         meta = {"index": index, "image_id": record["image_id"], "width": w, "height": h}
@@ -308,45 +495,68 @@ class DetectionTask(Task):
         return transform(image=pixels, bboxes=np.zeros((0, 4), dtype=np.float32), labels=[])["image"]
 
     @staticmethod
+    def stack(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        # images keep their own sizes: the detector's transform resizes and batches them
+        return list(tensors)
+
+    @staticmethod
     def collate(batch):
         images, targets, metas = zip(*batch)
-        return torch.stack(images), list(targets), list(metas)
+        return list(images), list(targets), list(metas)
 
     @staticmethod
     def to_device(batch, runtime: Runtime):
         images, targets, metas = batch
-        images = images.to(runtime.device, non_blocking=True)
-        if runtime.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = [image.to(runtime.device, non_blocking=True) for image in images]
         targets = [{k: v.to(runtime.device, non_blocking=True) for k, v in t.items()} for t in targets]
         return images, targets, metas
 
-    def loss(self, model, batch) -> torch.Tensor:
+    def loss(self, model, batch) -> dict[str, torch.Tensor]:
+        """torchvision's named loss terms (classification, bbox_regression, bbox_ctrness / objectness...);
+        the trainer sums them and records each."""
         images, targets, _ = batch
-        return sum(model(list(images), targets).values())
+        return {name.removeprefix("loss_"): value for name, value in model(list(images), targets).items()}
 
     def forward(self, model, images):
-        return model(list(images))
+        return self._tiled(lambda batch: model(batch), list(images))
+
+    def _tiled(self, run, images: list[torch.Tensor]) -> list[dict]:
+        """``run`` (a list of images to raw detections) on whole images, or with ``evaluation.tile`` on each
+        image's tiles and the whole image, merged per image."""
+        ev = self.spec.get("evaluation", {})
+        tile = ev.get("tile")
+        if not tile:
+            return run(images)
+        return [tiled_detections(run, image, tile["size"], tile["overlap"], ev["nms_threshold"], ev["max_detections"]) for image in images]
 
     def evaluator(self, runtime: Runtime, records: list[dict], keep_predictions: bool = False) -> DetectionEvaluator:
         return DetectionEvaluator(self, records, keep_predictions)
 
     def postprocess(self, outputs, original_sizes):
-        """Boxes from the network's input pixels to each original image's pixels; labels 0-based."""
-        size = self.spec["image_size"]
+        """Detections to 0-based labels, boxes clipped to each original image.
+
+        The model was given the original images: torchvision's transform already mapped its boxes back to
+        their pixels. ``evaluation.class_agnostic_nms`` then suppresses overlaps across classes too.
+        """
+        from torchvision.ops import nms
+
+        ev = self.spec["evaluation"]
         results = []
         for det, (h, w) in zip(outputs, original_sizes):
-            scale = torch.tensor([w / size, h / size, w / size, h / size])
-            results.append({"boxes": det["boxes"].float().cpu() * scale, "labels": det["labels"].cpu() - 1, "scores": det["scores"].float().cpu()})
+            boxes, scores, labels = det["boxes"].float().cpu(), det["scores"].float().cpu(), det["labels"].cpu() - 1
+            boxes = boxes.clamp(min=0).minimum(torch.tensor([w, h, w, h], dtype=boxes.dtype))
+            if ev.get("class_agnostic_nms") and len(boxes):
+                keep = nms(boxes, scores, ev["nms_threshold"])
+                boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            results.append({"boxes": boxes, "labels": labels, "scores": scores})
         return results
 
-    @staticmethod
-    def coco_results(det: dict, image_id: int) -> list[dict]:
-        """One postprocessed detection result as COCO results entries (xywh, category id = class index + 1)."""
+    def coco_results(self, det: dict, image_id: int) -> list[dict]:
+        """One postprocessed detection result as COCO results entries (xywh, the user's category id)."""
         out = []
         for box, label, score in zip(det["boxes"].tolist(), det["labels"].tolist(), det["scores"].tolist()):
             x0, y0, x1, y1 = box
-            out.append({"image_id": image_id, "category_id": int(label) + 1,
+            out.append({"image_id": image_id, "category_id": self.category_ids[int(label)],
                         "bbox": [round(x0, 3), round(y0, 3), round(x1 - x0, 3), round(y1 - y0, 3)], "score": round(score, 5)})
         return out
 
@@ -376,20 +586,44 @@ class DetectionTask(Task):
         return {"pr_curves": plots.pr_curves(predictions, ground_truth, index["classes"]),
                 "val_boxes": plots.box_grid(predictions, ground_truth, index), "loss_curves": plots.loss_curves(history)}
 
+    @staticmethod
+    def compare_results(want, got, tol: float = 1e-3):
+        """Detections as sets: near-tied scores (within ``tol``) may come out in either order, and at the
+        detections cap an equal-score detection may stand in for another."""
+        ws, gs = np.asarray(want["scores"], dtype=np.float64), np.asarray(got["scores"], dtype=np.float64)
+        if ws.shape != gs.shape or not np.allclose(np.sort(ws), np.sort(gs), atol=tol):
+            return f"scores differ ({len(ws)} vs {len(gs)} detections)"
+        wb, gb = np.asarray(want["boxes"], dtype=np.float64), np.asarray(got["boxes"], dtype=np.float64)
+        wl, gl = np.asarray(want["labels"]), np.asarray(got["labels"])
+        floor = ws.min() + tol if len(ws) else 0.0
+        for box, label, score in zip(wb, wl, ws):
+            if score <= floor:  # at the cap: its stand-in may be another equal-score detection
+                continue
+            same = (gl == label) & (np.abs(gs - score) <= tol) & (np.abs(gb - box).max(axis=1) <= 100 * tol)
+            if not same.any():
+                return f"no onnxruntime detection matches {label} {box.round(2).tolist()} (score {score:.4f})"
+        return None
+
     def export_onnx(self, model, output):
-        """Input ``image`` (3, S, S) scaled to [0, 1] (the model normalises); outputs ``boxes`` (x0, y0, x1, y1
-        in input pixels), ``scores``, ``labels`` (class index + 1), after NMS."""
+        """Input ``image`` (3, H, W), any size, scaled to [0, 1] (the model normalises and resizes keeping the
+        aspect ratio); outputs ``boxes`` (x0, y0, x1, y1 in the input image's pixels), ``scores``, ``labels``
+        (class index + 1), after NMS."""
         import warnings
 
         size = self.spec["image_size"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(model, ([torch.rand(3, size, size)],), str(output), input_names=["image"],
-                              output_names=["boxes", "scores", "labels"], opset_version=17, dynamo=False)
+            torch.onnx.export(_NamedDetections(model).eval(), (torch.rand(3, size, size + size // 2),), str(output), input_names=["image"],
+                              output_names=["boxes", "scores", "labels"], opset_version=17, dynamo=False,
+                              dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
+                                            "scores": {0: "detections"}, "labels": {0: "detections"}})
 
     def onnx_forward(self, session, images):
-        outputs = []
-        for image in images:
-            boxes, scores, labels = session.run(None, {"image": image.numpy()})
-            outputs.append({"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(scores), "labels": torch.from_numpy(labels)})
-        return outputs
+        def run(batch):
+            outputs = []
+            for image in batch:
+                boxes, scores, labels = session.run(None, {"image": image.contiguous().numpy()})
+                outputs.append({"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(scores), "labels": torch.from_numpy(labels)})
+            return outputs
+
+        return self._tiled(run, list(images))

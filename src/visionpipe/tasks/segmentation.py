@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 
 from pydantic import Field
 
-from visionpipe.config import CocoFilesMixin, DataConfig, TaskConfig, _Strict
+from visionpipe.config import CocoFilesMixin, DataConfig, TaskConfig, TTAEvaluationConfig, _Strict, flip_tta
 from visionpipe.data import builtin, formats
 from visionpipe.data.shards import load_record_mask
 from visionpipe.engine.runtime import Runtime
@@ -44,8 +44,18 @@ class LossConfig(_Strict):
 class SegmentationConfig(TaskConfig):
     data: SegmentationData
     losses: list[LossConfig] = Field(default_factory=lambda: [LossConfig(name="ce")])
+    evaluation: TTAEvaluationConfig = TTAEvaluationConfig()
 
 logger = logging.getLogger(__name__)
+
+PAD_MASK = 255  # mask value of the letterbox padding, turned into ignore_index
+
+
+def letterbox_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) of an image inside its letterbox: albumentations' LongestMaxSize arithmetic, exactly
+    (``scale = max_size / max(h, w)``, sides truncated), so the crop matches the padding to the pixel."""
+    scale = size / max(height, width)
+    return max(1, int(height * scale)), max(1, int(width * scale))
 
 
 def build_segmenter(spec: dict[str, Any]) -> nn.Module:
@@ -155,7 +165,7 @@ class SegmentationEvaluator:
 
     def update(self, model, batch) -> None:
         images, masks, metas = batch
-        logits = model(images).float()
+        logits = self.task.forward(model, images).float()
         self.loss_sum += self.task.criterion(logits, masks) * len(metas)
         self.count += len(metas)
         results = self.task.postprocess(logits, [tuple(meta["mask"].shape) for meta in metas])
@@ -199,8 +209,8 @@ class SegmentationTask(Task):
         self.criterion = CombinedLoss(spec["losses"], self.ignore_index)
 
     @classmethod
-    def make_spec(cls, cfg, classes):
-        return {**super().make_spec(cfg, classes), "ignore_index": cfg.data.ignore_index, "losses": [loss.model_dump() for loss in cfg.losses]}
+    def make_spec(cls, cfg, classes, category_ids=None):
+        return {**super().make_spec(cfg, classes, category_ids), "ignore_index": cfg.data.ignore_index, "losses": [loss.model_dump() for loss in cfg.losses]}
 
     @classmethod
     def normalization(cls, model_cfg: dict[str, Any]):
@@ -226,14 +236,34 @@ class SegmentationTask(Task):
     def build_model(self) -> nn.Module:
         return build_segmenter(self.spec)
 
+    @classmethod
+    def compose(cls, augment, image_size, mean, std, train):
+        """Letterbox: the longer side to ``image_size`` keeping the aspect ratio, then padding at the bottom and
+        right to a square (mask padding is ignored by the loss; ``postprocess`` crops it off)."""
+        import albumentations as A
+
+        from visionpipe.data.transforms import compose
+
+        cls.check_mosaic(augment)
+        letterbox = [A.LongestMaxSize(max_size=image_size),
+                     A.PadIfNeeded(min_height=image_size, min_width=image_size, position="top_left", border_mode=0, fill=0,
+                                   fill_mask=PAD_MASK)]
+        return compose(augment, image_size, mean, std, train=train, block=cls.name, resize=letterbox)
+
+    def forward(self, model, images):
+        return flip_tta(model, images) if self.spec.get("evaluation", {}).get("tta") else model(images)
+
     def make_sample(self, pixels, record, root, transform, index, for_eval: bool = False):
         h, w = pixels.shape[:2]
         mask = load_record_mask(root, record) if "mask" in record else rasterize_segments(record, h, w, self.ignore_index)
         out = transform(image=pixels, mask=mask)
+        target = torch.as_tensor(out["mask"], dtype=torch.long)
+        if self.ignore_index != PAD_MASK:  # validation admits no mask value >= the class count but ignore_index
+            target[target == PAD_MASK] = self.ignore_index
         meta = {"index": index}
         if for_eval:  # metrics are computed at the ground truth's own size
             meta["mask"] = torch.as_tensor(mask)
-        return out["image"], torch.as_tensor(out["mask"], dtype=torch.long), meta
+        return out["image"], target, meta
 
     def loss(self, model, batch) -> torch.Tensor:
         images, masks, _ = batch
@@ -243,10 +273,12 @@ class SegmentationTask(Task):
         return SegmentationEvaluator(self, runtime.device, keep_predictions)
 
     def postprocess(self, outputs, original_sizes):
-        """Logits upsampled (bilinear) to each original size, then the class with the highest score."""
+        """Per image: the letterbox padding cropped off, the logits upsampled (bilinear) to the original size,
+        then the class with the highest score."""
         results = []
         for logit, size in zip(outputs, original_sizes):
-            up = F.interpolate(logit[None].float(), size=tuple(size), mode="bilinear", align_corners=False)
+            h, w = letterbox_size(int(size[0]), int(size[1]), logit.shape[-1])
+            up = F.interpolate(logit[None, :, :h, :w].float(), size=tuple(size), mode="bilinear", align_corners=False)
             results.append({"mask": up.argmax(1)[0]})
         return results
 

@@ -90,6 +90,7 @@ def pr_curves(predictions: list[dict], ground_truth: dict, classes: list[str]) -
 
     _, ev = coco_evaluate(ground_truth, predictions, classes)
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    names = {c["id"]: c["name"] for c in ground_truth["categories"]}  # the user's category ids
     if ev is not None:
         recall = ev.params.recThrs
         for k, cat_id in enumerate(ev.params.catIds):
@@ -97,7 +98,7 @@ def pr_curves(predictions: list[dict], ground_truth: dict, classes: list[str]) -
             valid = precision > -1
             if valid.any():
                 ap50 = float(precision[valid].mean())  # COCO's AP at IoU 0.5 for this class
-                ax.plot(recall, np.clip(precision, 0, None), label=f"{classes[cat_id - 1]} (AP50 {ap50:.3f})")
+                ax.plot(recall, np.clip(precision, 0, None), label=f"{names.get(cat_id, str(cat_id))} (AP50 {ap50:.3f})")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, title="class (AP at IoU 0.5)", title_fontsize=7)
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall at IoU 0.5")
