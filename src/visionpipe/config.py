@@ -7,7 +7,7 @@ error for that task instead of a setting silently ignored.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -50,6 +50,8 @@ class DataConfig(_Strict):
     validation: Literal["strict", "skip"] = "strict"
     max_image_pixels: int = Field(89_478_485, ge=1)
     num_workers: int | Literal["auto"] = "auto"
+    # random: shuffle; balanced: draw images with probability inverse to their class frequency (DDP-aware)
+    sampler: Literal["random", "balanced"] = "random"
 
 
 class CocoFilesMixin(BaseModel):
@@ -66,8 +68,21 @@ class ModelConfig(_Strict):
 
     name: str
     backbone: str | None = None  # detection: timm backbone; segmentation: smp encoder (or tu-<timm>)
-    pretrained_path: str | None = None
+    pretrained: bool = False  # the architecture's published weights through timm / smp / torchvision (their hub cache)
+    pretrained_path: str | None = None  # a local weights file; used instead of the hub when set
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+# loss weight per class: null (all 1), auto (inverse class frequency in the train split) or one positive number per class
+ClassWeights = Literal["auto"] | list[Annotated[float, Field(gt=0)]] | None
+
+
+class EmaConfig(_Strict):
+    """Exponential moving average of the weights (timm's ModelEmaV3)."""
+
+    enabled: bool = False
+    decay: float = Field(0.9998, gt=0, lt=1)
+    warmup: bool = True  # ramp the decay up over the first steps, so early weights are not averaged in for long
 
 
 class TrainConfig(_Strict):
@@ -78,10 +93,16 @@ class TrainConfig(_Strict):
     optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    scheduler: Literal["none", "cosine", "step", "onecycle"] = "cosine"
+    scheduler: Literal["none", "cosine", "step", "onecycle", "plateau"] = "cosine"
     warmup_epochs: int = Field(0, ge=0)
     step_size: int = Field(10, ge=1)
-    gamma: float = Field(0.1, gt=0)
+    gamma: float = Field(0.1, gt=0)  # step: lr factor every step_size epochs; plateau: lr factor on a plateau
+    plateau_patience: int = Field(2, ge=0)  # plateau: epochs without improvement of the selection metric before lr x gamma
+    freeze_backbone_epochs: int = Field(0, ge=0)  # backbone (BatchNorm statistics too) frozen for the first N epochs
+    backbone_lr_scale: float = Field(1.0, gt=0)  # backbone learning rate = lr x backbone_lr_scale
+    ema: EmaConfig = EmaConfig()
+    patience: int | None = Field(None, ge=1)  # early stopping: epochs without improvement of the selection metric
+    min_delta: float = Field(0.0, ge=0)  # early stopping: smaller changes of the selection metric are not improvements
     seed: int = 42
     device: Literal["auto", "cpu", "cuda", "mps"] | str = "auto"
     amp: bool | Literal["auto", "bf16", "fp16"] = "auto"
@@ -94,6 +115,12 @@ class TrainConfig(_Strict):
     deterministic: bool = True
     log_every_n_steps: int = Field(50, ge=1)
     progress_bar: bool = True
+
+    @model_validator(mode="after")
+    def _plateau(self):
+        if self.scheduler == "plateau" and self.warmup_epochs:
+            raise ValueError("scheduler 'plateau' steps once an epoch on the selection metric and has no warm-up; set warmup_epochs: 0")
+        return self
 
     @field_validator("device")
     @classmethod

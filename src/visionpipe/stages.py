@@ -82,12 +82,26 @@ def _datasets(task_obj, index: dict, aug: dict, cfg: TaskConfig):
             IndexDataset(index, "val", val_tf, task_obj.make_sample, cfg.train.seed, max_px, for_eval=True))
 
 
+def sample_weights(task: str, index: dict, cfg: TaskConfig) -> list[float] | None:
+    """Per training record, its draw weight under ``data.sampler: balanced`` (None: shuffle)."""
+    if cfg.data.sampler == "random":
+        return None
+    from visionpipe.engine.recipes import balanced_sample_weights
+    from visionpipe.errors import ConfigError
+
+    labels = [get_task_class(task).record_labels(r) for r in index["train"]]
+    if any(item is None for item in labels):
+        raise ConfigError(f"{task}.data.sampler: balanced needs per-image class labels, which {task} records do not give; use random")
+    return balanced_sample_weights(labels, len(index["classes"]))
+
+
 def train(task: str, index: dict, aug: dict, cfg: TaskConfig, callbacks: list[Callback] | None = None) -> tuple[dict, list[dict]]:
     """Train on ``index['train']``, select the best epoch on ``index['val']`` by ``registry.metric``;
     return the best model bundle and the history. ``callbacks`` (e.g. MLflow logging) come from the node."""
     tc = cfg.train
     seed_everything(tc.seed, tc.deterministic)
     spec = make_spec(task, cfg, index["classes"])
+    spec.update(get_task_class(task).training_spec(cfg, index))
     task_obj = get_task(spec)
     model = task_obj.build_model()
     runtime = resolve_runtime(tc, cfg.data)
@@ -99,7 +113,8 @@ def train(task: str, index: dict, aug: dict, cfg: TaskConfig, callbacks: list[Ca
                 task, spec["model"]["name"], runtime.device, len(train_ds), len(val_ds), runtime.amp_name, runtime.channels_last,
                 runtime.num_workers)
     trainer = Trainer(task_obj, model, tc, runtime, ckpt_dir, list(callbacks or []), signature,
-                      records=index["val"], selection=(cfg.registry.metric.removeprefix("test/"), cfg.registry.greater))
+                      records=index["val"], selection=(cfg.registry.metric.removeprefix("test/"), cfg.registry.greater),
+                      sample_weights=sample_weights(task, index, cfg))
     result = trainer.fit(train_ds, val_ds)
     spec["best_epoch"] = result.best_epoch
     spec["runtime"] = {"device": str(runtime.device), "amp": runtime.amp_name, "channels_last": runtime.channels_last,

@@ -21,6 +21,12 @@ outputs                ``prediction_outputs`` (what evaluation writes beside met
                        ``plots``, ``format_result`` (a JSON-ready row for serving)
 export                 ``export_onnx`` / ``onnx_forward``
 configuration          ``config_model``: a pydantic model with ``extra="forbid"``
+fine-tuning            ``backbone`` (what ``train.freeze_backbone_epochs`` freezes and
+                       ``backbone_lr_scale`` scales; default: none), ``param_groups`` (optimizer
+                       groups; default: decay/no-decay x backbone/head), ``train_batch``
+                       (batch-level augmentation such as mixup; default: none),
+                       ``training_spec`` (loss settings resolved from the train split, such as
+                       ``class_weights: auto``; default: none)
 =====================  =====================================================================
 
 Adding a task means adding its module, its ``conf/base/parameters_<task>.yml``, its catalog
@@ -32,6 +38,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
+import os
 import re
 import warnings
 from pathlib import Path
@@ -91,6 +98,24 @@ def load_pretrained(model: torch.nn.Module, path: str, reset_head: bool, block: 
     model.load_state_dict(usable, strict=False)
     logger.info("Loaded %d tensors from %s (%d left at initialisation%s)", len(usable), path, len(missing),
                 f", head re-initialised: {sorted(mismatched)}" if mismatched else "")
+
+
+def hub_weights(load: Callable[[], Any], where: str, what: str) -> Any:
+    """Call a library's own pretrained-weights loader (timm / smp / torchvision, through their hub
+    cache); a failure to get the weights (offline, not cached, no such weights) is a ConfigError
+    saying how to get them."""
+    try:
+        return load()
+    except ConfigError:
+        raise
+    except Exception as err:  # each library raises its own (OSError, LocalEntryNotFoundError, URLError, RuntimeError)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
+        raise ConfigError(
+            f"{where}: the published weights of {what} could not be loaded{offline}: {type(err).__name__}: {first}. "
+            "Run once with network access so the library caches them (HF_HOME / TORCH_HOME), or download the weights file and "
+            f"set {where.rsplit('.', 1)[0]}.pretrained_path to it (a local file that can be tracked with DVC)"
+        ) from None
 
 
 def pop_reset_head(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -275,6 +300,26 @@ class Task:
 
     def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
         raise NotImplementedError
+
+    # -------------------------------------------------------------- fine-tuning
+    def backbone(self, model: torch.nn.Module) -> torch.nn.Module | None:
+        """The pretrained feature extractor inside ``model`` (None: the task names no backbone)."""
+        return None
+
+    def param_groups(self, model: torch.nn.Module, train_cfg) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; each has ``lr`` and ``name`` (``backbone`` or ``head``)."""
+        from visionpipe.engine.recipes import param_groups
+
+        return param_groups(model, self.backbone(model), train_cfg)
+
+    def train_batch(self, batch, epoch: int):
+        """Batch-level augmentation of a training batch already on the device (default: none)."""
+        return batch
+
+    @classmethod
+    def training_spec(cls, cfg, index: dict) -> dict[str, Any]:
+        """Loss settings resolved from the train split (``class_weights: auto``...), added to the spec."""
+        return {}
 
     def forward(self, model: torch.nn.Module, images: torch.Tensor):
         """The inference forward on a stacked batch of preprocessed images."""

@@ -14,7 +14,7 @@ from visionpipe.engine.trainer import Callback
 logger = logging.getLogger(__name__)
 
 # engine history keys -> MLflow metric names; evaluator keys become val/<key>
-_TRAIN_KEYS = {"train_loss": "train/loss", "lr": "train/lr", "epoch_time_s": "train/epoch_time_s", "images_per_s": "train/images_per_s"}
+_TRAIN_KEYS = {"early_stop_epoch": "early_stop/epoch", "early_stop_best_epoch": "early_stop/best_epoch", "train_loss": "train/loss", "lr": "train/lr", "epoch_time_s": "train/epoch_time_s", "images_per_s": "train/images_per_s"}
 
 
 def epoch_metric_name(key: str) -> str:
@@ -71,6 +71,13 @@ class MlflowEpochLogger(Callback):
 
         values = {epoch_metric_name(k): float(v) for k, v in metrics.items() if k != "epoch" and isinstance(v, (int, float))}
         mlflow.log_metrics(values, step=epoch, run_id=self.run_id, synchronous=False)
+
+    def on_early_stop(self, epoch: int, best_epoch: int) -> None:
+        import mlflow
+
+        mlflow.log_metrics({"early_stop/epoch": float(epoch), "early_stop/best_epoch": float(best_epoch)}, step=epoch,
+                           run_id=self.run_id, synchronous=False)
+        mlflow.MlflowClient().set_tag(self.run_id, "visionpipe.early_stop", f"after epoch {epoch} (best epoch {best_epoch})")
 
     def on_fit_end(self, result) -> None:
         import mlflow
