@@ -109,7 +109,7 @@ def hub_weights(load: Callable[[], Any], where: str, what: str) -> Any:
     except ConfigError:
         raise
     except Exception as err:  # each library raises its own (OSError, LocalEntryNotFoundError, URLError, RuntimeError)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
         raise ConfigError(
             f"{where}: the published weights of {what} could not be loaded{offline}: {type(err).__name__}: {first}. "

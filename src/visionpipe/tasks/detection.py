@@ -20,7 +20,7 @@ from visionpipe.data import builtin, formats
 from visionpipe.engine import distributed
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
-from visionpipe.tasks.base import Task, call_with_model_kwargs, close_matches, load_pretrained, pop_reset_head, timm_normalization
+from visionpipe.tasks.base import Task, call_with_model_kwargs, close_matches, hub_weights, load_pretrained, pop_reset_head, timm_normalization
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class DetectionConfig(TaskConfig):
 class TimmFPN(nn.Module):
     """Any timm CNN as a multi-scale body (``features_only``) under torchvision's FeaturePyramidNetwork."""
 
-    def __init__(self, name: str, out_channels: int = 128, out_indices=(2, 3, 4), extra: str = "p6p7"):
+    def __init__(self, name: str, out_channels: int = 128, out_indices=(2, 3, 4), extra: str = "p6p7", pretrained: bool = False):
         super().__init__()
         import timm
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
@@ -57,6 +57,9 @@ class TimmFPN(nn.Module):
             self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(out_indices))
         except Exception as err:  # timm raises RuntimeError/AssertionError for models without feature maps
             raise ConfigError(f"detection.model.backbone: '{name}' cannot serve multi-scale features ({err}); pick a CNN such as resnet18") from None
+        if pretrained:  # timm's published weights for the feature extractor, once the name is known to work
+            self.body = hub_weights(lambda: timm.create_model(name, pretrained=True, features_only=True, out_indices=tuple(out_indices)),
+                                    "detection.model.pretrained", f"timm model '{name}'")
         channels = self.body.feature_info.channels()
         strides = list(self.body.feature_info.reduction())
         blocks = LastLevelP6P7(out_channels, out_channels) if extra == "p6p7" else LastLevelMaxPool()
@@ -93,14 +96,21 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
             raise ConfigError(f"detection.model.name: '{name}' is not a torchvision detection model; use one of {builders} "
                               f"or one of {list(TIMM_ARCHS)} with model.backbone set to a timm model.{close_matches(name, builders)}")
         extra = {"min_size": size, "max_size": size} if not name.startswith("ssd") else {}
-        model = call_with_model_kwargs(torchvision.models.get_model, kwargs, "detection.model.kwargs", name=name, weights=None,
-                                       weights_backbone=None, num_classes=num_classes, image_mean=list(mean), image_std=list(std),
-                                       **extra, accepted=lambda: _builder_keys(name), check_first=True)
+        # pretrained: the builder's ImageNet backbone weights (its COCO heads are sized for COCO's 91 classes)
+        hub = bool(model_cfg.get("pretrained")) and not model_cfg.get("pretrained_path")
+
+        def create():
+            return call_with_model_kwargs(torchvision.models.get_model, kwargs, "detection.model.kwargs", name=name, weights=None,
+                                          weights_backbone="DEFAULT" if hub else None, num_classes=num_classes, image_mean=list(mean),
+                                          image_std=list(std), **extra, accepted=lambda: _builder_keys(name), check_first=True)
+
+        model = hub_weights(create, "detection.model.pretrained", f"torchvision '{name}' backbone") if hub else create()
     else:
         if name not in TIMM_ARCHS:
             raise ConfigError(f"detection.model.name: with a timm backbone the detector is one of {list(TIMM_ARCHS)}, got '{name}'."
                               f"{close_matches(name, list(TIMM_ARCHS))}")
-        body = TimmFPN(backbone, out_channels, extra="pool" if name == "fasterrcnn" else "p6p7")
+        body = TimmFPN(backbone, out_channels, extra="pool" if name == "fasterrcnn" else "p6p7",
+                       pretrained=bool(model_cfg.get("pretrained")) and not model_cfg.get("pretrained_path"))
         levels = len(body.strides)
         common = dict(min_size=size, max_size=size, image_mean=list(mean), image_std=list(std))
         common.update(kwargs)
@@ -269,6 +279,11 @@ class DetectionTask(Task):
 
     def build_model(self) -> nn.Module:
         return build_detector(self.spec)
+
+    def backbone(self, model):
+        """The feature extractor: the timm / torchvision body under the FPN (SSD: its whole backbone)."""
+        backbone = getattr(model, "backbone", None)
+        return getattr(backbone, "body", backbone)
 
     def configure(self, model: nn.Module, evaluation_cfg: dict[str, Any]) -> None:
         set_postprocess(model, evaluation_cfg["score_threshold"], evaluation_cfg["nms_threshold"], evaluation_cfg["max_detections"])
