@@ -44,6 +44,8 @@ class DataConfig(_Strict):
     format: str
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 0  # seeds the val_fraction split of the user's data (the built-in data has builtin.seed)
+    # hold out this share of the train split as a test split when the data has none (null: no test split)
+    test_fraction: float | None = Field(None, gt=0.0, lt=1.0)
     classes: list[str] | None = None
     builtin: BuiltinDataConfig = BuiltinDataConfig()
     # validation policy: strict fails on the first bad file set, skip drops bad files and reports them
@@ -61,6 +63,8 @@ class CocoFilesMixin(BaseModel):
     val_annotations: str = "annotations/instances_val.json"
     train_images: str = "images/train"
     val_images: str = "images/val"
+    test_annotations: str = "annotations/instances_test.json"  # optional: read when the file exists
+    test_images: str = "images/test"
 
 
 class ModelConfig(_Strict):

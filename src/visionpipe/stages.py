@@ -82,6 +82,18 @@ def _datasets(task_obj, index: dict, aug: dict, cfg: TaskConfig):
             IndexDataset(index, "val", val_tf, task_obj.make_sample, cfg.train.seed, max_px, for_eval=True))
 
 
+def gate_metric(metric: str, metrics: dict[str, Any]) -> str:
+    """The metrics key the champion gate compares: ``registry.metric`` on the test split when the
+    evaluation has one (the val split chose the epoch, so it flatters every model), else on val."""
+    from visionpipe.errors import ConfigError
+
+    if metric.startswith("test/"):
+        if metric not in metrics:
+            raise ConfigError(f"registry.metric '{metric}' needs a test split: add root/test in the data's layout or set data.test_fraction")
+        return metric
+    return f"test/{metric}" if f"test/{metric}" in metrics else metric
+
+
 def sample_weights(task: str, index: dict, cfg: TaskConfig) -> list[float] | None:
     """Per training record, its draw weight under ``data.sampler: balanced`` (None: shuffle)."""
     if cfg.data.sampler == "random":
@@ -131,7 +143,8 @@ def serving_bundle(bundle: dict, cfg: TaskConfig) -> dict:
 
 def evaluate(task: str, index: dict, aug: dict, bundle: dict, cfg: TaskConfig) -> tuple[dict[str, Any], Any, Any]:
     """Run the model on the whole val split with the evaluation settings in ``cfg`` (read now, not at
-    training); return (metrics, evaluator with predictions, task object)."""
+    training); return (metrics, evaluator with predictions, task object). When the data has a test
+    split, its metrics are added with a ``test/`` prefix (the val split chose the epoch; test did not)."""
     bundle = serving_bundle(bundle, cfg)
     task_obj = get_task(bundle["spec"])
     model = task_obj.build_model()
@@ -146,5 +159,12 @@ def evaluate(task: str, index: dict, aug: dict, bundle: dict, cfg: TaskConfig) -
     metrics = evaluator.compute()
     metrics["eval_time_s"] = time.perf_counter() - start
     metrics["val_images"] = len(val_ds)
+    if index.get("test"):
+        test_ds = IndexDataset(index, "test", transforms.from_dict(aug["val"]), task_obj.make_sample, cfg.train.seed,
+                               cfg.data.max_image_pixels, for_eval=True)
+        test_trainer = Trainer(task_obj, model, trainer.cfg, runtime, records=index["test"])
+        _, test_loader, _ = test_trainer.loaders(test_ds, test_ds)
+        metrics.update({f"test/{k}": v for k, v in test_trainer.evaluate(test_loader).compute().items()})
+        metrics["test_images"] = len(test_ds)
     metrics["evaluation"] = cfg.evaluation.model_dump()
     return metrics, evaluator, task_obj

@@ -8,7 +8,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from visionpipe.data.formats import SPLITS
+from visionpipe.data.formats import ALL_SPLITS, splits_of
 from visionpipe.data.images import load_mask, load_rgb
 from visionpipe.errors import DataError
 
@@ -85,7 +85,7 @@ def validate_index(index: dict, data_cfg=None, workers: int | None = None, max_p
     findings = [dict(p) for p in index.get("problems", [])]
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     checked = {}
-    for split in SPLITS:
+    for split in splits_of(index):
         records = index[split]
         checked[split] = len(records)
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -116,9 +116,9 @@ def apply_policy(index: dict, report: dict, policy: str) -> tuple[dict, dict]:
             f"data/08_reporting/{index['task']}/validation.json)",
         )
     bad = {(f["split"], f["image"]) for f in findings if f["image"]}
-    clean = {k: v for k, v in index.items() if k not in (*SPLITS, "problems")}
+    clean = {k: v for k, v in index.items() if k not in (*ALL_SPLITS, "problems")}
     summary = {}
-    for split in SPLITS:
+    for split in splits_of(index):
         clean[split] = [r for r in index[split] if (split, r["image"]) not in bad]
         summary[split] = {"kept": len(clean[split]), "dropped": len(index[split]) - len(clean[split])}
         if not clean[split]:

@@ -35,6 +35,7 @@ from visionpipe.tasks.base import (
 class SegmentationData(DataConfig, CocoFilesMixin):
     format: Literal["masks", "coco"] = "masks"
     ignore_index: int = 255  # mask value excluded from loss and metrics
+    sampler: Literal["random"] = "random"  # balanced needs per-image class labels, which masks do not give cheaply
 
 
 class LossConfig(_Strict):
