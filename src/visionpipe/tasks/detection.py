@@ -160,7 +160,7 @@ def _builder_keys(name: str) -> list[str]:
     from visionpipe.tasks.base import signature_keys
 
     keys = set(signature_keys(torchvision.models.get_model_builder(name))) | set(_TRANSFORM_KEYS) | set(_OWN_KEYS)
-    for cls in (tvd.FasterRCNN, tvd.RetinaNet, tvd.FCOS, tvd.SSD, tvd.MaskRCNN, tvd.KeypointRCNN):
+    for cls in (tvd.FasterRCNN, tvd.RetinaNet, tvd.FCOS, tvd.ssd.SSD, tvd.MaskRCNN, tvd.KeypointRCNN):  # SSD is not re-exported
         if cls.__name__.lower() in name.replace("_", "").lower():
             keys |= set(signature_keys(cls))
     return sorted(keys - {"weights", "weights_backbone", "progress"})
