@@ -47,23 +47,51 @@ def _equal(a, b):
 
 # ---------------------------------------------------------------- freezing and parameter groups
 
-def test_frozen_backbone_is_unchanged_bit_for_bit_then_trains(tmp_path):
-    cfg, index, aug = _prepare(tmp_path, train={"epochs": 2, "freeze_backbone_epochs": 1, **NO_SCHEDULE})
+def _head_state(trainer):
+    inside = {id(p) for p in trainer.backbone.parameters()}
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if id(p) not in inside}
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_frozen_backbone_is_unchanged_bit_for_bit_then_trains(tmp_path, task):
+    cfg, index, aug = _prepare(tmp_path, task, train={"epochs": 2, "freeze_backbone_epochs": 1, **NO_SCHEDULE})
     snapshots = []
 
     class Snapshot(Callback):
         def on_epoch_end(self, epoch, metrics):
-            snapshots.append((_state(trainer.backbone), _state(trainer.model.get_classifier())))
+            snapshots.append((_state(trainer.backbone), _head_state(trainer)))
 
-    trainer, train_ds, val_ds = _trainer(cfg, index, aug, callbacks=[Snapshot()])
-    backbone0, head0 = _state(trainer.backbone), _state(trainer.model.get_classifier())
+    trainer, train_ds, val_ds = _trainer(cfg, index, aug, task, callbacks=[Snapshot()])
+    backbone0, head0 = _state(trainer.backbone), _head_state(trainer)
     assert any("running_mean" in k for k in backbone0)  # BatchNorm statistics are part of what must not move
     trainer.fit(train_ds, val_ds)
     (backbone1, head1), (backbone2, _) = snapshots
     assert _equal(backbone0, backbone1)  # parameters and BN running stats untouched while frozen
-    assert not _equal(head0, head1)  # the head trained
+    assert not _equal(head0, head1)  # the rest trained
     changed = [k for k in backbone1 if not torch.equal(backbone1[k], backbone2[k])]
     assert any(k.endswith("weight") for k in changed) and any("running_mean" in k for k in changed)
+
+
+def test_each_task_names_its_backbone(tmp_path):
+    from visionpipe.tasks.detection import DetectionTask, TimmFPN
+    from visionpipe.tasks.segmentation import SegmentationTask
+
+    cls_cfg, cls_index, _ = _prepare(tmp_path)
+    task = get_task(stages.make_spec("classification", cls_cfg, cls_index["classes"]))
+    model = task.build_model()
+    backbone, head = {id(p) for p in task.backbone(model).parameters()}, {id(p) for p in model.get_classifier().parameters()}
+    assert not backbone & head and backbone | head == {id(p) for p in model.parameters()}
+
+    seg_cfg = parse_task_config("segmentation", task_params("segmentation"))
+    seg = get_task(stages.make_spec("segmentation", seg_cfg, ["bg", "a"]))
+    seg_model = seg.build_model()
+    assert isinstance(seg, SegmentationTask) and seg.backbone(seg_model) is seg_model.encoder
+
+    det_cfg = parse_task_config("detection", task_params("detection"))
+    det = get_task(stages.make_spec("detection", det_cfg, ["a"]))
+    det_model = det.build_model()
+    assert isinstance(det, DetectionTask) and isinstance(det_model.backbone, TimmFPN)
+    assert det.backbone(det_model) is det_model.backbone.body  # the timm body; the FPN and heads are trained from the start
 
 
 def test_backbone_group_has_scaled_lr_and_groups_cover_the_model(tmp_path):
