@@ -86,6 +86,9 @@ def main() -> None:
     parser.add_argument("--freeze-epochs", type=int, default=1)
     parser.add_argument("--backbone-lr-scale", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", default="a_scratch,b_finetune,c_finetune_ema_mixup",
+                        help="comma-separated; also b0_finetune_plain (pretrained, no freezing, full backbone lr)")
+    parser.add_argument("--cache", type=Path, default=None, help="keep the digits 0-4 weights here and reuse them")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -97,20 +100,23 @@ def main() -> None:
         write_split(source, images, labels, range(5), {"train": args.pretrain_per_class, "val": 100}, rng)
         write_split(target, images, labels, range(5, 10), {"train": args.train_per_class, "val": args.val_per_class}, rng)
 
-        pre = run("pretrain", source, tmp, args, train={"epochs": args.pretrain_epochs})
-        weights = tmp / "digits0-4.safetensors"
-        save_weights(pre.pop("bundle")["state_dict"], weights)
-        emit({"benchmark": "recipes", **pre})
+        weights = (args.cache or tmp) / f"digits0-4_{args.model}_{args.image_size}_{args.pretrain_per_class}_{args.seed}.safetensors"
+        if not weights.is_file():
+            pre = run("pretrain", source, tmp, args, train={"epochs": args.pretrain_epochs})
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            save_weights(pre.pop("bundle")["state_dict"], weights)
+            emit({"benchmark": "recipes", **pre})
 
         pretrained = {"model": {"name": args.model, "pretrained_path": str(weights), "kwargs": {"reset_head": True}}}
         finetune = {"freeze_backbone_epochs": args.freeze_epochs, "backbone_lr_scale": args.backbone_lr_scale}
         runs = [
             ("a_scratch", {}),
+            ("b0_finetune_plain", pretrained),
             ("b_finetune", {**pretrained, "train": finetune}),
             ("c_finetune_ema_mixup", {**pretrained, "train": {**finetune, "ema": {"enabled": True, "decay": 0.99, "warmup": True}},
                                       "augment_batch": {"mixup_alpha": 0.2, "cutmix_alpha": 0.0}}),
         ]
-        for name, override in runs:
+        for name, override in (r for r in runs if r[0] in args.runs.split(",")):
             result = run(name, target, tmp, args, **override)
             result.pop("bundle")
             emit({"benchmark": "recipes", **result, "model": args.model, "image_size": args.image_size})

@@ -381,3 +381,24 @@ def test_pretrained_path_is_used_instead_of_the_hub(tmp_path):
     save_weights(source.state_dict(), tmp_path / "w.safetensors")
     loaded = build_classifier({"name": "resnet10t", "pretrained": True, "pretrained_path": str(tmp_path / "w.safetensors")}, 3)
     assert _equal(source.state_dict(), loaded.state_dict())
+
+
+@pytest.mark.slow  # an MLflow sqlite store takes seconds to create
+def test_early_stop_event_reaches_mlflow(tmp_path):
+    import mlflow
+
+    from visionpipe.tracking.callbacks import MlflowEpochLogger
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run() as run:
+            logger_cb = MlflowEpochLogger(run.info.run_id)
+            logger_cb.on_epoch_end(3, {"train_loss": 0.5, "top1": 0.4, "early_stop_epoch": 3, "early_stop_best_epoch": 1, "epoch": 3})
+            logger_cb.on_early_stop(3, 1)
+            logger_cb.on_fit_end(None)
+        data = mlflow.get_run(run.info.run_id).data
+        assert data.metrics["early_stop/epoch"] == 3 and data.metrics["early_stop/best_epoch"] == 1
+        assert data.tags["visionpipe.early_stop"] == "after epoch 3 (best epoch 1)"
+        assert "val/early_stop_epoch" not in data.metrics and data.metrics["val/top1"] == 0.4
+    finally:
+        mlflow.set_tracking_uri(None)

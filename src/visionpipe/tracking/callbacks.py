@@ -14,7 +14,7 @@ from visionpipe.engine.trainer import Callback
 logger = logging.getLogger(__name__)
 
 # engine history keys -> MLflow metric names; evaluator keys become val/<key>
-_TRAIN_KEYS = {"early_stop_epoch": "early_stop/epoch", "early_stop_best_epoch": "early_stop/best_epoch", "train_loss": "train/loss", "lr": "train/lr", "epoch_time_s": "train/epoch_time_s", "images_per_s": "train/images_per_s"}
+_TRAIN_KEYS = {"train_loss": "train/loss", "lr": "train/lr", "epoch_time_s": "train/epoch_time_s", "images_per_s": "train/images_per_s"}
 
 
 def epoch_metric_name(key: str) -> str:
@@ -69,7 +69,8 @@ class MlflowEpochLogger(Callback):
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         import mlflow
 
-        values = {epoch_metric_name(k): float(v) for k, v in metrics.items() if k != "epoch" and isinstance(v, (int, float))}
+        values = {epoch_metric_name(k): float(v) for k, v in metrics.items()
+                  if k != "epoch" and not k.startswith("early_stop") and isinstance(v, (int, float))}  # early stop: on_early_stop
         mlflow.log_metrics(values, step=epoch, run_id=self.run_id, synchronous=False)
 
     def on_early_stop(self, epoch: int, best_epoch: int) -> None:
