@@ -189,8 +189,9 @@ class Trainer:
                 raise TrainingError(f"{path}: checkpoint has no EMA weights (written with train.ema.enabled: false). "
                                     "Delete it or set train.resume: false")
             self.ema.module.load_state_dict(state["ema"])
-        stopper.load_state_dict(state["early_stopping"])
-        self.updates = state["updates"]
+        if "early_stopping" in state:  # checkpoints written before early stopping existed have none
+            stopper.load_state_dict(state["early_stopping"])
+        self.updates = state.get("updates", 0)  # only EMA reads it, and an EMA resume needs a checkpoint with one
         set_rng_state(state["rng"])
         logger.info("Resumed from %s after epoch %d", path, state["epoch"])
         return state
