@@ -26,7 +26,9 @@ from _common import emit  # noqa: E402
 
 from visionpipe import stages  # noqa: E402
 from visionpipe.config import parse_task_config  # noqa: E402
-from visionpipe.engine.checkpoint import save_weights  # noqa: E402
+import timm  # noqa: E402
+
+from visionpipe.engine.checkpoint import load_weights, save_weights  # noqa: E402
 
 
 def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +109,12 @@ def main() -> None:
             save_weights(pre.pop("bundle")["state_dict"], weights)
             emit({"benchmark": "recipes", **pre})
 
-        pretrained = {"model": {"name": args.model, "pretrained_path": str(weights), "kwargs": {"reset_head": True}}}
+        # a new task gets a new head: keep only the backbone of the digits 0-4 model (the head would otherwise load,
+        # since both tasks have 5 classes, and start fine-tuning from the old classes' decision boundaries)
+        backbone = tmp / "digits0-4_backbone.safetensors"
+        head = timm.create_model(args.model, pretrained=False).pretrained_cfg["classifier"]
+        save_weights({k: v for k, v in load_weights(weights).items() if not k.startswith(f"{head}.")}, backbone)
+        pretrained = {"model": {"name": args.model, "pretrained_path": str(backbone)}}
         finetune = {"freeze_backbone_epochs": args.freeze_epochs, "backbone_lr_scale": args.backbone_lr_scale}
         runs = [
             ("a_scratch", {}),

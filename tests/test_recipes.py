@@ -19,6 +19,7 @@ from visionpipe.tasks import get_task
 from visionpipe.tasks.classification import ClassificationEvaluator, ClassificationTask, build_classifier
 
 NO_SCHEDULE = {"scheduler": "none", "warmup_epochs": 0}
+SMALL = {"builtin": {"train_images": 8, "val_images": 6}}  # for scripted metrics: the data only has to flow
 
 
 def _prepare(tmp_path, task="classification", **override):
@@ -170,7 +171,8 @@ class _StopAfterFirstEpoch(Callback):
 
 def test_resume_with_ema_equals_an_uninterrupted_run(tmp_path):
     ema = {"enabled": True, "decay": 0.95, "warmup": True}
-    full_cfg, index, aug = _prepare(tmp_path, train={"epochs": 3, "ema": ema, "checkpoint_dir": str(tmp_path / "full")})
+    full_cfg, index, aug = _prepare(tmp_path, data={"builtin": {"train_images": 16, "val_images": 6}},
+                                    train={"epochs": 2, "ema": ema, "checkpoint_dir": str(tmp_path / "full")})
     full_bundle, full_hist = stages.train("classification", index, aug, full_cfg, callbacks=[])
     cut_cfg = full_cfg.model_copy(update={"train": full_cfg.train.model_copy(update={"checkpoint_dir": str(tmp_path / "cut")})})
     with pytest.raises(KeyboardInterrupt):
@@ -205,7 +207,7 @@ def _scripted_top1(monkeypatch, values):
 
 
 def test_patience_stops_training_and_reports_the_stop(tmp_path, monkeypatch):
-    cfg, index, aug = _prepare(tmp_path, train={"epochs": 8, "patience": 2, "min_delta": 0.01, "checkpoint_dir": str(tmp_path / "ck")})
+    cfg, index, aug = _prepare(tmp_path, data=SMALL, train={"epochs": 8, "patience": 2, "min_delta": 0.01, "checkpoint_dir": str(tmp_path / "ck")})
     _scripted_top1(monkeypatch, [0.1, 0.5, 0.505, 0.49, 0.9, 0.9, 0.9, 0.9])
     events = []
 
@@ -224,7 +226,7 @@ def test_patience_stops_training_and_reports_the_stop(tmp_path, monkeypatch):
 
 
 def test_plateau_scheduler_lowers_lr_on_the_selection_metric(tmp_path, monkeypatch):
-    cfg, index, aug = _prepare(tmp_path, train={"epochs": 4, "scheduler": "plateau", "warmup_epochs": 0, "plateau_patience": 1,
+    cfg, index, aug = _prepare(tmp_path, data=SMALL, train={"epochs": 4, "scheduler": "plateau", "warmup_epochs": 0, "plateau_patience": 1,
                                                "gamma": 0.5, "lr": 0.01})
     _scripted_top1(monkeypatch, [0.5, 0.5, 0.5, 0.5])
     _, history = stages.train("classification", index, aug, cfg, callbacks=[])
