@@ -31,7 +31,8 @@ class Evaluator(Protocol):
 
 
 class TaskAdapter(Protocol):
-    """What the loop needs from a task (see visionpipe.tasks.base.Task)."""
+    """What the loop needs from a task (see visionpipe.tasks.base.Task). Optional, read with getattr:
+    ``backbone(model)``, ``param_groups(model, cfg)`` and ``train_batch(batch, epoch)``."""
 
     primary_metric: str
 
