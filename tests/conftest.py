@@ -70,3 +70,14 @@ def save_image(path: Path, size=(16, 16), mode="RGB", value=128) -> Path:
     else:
         Image.new(mode, size, value if mode in ("L", "P") else (value,) * len(mode)).save(path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_active_mlflow_experiment_leaks():
+    """`mlflow.set_experiment` in one test must not point a later test's fresh store at an experiment id
+    it does not have (MLflow keeps it in a module global and in MLFLOW_EXPERIMENT_ID)."""
+    yield
+    from mlflow.tracking import fluent
+
+    fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)

@@ -7,7 +7,7 @@ error for that task instead of a setting silently ignored.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -44,6 +44,8 @@ class DataConfig(_Strict):
     format: str
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 0  # seeds the val_fraction split of the user's data (the built-in data has builtin.seed)
+    # hold out this share of the train split as a test split when the data has none (null: no test split)
+    test_fraction: float | None = Field(None, gt=0.0, lt=1.0)
     classes: list[str] | None = None
     builtin: BuiltinDataConfig = BuiltinDataConfig()
     # validation policy: strict fails on the first bad file set, skip drops bad files and reports them
@@ -52,6 +54,8 @@ class DataConfig(_Strict):
     # the same or nearly the same image in two splits: a warning finding, or fatal with "error"
     leakage: Literal["warn", "error"] = "warn"
     num_workers: int | Literal["auto"] = "auto"
+    # random: shuffle; balanced: draw images with probability inverse to their class frequency (DDP-aware)
+    sampler: Literal["random", "balanced"] = "random"
 
 
 class CocoFilesMixin(BaseModel):
@@ -61,6 +65,8 @@ class CocoFilesMixin(BaseModel):
     val_annotations: str = "annotations/instances_val.json"
     train_images: str = "images/train"
     val_images: str = "images/val"
+    test_annotations: str = "annotations/instances_test.json"  # optional: read when the file exists
+    test_images: str = "images/test"
 
 
 class ModelConfig(_Strict):
@@ -68,8 +74,21 @@ class ModelConfig(_Strict):
 
     name: str
     backbone: str | None = None  # detection: timm backbone; segmentation: smp encoder (or tu-<timm>)
-    pretrained_path: str | None = None
+    pretrained: bool = False  # the architecture's published weights through timm / smp / torchvision (their hub cache)
+    pretrained_path: str | None = None  # a local weights file; used instead of the hub when set
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+# loss weight per class: null (all 1), auto (inverse class frequency in the train split) or one positive number per class
+ClassWeights = Literal["auto"] | list[Annotated[float, Field(gt=0)]] | None
+
+
+class EmaConfig(_Strict):
+    """Exponential moving average of the weights (timm's ModelEmaV3)."""
+
+    enabled: bool = False
+    decay: float = Field(0.9998, gt=0, lt=1)
+    warmup: bool = True  # ramp the decay up over the first steps, so early weights are not averaged in for long
 
 
 class TrainConfig(_Strict):
@@ -80,10 +99,16 @@ class TrainConfig(_Strict):
     optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    scheduler: Literal["none", "cosine", "step", "onecycle"] = "cosine"
+    scheduler: Literal["none", "cosine", "step", "onecycle", "plateau"] = "cosine"
     warmup_epochs: int = Field(0, ge=0)
     step_size: int = Field(10, ge=1)
-    gamma: float = Field(0.1, gt=0)
+    gamma: float = Field(0.1, gt=0)  # step: lr factor every step_size epochs; plateau: lr factor on a plateau
+    plateau_patience: int = Field(2, ge=0)  # plateau: epochs without improvement of the selection metric before lr x gamma
+    freeze_backbone_epochs: int = Field(0, ge=0)  # backbone (BatchNorm statistics too) frozen for the first N epochs
+    backbone_lr_scale: float = Field(1.0, gt=0)  # backbone learning rate = lr x backbone_lr_scale
+    ema: EmaConfig = EmaConfig()
+    patience: int | None = Field(None, ge=1)  # early stopping: epochs without improvement of the selection metric
+    min_delta: float = Field(0.0, ge=0)  # early stopping: smaller changes of the selection metric are not improvements
     seed: int = 42
     device: Literal["auto", "cpu", "cuda", "mps"] | str = "auto"
     amp: bool | Literal["auto", "bf16", "fp16"] = "auto"
@@ -99,6 +124,12 @@ class TrainConfig(_Strict):
     aspect_ratio_group_factor: int = Field(0, ge=0)
     close_mosaic_epochs: int = Field(0, ge=0)  # albumentations' Mosaic (in augment) is off for the last N epochs
     progress_bar: bool = True
+
+    @model_validator(mode="after")
+    def _plateau(self):
+        if self.scheduler == "plateau" and self.warmup_epochs:
+            raise ValueError("scheduler 'plateau' steps once an epoch on the selection metric and has no warm-up; set warmup_epochs: 0")
+        return self
 
     @field_validator("device")
     @classmethod

@@ -75,12 +75,38 @@ def make_spec(task: str, cfg: TaskConfig, classes: list[str], category_ids: list
     return get_task_class(task).make_spec(cfg, classes, category_ids)
 
 
+def gate_metric(metric: str, metrics: dict[str, Any]) -> str:
+    """The metrics key the champion gate compares: ``registry.metric`` on the test split when the
+    evaluation has one (the val split chose the epoch, so it flatters every model), else on val."""
+    from visionpipe.errors import ConfigError
+
+    if metric.startswith("test/"):
+        if metric not in metrics:
+            raise ConfigError(f"registry.metric '{metric}' needs a test split: add root/test in the data's layout or set data.test_fraction")
+        return metric
+    return f"test/{metric}" if f"test/{metric}" in metrics else metric
+
+
+def sample_weights(task: str, index: dict, cfg: TaskConfig) -> list[float] | None:
+    """Per training record, its draw weight under ``data.sampler: balanced`` (None: shuffle)."""
+    if cfg.data.sampler == "random":
+        return None
+    from visionpipe.engine.recipes import balanced_sample_weights
+    from visionpipe.errors import ConfigError
+
+    labels = [get_task_class(task).record_labels(r) for r in index["train"]]
+    if any(item is None for item in labels):
+        raise ConfigError(f"{task}.data.sampler: balanced needs per-image class labels, which {task} records do not give; use random")
+    return balanced_sample_weights(labels, len(index["classes"]))
+
+
 def train(task: str, index: dict, aug: dict, cfg: TaskConfig, callbacks: list[Callback] | None = None) -> tuple[dict, list[dict]]:
     """Train on ``index['train']``, select the best epoch on ``index['val']`` by ``registry.metric``;
     return the best model bundle and the history. ``callbacks`` (e.g. MLflow logging) come from the node."""
     tc = cfg.train
     seed_everything(tc.seed, tc.deterministic)
     spec = make_spec(task, cfg, index["classes"], index.get("category_ids"))
+    spec.update(get_task_class(task).training_spec(cfg, index))
     task_obj = get_task(spec)
     model = task_obj.build_model()
     runtime = resolve_runtime(tc, cfg.data)
@@ -94,7 +120,8 @@ def train(task: str, index: dict, aug: dict, cfg: TaskConfig, callbacks: list[Ca
     from visionpipe.run_state import checkpoint_extra
 
     trainer = Trainer(adapter, model, tc, runtime, ckpt_dir, list(callbacks or []), signature, records=index["val"],
-                      selection=(cfg.registry.metric.removeprefix("test/"), cfg.registry.greater), checkpoint_extra=checkpoint_extra())
+                      selection=(cfg.registry.metric.removeprefix("test/"), cfg.registry.greater),
+                      sample_weights=sample_weights(task, index, cfg), checkpoint_extra=checkpoint_extra())
     result = trainer.fit(train_ds, val_ds)
     spec["best_epoch"] = result.best_epoch + 1  # 1-based like history.csv and the MLflow steps
     spec["runtime"] = {"device": str(runtime.device), "amp": runtime.amp_name, "channels_last": runtime.channels_last,
@@ -111,7 +138,8 @@ def serving_bundle(bundle: dict, cfg: TaskConfig) -> dict:
 
 def evaluate(task: str, index: dict, aug: dict, bundle: dict, cfg: TaskConfig) -> tuple[dict[str, Any], Any, Any]:
     """Run the model on the whole val split with the evaluation settings in ``cfg`` (read now, not at
-    training); return (metrics, evaluator with predictions, task object)."""
+    training); return (metrics, evaluator with predictions, task object). When the data has a test
+    split, its metrics are added with a ``test/`` prefix (the val split chose the epoch; test did not)."""
     bundle = serving_bundle(bundle, cfg)
     task_obj = get_task(bundle["spec"])
     model = task_obj.build_model()
@@ -126,5 +154,11 @@ def evaluate(task: str, index: dict, aug: dict, bundle: dict, cfg: TaskConfig) -
     metrics = evaluator.compute()
     metrics["eval_time_s"] = time.perf_counter() - start
     metrics["val_images"] = len(val_ds)
+    if index.get("test"):
+        test_adapter, _, test_ds = task_obj.datasets(index, aug, cfg, eval_split="test")
+        test_trainer = Trainer(test_adapter, model, trainer.cfg, runtime, records=index["test"])
+        _, test_loader, _ = test_trainer.loaders(test_ds, test_ds)
+        metrics.update({f"test/{k}": v for k, v in test_trainer.evaluate(test_loader).compute().items()})
+        metrics["test_images"] = len(test_ds)
     metrics["evaluation"] = cfg.evaluation.model_dump()
     return metrics, evaluator, task_obj

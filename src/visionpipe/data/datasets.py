@@ -6,10 +6,12 @@ count and order, so a resumed or distributed run sees exactly the augmentations 
 
 from __future__ import annotations
 
+import math
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
 from torch.utils.data import Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
@@ -85,3 +87,27 @@ class ShardSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class BalancedSampler(Sampler):
+    """Class-balanced sampling: each epoch draws ``n`` indices with replacement, with probability
+    proportional to ``weights`` (see ``engine.recipes.balanced_sample_weights``), from a generator
+    seeded by (seed, epoch) so every rank draws the same list; rank r keeps every world_size-th
+    index from r. Indices carry the epoch, as in :class:`EpochSampler`."""
+
+    def __init__(self, weights: list[float], seed: int, rank: int = 0, world_size: int = 1):
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.per_rank = math.ceil(len(weights) / world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        drawn = torch.multinomial(self.weights, self.per_rank * self.world_size, replacement=True, generator=gen).tolist()
+        return ((i, self.epoch) for i in drawn[self.rank::self.world_size])
+
+    def __len__(self) -> int:
+        return self.per_rank

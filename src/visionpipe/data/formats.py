@@ -2,7 +2,10 @@
 
 The index is a JSON-serialisable dict::
 
-    {"task", "format", "root", "classes", "train": [record, ...], "val": [...], "problems": [...]}
+    {"task", "format", "root", "classes", "train": [record, ...], "val": [...], ["test": [...]], "problems": [...]}
+
+``test`` is optional: present when the data's layout has a test split (or ``data.test_fraction`` holds
+one out of train); iterate an index's splits with :func:`splits_of`.
 
 with records, paths relative to ``root``:
 
@@ -35,6 +38,12 @@ from visionpipe.errors import DataError
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
+ALL_SPLITS = ("train", "val", "test")  # test is optional: see splits_of
+
+
+def splits_of(index: dict) -> tuple[str, ...]:
+    """The splits an index holds: train and val, and test when the data has one."""
+    return tuple(s for s in ALL_SPLITS if s in index)
 
 
 def _problem(split: str, file: str, problem: str, image: str | None = None) -> dict[str, Any]:
@@ -76,7 +85,8 @@ def read_imagefolder(root: Path, val_fraction: float, seed: int, classes: list[s
     presplit = (root / "train").is_dir() and (root / "val").is_dir()
     problems: list[dict] = []
     if presplit:
-        class_dirs = {s: sorted(p for p in (root / s).iterdir() if p.is_dir() and not p.name.startswith(".")) for s in SPLITS}
+        present = (*SPLITS, "test") if (root / "test").is_dir() else SPLITS
+        class_dirs = {s: sorted(p for p in (root / s).iterdir() if p.is_dir() and not p.name.startswith(".")) for s in present}
         found = [p.name for p in class_dirs["train"]]
     else:
         class_dirs = {"all": sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))}
@@ -129,9 +139,10 @@ def read_coco(root: Path, data_cfg, annotations: str = "boxes", background: bool
     per object) or ``instances`` (both). ``background``: class index 0 is a background class.
     """
     _require_dir(root, "data root", "Set data.root to a COCO-layout folder")
-    ann_files = {"train": data_cfg.train_annotations, "val": data_cfg.val_annotations}
-    image_dirs = {"train": data_cfg.train_images, "val": data_cfg.val_images}
-    contents = {s: _load_json(root / ann_files[s]) for s in SPLITS}
+    ann_files = {"train": data_cfg.train_annotations, "val": data_cfg.val_annotations, "test": data_cfg.test_annotations}
+    image_dirs = {"train": data_cfg.train_images, "val": data_cfg.val_images, "test": data_cfg.test_images}
+    present = (*SPLITS, "test") if (root / ann_files["test"]).is_file() else SPLITS  # the test split is optional
+    contents = {s: _load_json(root / ann_files[s]) for s in present}
     categories = _same_categories(root, ann_files, contents)
     names = [c["name"] for c in categories]
     cat_index = {c["id"]: i for i, c in enumerate(categories)}
@@ -139,7 +150,7 @@ def read_coco(root: Path, data_cfg, annotations: str = "boxes", background: bool
     with_boxes, with_segments = annotations in ("boxes", "instances"), annotations in ("segments", "instances")
     problems: list[dict] = []
     out: dict[str, list] = {}
-    for split in SPLITS:
+    for split in present:
         ann_path = root / ann_files[split]
         content = contents[split]
         image_dir = root / image_dirs[split]
@@ -258,8 +269,9 @@ def read_voc(root: Path, val_fraction: float, seed: int, classes: list[str] | No
                 rec["labels"].append(class_index[name])
     sets = root / "ImageSets" / "Main"
     if (sets / "train.txt").is_file() and (sets / "val.txt").is_file():
-        ids = {s: {line.split()[0] for line in (sets / f"{s}.txt").read_text().splitlines() if line.strip()} for s in SPLITS}
-        splits = {s: [r for r in records if r["_id"] in ids[s]] for s in SPLITS}
+        present = (*SPLITS, "test") if (sets / "test.txt").is_file() else SPLITS
+        ids = {s: {line.split()[0] for line in (sets / f"{s}.txt").read_text().splitlines() if line.strip()} for s in present}
+        splits = {s: [r for r in records if r["_id"] in ids[s]] for s in present}
     else:
         splits = dict(zip(SPLITS, _split_stratified(records, lambda r: r["labels"][0] if r["labels"] else -1, val_fraction, seed)))
     for recs in splits.values():
@@ -399,7 +411,7 @@ def read_mask_folders(root: Path, classes: list[str] | None) -> dict:
     """``root/{train,val}/images/*`` matched by stem with ``root/{train,val}/masks/*.png``."""
     problems: list[dict] = []
     out: dict[str, list] = {}
-    for split in SPLITS:
+    for split in (*SPLITS, "test") if (root / "test" / "images").is_dir() else SPLITS:
         img_dir, mask_dir = root / split / "images", root / split / "masks"
         _require_dir(img_dir, f"{split}/images folder", "Mask data needs <root>/train/images, <root>/train/masks, <root>/val/images and <root>/val/masks")
         _require_dir(mask_dir, f"{split}/masks folder", "Mask data needs a masks folder beside each images folder, PNGs named like the images")
@@ -428,12 +440,29 @@ def read_dataset(task: str, root: str | Path, data_cfg) -> dict:
     root = Path(root).resolve()
     if not root.exists():
         raise DataError(root, "data root does not exist", f"Create it or fix {task}.data.root (null uses the built-in data)")
-    index = get_task_class(task).read(root, data_cfg)
+    task_cls = get_task_class(task)
+    index = task_cls.read(root, data_cfg)
+    hold_out_test(index, data_cfg, task_cls.record_labels)
     index.update(task=task, format=data_cfg.format, root=str(root))
     index["fingerprint"] = fingerprint(root, index)
-    logger.info("Read %s data from %s: %d train, %d val, %d classes, %d problems",
-                data_cfg.format, root, len(index["train"]), len(index["val"]), len(index["classes"]), len(index["problems"]))
+    logger.info("Read %s data from %s: %d train, %d val, %s test, %d classes, %d problems",
+                data_cfg.format, root, len(index["train"]), len(index["val"]), len(index["test"]) if "test" in index else "no",
+                len(index["classes"]), len(index["problems"]))
     return index
+
+
+def hold_out_test(index: dict, data_cfg, record_labels) -> None:
+    """``data.test_fraction``: hold out that share of the train split as the test split (stratified by
+    each record's first label, seeded by ``data.split_seed``), unless the data already has a test split."""
+    fraction = getattr(data_cfg, "test_fraction", None)
+    if not fraction or "test" in index:
+        return
+
+    def key(rec):
+        labels = record_labels(rec)
+        return labels[0] if labels else -1
+
+    index["train"], index["test"] = _split_stratified(index["train"], key, fraction, data_cfg.split_seed + 1)
 
 
 def fingerprint(root: Path, index: dict) -> str:
@@ -442,7 +471,7 @@ def fingerprint(root: Path, index: dict) -> str:
     DVC hashes content; when ``<root>.dvc`` exists its md5 is the data version (see lineage).
     """
     h = hashlib.md5()
-    for split in SPLITS:
+    for split in splits_of(index):
         for rec in index[split]:
             h.update(json.dumps(rec, sort_keys=True).encode())
             for key in ("image", "mask"):

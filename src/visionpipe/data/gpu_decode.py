@@ -170,7 +170,7 @@ class DeviceDecodingTask:
         return images.contiguous(memory_format=fmt), labels.to(runtime.device, non_blocking=True), indices
 
 
-def device_decoding(task_obj, index: dict, aug: dict, cfg) -> tuple[DeviceDecodingTask, EncodedImageDataset, EncodedImageDataset]:
+def device_decoding(task_obj, index: dict, aug: dict, cfg, eval_split: str = "val") -> tuple[DeviceDecodingTask, EncodedImageDataset, EncodedImageDataset]:
     """(task adapter, train dataset, val dataset) for ``data.decode: gpu`` (a task's ``datasets``).
 
     Images and class labels only: segmentation would add the mask to the same v2 geometry
@@ -181,4 +181,4 @@ def device_decoding(task_obj, index: dict, aug: dict, cfg) -> tuple[DeviceDecodi
     seed, max_px = cfg.train.seed, cfg.data.max_image_pixels
     adapter = DeviceDecodingTask(task_obj, DeviceTransform(cfg.augment, size, mean, std, train=True, seed=seed, block=task),
                                  DeviceTransform([], size, mean, std, train=False, seed=seed, block=task))
-    return adapter, EncodedImageDataset(index, "train", True, max_px), EncodedImageDataset(index, "val", False, max_px)
+    return adapter, EncodedImageDataset(index, "train", True, max_px), EncodedImageDataset(index, eval_split, False, max_px)

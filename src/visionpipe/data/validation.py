@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from visionpipe.data import quality
-from visionpipe.data.formats import SPLITS
+from visionpipe.data.formats import ALL_SPLITS, SPLITS, splits_of
 from visionpipe.data.shards import load_record_mask, load_record_rgb
 from visionpipe.errors import DataError
 
@@ -166,9 +166,9 @@ def apply_policy(index: dict, report: dict, policy: str) -> tuple[dict, dict]:
             f"data/08_reporting/{index['task']}/validation.json)",
         )
     bad = {(f["split"], f["image"]) for f in findings if f["image"]}
-    clean = {k: v for k, v in index.items() if k not in (*SPLITS, "problems")}
+    clean = {k: v for k, v in index.items() if k not in (*ALL_SPLITS, "problems")}
     summary = {}
-    for split in SPLITS:
+    for split in splits_of(index):
         clean[split] = [r for r in index[split] if (split, r["image"]) not in bad]
         summary[split] = {"kept": len(clean[split]), "dropped": len(index[split]) - len(clean[split])}
         if not clean[split]:

@@ -28,6 +28,12 @@ outputs                ``prediction_outputs`` (what evaluation writes beside met
                        ``inference_params``/``apply_params`` (prediction-time parameters)
 export                 ``export_onnx`` / ``onnx_forward``; ``compare_results`` (torch vs onnxruntime)
 configuration          ``config_model``: a pydantic model with ``extra="forbid"``
+fine-tuning            ``backbone`` (what ``train.freeze_backbone_epochs`` freezes and
+                       ``backbone_lr_scale`` scales; default: none), ``param_groups`` (optimizer
+                       groups; default: decay/no-decay x backbone/head), ``train_batch``
+                       (batch-level augmentation such as mixup; default: none),
+                       ``training_spec`` (loss settings resolved from the train split, such as
+                       ``class_weights: auto``; default: none)
 =====================  =====================================================================
 
 Adding a task means adding its module, its ``conf/base/parameters_<task>.yml``, its catalog
@@ -39,6 +45,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
+import os
 import re
 import warnings
 from pathlib import Path
@@ -98,6 +105,24 @@ def load_pretrained(model: torch.nn.Module, path: str, reset_head: bool, block: 
     model.load_state_dict(usable, strict=False)
     logger.info("Loaded %d tensors from %s (%d left at initialisation%s)", len(usable), path, len(missing),
                 f", head re-initialised: {sorted(mismatched)}" if mismatched else "")
+
+
+def hub_weights(load: Callable[[], Any], where: str, what: str) -> Any:
+    """Call a library's own pretrained-weights loader (timm / smp / torchvision, through their hub
+    cache); a failure to get the weights (offline, not cached, no such weights) is a ConfigError
+    saying how to get them."""
+    try:
+        return load()
+    except ConfigError:
+        raise
+    except Exception as err:  # each library raises its own (OSError, LocalEntryNotFoundError, URLError, RuntimeError)
+        first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
+        raise ConfigError(
+            f"{where}: the published weights of {what} could not be loaded{offline}: {type(err).__name__}: {first}. "
+            "Run once with network access so the library caches them (HF_HOME / TORCH_HOME), or download the weights file and "
+            f"set {where.rsplit('.', 1)[0]}.pretrained_path to it (a local file that can be tracked with DVC)"
+        ) from None
 
 
 def pop_reset_head(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -267,9 +292,9 @@ class Task:
         cls.check_mosaic(augment)
         return compose(augment, image_size, mean, std, train=train, block=cls.name)
 
-    def datasets(self, index: dict, aug: dict, cfg):
-        """(the loop's task adapter, train dataset, val dataset): decoded records through ``make_sample``
-        by default; a task may return another adapter (e.g. decoding on the device)."""
+    def datasets(self, index: dict, aug: dict, cfg, eval_split: str = "val"):
+        """(the loop's task adapter, train dataset, ``eval_split`` dataset): decoded records through
+        ``make_sample`` by default; a task may return another adapter (e.g. decoding on the device)."""
         from visionpipe.data import transforms
         from visionpipe.data.datasets import IndexDataset
 
@@ -277,7 +302,7 @@ class Task:
         max_px = cfg.data.max_image_pixels
         mosaic_epochs = cfg.train.epochs - cfg.train.close_mosaic_epochs  # Mosaic (if in augment) is off from this epoch on
         return (self, IndexDataset(index, "train", train_tf, self.make_sample, cfg.train.seed, max_px, mosaic_epochs=mosaic_epochs),
-                IndexDataset(index, "val", val_tf, self.make_sample, cfg.train.seed, max_px, for_eval=True))
+                IndexDataset(index, eval_split, val_tf, self.make_sample, cfg.train.seed, max_px, for_eval=True))
 
     @classmethod
     def check_mosaic(cls, augment: list[dict]) -> None:
@@ -325,6 +350,26 @@ class Task:
         """The training loss, or a dict of named terms: the trainer sums them, and records each as
         ``train_<term>`` beside ``train_loss`` (history.csv, MLflow)."""
         raise NotImplementedError
+
+    # -------------------------------------------------------------- fine-tuning
+    def backbone(self, model: torch.nn.Module) -> torch.nn.Module | None:
+        """The pretrained feature extractor inside ``model`` (None: the task names no backbone)."""
+        return None
+
+    def param_groups(self, model: torch.nn.Module, train_cfg) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; each has ``lr`` and ``name`` (``backbone`` or ``head``)."""
+        from visionpipe.engine.recipes import param_groups
+
+        return param_groups(model, self.backbone(model), train_cfg)
+
+    def train_batch(self, batch, epoch: int):
+        """Batch-level augmentation of a training batch already on the device (default: none)."""
+        return batch
+
+    @classmethod
+    def training_spec(cls, cfg, index: dict) -> dict[str, Any]:
+        """Loss settings resolved from the train split (``class_weights: auto``...), added to the spec."""
+        return {}
 
     def forward(self, model: torch.nn.Module, images: torch.Tensor):
         """The inference forward on a stacked batch of preprocessed images."""

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from visionpipe.config import DataConfig, TaskConfig, TTAEvaluationConfig, flip_tta
+from pydantic import Field
+
+from visionpipe.config import ClassWeights, DataConfig, TaskConfig, TrainConfig, TTAEvaluationConfig, _Strict, flip_tta
 from visionpipe.data import builtin, formats
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
@@ -19,6 +21,7 @@ from visionpipe.tasks.base import (
     Task,
     call_with_model_kwargs,
     close_matches,
+    hub_weights,
     load_pretrained,
     pop_reset_head,
     signature_keys,
@@ -32,9 +35,27 @@ class ClassificationData(DataConfig):
     decode: Literal["cpu", "gpu"] = "cpu"
 
 
+class ClassificationTrain(TrainConfig):
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    layer_decay: float | None = Field(None, gt=0, le=1)  # lr x layer_decay per layer from the head down (timm's groups)
+    class_weights: ClassWeights = None
+
+
+class AugmentBatchConfig(_Strict):
+    """Batch-level mixing with timm's Mixup (off while both alphas are 0)."""
+
+    mixup_alpha: float = Field(0.0, ge=0)
+    cutmix_alpha: float = Field(0.0, ge=0)
+    prob: float = Field(1.0, ge=0, le=1)  # probability of mixing a batch
+    switch_prob: float = Field(0.5, ge=0, le=1)  # with both alphas > 0: probability of cutmix instead of mixup
+    off_epoch: int | None = Field(None, ge=0)  # from this epoch (0-based) on, no mixing (null: never off)
+
+
 class ClassificationConfig(TaskConfig):
     data: ClassificationData
     evaluation: TTAEvaluationConfig = TTAEvaluationConfig()
+    train: ClassificationTrain = ClassificationTrain()
+    augment_batch: AugmentBatchConfig = AugmentBatchConfig()
 
 
 def build_classifier(model_cfg: dict[str, Any], num_classes: int, block: str = "classification") -> torch.nn.Module:
@@ -45,10 +66,16 @@ def build_classifier(model_cfg: dict[str, Any], num_classes: int, block: str = "
     kwargs, reset_head = pop_reset_head(model_cfg.get("kwargs") or {})
     if not timm.is_model(name):
         raise ConfigError(f"{block}.model.name: unknown timm model '{name}'.{close_matches(name, timm.list_models())}")
-    model = call_with_model_kwargs(
-        timm.create_model, kwargs, f"{block}.model.kwargs", model_name=name, pretrained=False, num_classes=num_classes,
-        accepted=lambda: signature_keys(type(timm.create_model(name, pretrained=False, num_classes=num_classes))),
-    )
+    hub = bool(model_cfg.get("pretrained")) and not model_cfg.get("pretrained_path")
+
+    def create():
+        return call_with_model_kwargs(
+            timm.create_model, kwargs, f"{block}.model.kwargs", model_name=name, pretrained=hub, num_classes=num_classes,
+            accepted=lambda: signature_keys(type(timm.create_model(name, pretrained=False, num_classes=num_classes))),
+        )
+
+    # timm replaces a head sized for other classes itself when it loads published weights
+    model = hub_weights(create, f"{block}.model.pretrained", f"timm model '{name}'") if hub else create()
     if model_cfg.get("pretrained_path"):
         load_pretrained(model, model_cfg["pretrained_path"], reset_head, block)
     return model
@@ -120,22 +147,86 @@ class ClassificationTask(Task):
     def relabel(cls, rec, new_index):
         return {**rec, "label": new_index[rec["label"]]} if rec["label"] in new_index else None
 
+    @classmethod
+    def training_spec(cls, cfg, index):
+        from visionpipe.engine.recipes import class_counts, resolve_class_weights
+
+        classes = index["classes"]
+        weights = resolve_class_weights(cfg.train.class_weights, classes,
+                                        lambda: class_counts((cls.record_labels(r) for r in index["train"]), len(classes)),
+                                        "classification.train.class_weights")
+        return {"label_smoothing": cfg.train.label_smoothing, "class_weights": weights, "augment_batch": cfg.augment_batch.model_dump()}
+
     def build_model(self) -> torch.nn.Module:
         return build_classifier(self.spec["model"], len(self.classes))
 
-    def datasets(self, index: dict, aug: dict, cfg):
+    def datasets(self, index: dict, aug: dict, cfg, eval_split: str = "val"):
         if cfg.data.decode == "gpu":  # workers read bytes; JPEGs decoded and augmented on the device
             from visionpipe.data import gpu_decode
 
-            return gpu_decode.device_decoding(self, index, aug, cfg)
-        return super().datasets(index, aug, cfg)
+            return gpu_decode.device_decoding(self, index, aug, cfg, eval_split)
+        return super().datasets(index, aug, cfg, eval_split)
+
+    def backbone(self, model):
+        """Everything but the classifier (timm's ``pretrained_cfg['classifier']``)."""
+        from visionpipe.engine.recipes import modules_except
+
+        head = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
+        if not head:
+            return None
+        return modules_except(model, head)
+
+    def param_groups(self, model, train_cfg):
+        """Layer decay with timm's ``param_groups_layer_decay`` when ``train.layer_decay`` is set."""
+        if getattr(train_cfg, "layer_decay", None) is None:
+            return super().param_groups(model, train_cfg)
+        from timm.optim import param_groups_layer_decay
+
+        from visionpipe.engine.recipes import backbone_ids, split_groups
+
+        skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+        groups = param_groups_layer_decay(model, train_cfg.weight_decay, no_weight_decay_list=skip, layer_decay=train_cfg.layer_decay)
+        return split_groups(groups, backbone_ids(self.backbone(model)), train_cfg.lr, train_cfg.backbone_lr_scale)
+
+    def _mixup(self, epoch: int):
+        cfg = self.spec.get("augment_batch") or {}
+        if not (cfg.get("mixup_alpha") or cfg.get("cutmix_alpha")) or (cfg.get("off_epoch") is not None and epoch >= cfg["off_epoch"]):
+            return None
+        if getattr(self, "_mixer", None) is None:
+            from timm.data import Mixup
+
+            self._mixer = Mixup(mixup_alpha=cfg["mixup_alpha"], cutmix_alpha=cfg["cutmix_alpha"], prob=cfg["prob"],
+                                switch_prob=cfg["switch_prob"], label_smoothing=self.spec.get("label_smoothing", 0.0),
+                                num_classes=len(self.classes))
+        return self._mixer
+
+    def train_batch(self, batch, epoch: int):
+        """Mixup / cutmix (timm's ``Mixup``) until ``augment_batch.off_epoch``: targets become soft (N, classes)."""
+        mixer = self._mixup(epoch)
+        if mixer is None:
+            return batch
+        images, labels, metas = batch
+        even = len(labels) - len(labels) % 2  # timm mixes pairs; an odd last image keeps its own (smoothed) target
+        mixed, soft = mixer(images[:even], labels[:even]) if even else (images[:0], labels.new_zeros((0, len(self.classes)), dtype=torch.float))
+        if even < len(labels):
+            from timm.data.mixup import mixup_target
+
+            tail = mixup_target(labels[even:], len(self.classes), 1.0, mixer.label_smoothing)
+            mixed, soft = torch.cat([mixed, images[even:]]), torch.cat([soft, tail])
+        return mixed, soft, metas
 
     def make_sample(self, pixels, record, root, transform, index, for_eval: bool = False):
         return transform(image=pixels)["image"], record["label"], {"index": index}
 
     def loss(self, model, batch) -> torch.Tensor:
+        """Cross-entropy with ``class_weights``; hard labels get ``label_smoothing``, soft targets (mixup,
+        already smoothed by it) are used as they are, as timm's SoftTargetCrossEntropy does."""
         images, labels, _ = batch
-        return F.cross_entropy(model(images), labels)
+        logits = model(images)
+        weights = self.spec.get("class_weights")
+        weight = torch.as_tensor(weights, dtype=torch.float, device=logits.device) if weights else None
+        smoothing = 0.0 if labels.is_floating_point() else self.spec.get("label_smoothing", 0.0)
+        return F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=smoothing)
 
     def forward(self, model, images):
         return flip_tta(model, images) if self.spec.get("evaluation", {}).get("tta") else model(images)

@@ -21,7 +21,7 @@ from visionpipe.data import builtin, formats
 from visionpipe.engine import distributed
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
-from visionpipe.tasks.base import Task, call_with_model_kwargs, close_matches, load_pretrained, pop_reset_head, timm_normalization
+from visionpipe.tasks.base import Task, call_with_model_kwargs, close_matches, hub_weights, load_pretrained, pop_reset_head, timm_normalization
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class DetectionConfig(TaskConfig):
 class TimmFPN(nn.Module):
     """Any timm CNN as a multi-scale body (``features_only``) under torchvision's FeaturePyramidNetwork."""
 
-    def __init__(self, name: str, out_channels: int = 128, out_indices=(-3, -2, -1), extra: str = "p6p7"):
+    def __init__(self, name: str, out_channels: int = 128, out_indices=(-3, -2, -1), extra: str = "p6p7", pretrained: bool = False):
         super().__init__()
         import timm
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
@@ -86,6 +86,9 @@ class TimmFPN(nn.Module):
         except Exception as err:  # timm raises RuntimeError/AssertionError/IndexError for models without those feature maps
             raise ConfigError(f"detection.model.backbone: '{name}' cannot serve multi-scale features at model.kwargs.out_indices "
                               f"{list(out_indices)} ({err}); pick a CNN such as resnet18 or other out_indices") from None
+        if pretrained:  # timm's published weights for the feature extractor, once the name is known to work
+            self.body = hub_weights(lambda: timm.create_model(name, pretrained=True, features_only=True, out_indices=tuple(out_indices)),
+                                    "detection.model.pretrained", f"timm model '{name}'")
         channels = self.body.feature_info.channels()
         strides = list(self.body.feature_info.reduction())
         blocks = LastLevelP6P7(out_channels, out_channels) if extra == "p6p7" else LastLevelMaxPool()
@@ -180,14 +183,21 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
             if not name.startswith(("fasterrcnn", "retinanet")):
                 raise ConfigError(f"{where}.anchor_sizes/anchor_aspect_ratios: only for fasterrcnn/retinanet models, not '{name}'")
             extra.update(_builder_anchors(name, kwargs))
-        model = call_with_model_kwargs(torchvision.models.get_model, kwargs, where, name=name, weights=None,
-                                       weights_backbone=None, num_classes=num_classes, image_mean=list(mean), image_std=list(std),
-                                       **extra, accepted=lambda: _builder_keys(name), check_first=True)
+        # pretrained: the builder's ImageNet backbone weights (its COCO heads are sized for COCO's 91 classes)
+        hub = bool(model_cfg.get("pretrained")) and not model_cfg.get("pretrained_path")
+
+        def create():
+            return call_with_model_kwargs(torchvision.models.get_model, kwargs, where, name=name, weights=None,
+                                          weights_backbone="DEFAULT" if hub else None, num_classes=num_classes, image_mean=list(mean),
+                                          image_std=list(std), **extra, accepted=lambda: _builder_keys(name), check_first=True)
+
+        model = hub_weights(create, "detection.model.pretrained", f"torchvision '{name}' backbone") if hub else create()
     else:
         if name not in TIMM_ARCHS:
             raise ConfigError(f"detection.model.name: with a timm backbone the detector is one of {list(TIMM_ARCHS)}, got '{name}'."
                               f"{close_matches(name, list(TIMM_ARCHS))}")
-        body = TimmFPN(backbone, out_channels, out_indices=out_indices, extra="pool" if name == "fasterrcnn" else "p6p7")
+        body = TimmFPN(backbone, out_channels, out_indices=out_indices, extra="pool" if name == "fasterrcnn" else "p6p7",
+                       pretrained=bool(model_cfg.get("pretrained")) and not model_cfg.get("pretrained_path"))
         common = dict(**sizes, image_mean=list(mean), image_std=list(std))
         if name == "fcos":
             if out_channels % 32:  # FCOS's head normalises with GroupNorm(32 groups)
@@ -242,7 +252,7 @@ def _builder_keys(name: str) -> list[str]:
     from visionpipe.tasks.base import signature_keys
 
     keys = set(signature_keys(torchvision.models.get_model_builder(name))) | set(_TRANSFORM_KEYS) | set(_OWN_KEYS)
-    for cls in (tvd.FasterRCNN, tvd.RetinaNet, tvd.FCOS, tvd.SSD, tvd.MaskRCNN, tvd.KeypointRCNN):
+    for cls in (tvd.FasterRCNN, tvd.RetinaNet, tvd.FCOS, tvd.ssd.SSD, tvd.MaskRCNN, tvd.KeypointRCNN):  # SSD is not re-exported
         if cls.__name__.lower() in name.replace("_", "").lower():
             keys |= set(signature_keys(cls))
     return sorted(keys - {"weights", "weights_backbone", "progress"})
@@ -460,6 +470,11 @@ class DetectionTask(Task):
 
     def build_model(self) -> nn.Module:
         return build_detector(self.spec)
+
+    def backbone(self, model):
+        """The feature extractor: the timm / torchvision body under the FPN (SSD: its whole backbone)."""
+        backbone = getattr(model, "backbone", None)
+        return getattr(backbone, "body", backbone)
 
     def configure(self, model: nn.Module, evaluation_cfg: dict[str, Any]) -> None:
         set_postprocess(model, evaluation_cfg["score_threshold"], evaluation_cfg["nms_threshold"], evaluation_cfg["max_detections"])

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from visionpipe.config import CocoFilesMixin, DataConfig, TaskConfig, TTAEvaluationConfig, _Strict, flip_tta
+from visionpipe.config import ClassWeights, CocoFilesMixin, DataConfig, TaskConfig, TrainConfig, TTAEvaluationConfig, _Strict, flip_tta
 from visionpipe.data import builtin, formats
 from visionpipe.data.shards import load_record_mask
 from visionpipe.engine.runtime import Runtime
@@ -25,6 +25,7 @@ from visionpipe.tasks.base import (
     Task,
     call_with_model_kwargs,
     close_matches,
+    hub_weights,
     load_pretrained,
     pop_reset_head,
     timm_normalization,
@@ -34,6 +35,7 @@ from visionpipe.tasks.base import (
 class SegmentationData(DataConfig, CocoFilesMixin):
     format: Literal["masks", "coco", "shards"] = "masks"
     ignore_index: int = 255  # mask value excluded from loss and metrics
+    sampler: Literal["random"] = "random"  # balanced needs per-image class labels, which masks do not give cheaply
 
 
 class LossConfig(_Strict):
@@ -41,10 +43,21 @@ class LossConfig(_Strict):
     weight: float = Field(1.0, gt=0)
 
 
+class SegmentationTrain(TrainConfig):
+    class_weights: ClassWeights = None  # weights the ce loss term; auto: inverse pixel frequency in the train split
+
+
 class SegmentationConfig(TaskConfig):
     data: SegmentationData
+    train: SegmentationTrain = SegmentationTrain()
     losses: list[LossConfig] = Field(default_factory=lambda: [LossConfig(name="ce")])
     evaluation: TTAEvaluationConfig = TTAEvaluationConfig()
+
+    @model_validator(mode="after")
+    def _class_weights(self):
+        if self.train.class_weights is not None and not any(loss.name == "ce" for loss in self.losses):
+            raise ValueError("train.class_weights weights the 'ce' loss term; add {name: ce} to losses or set class_weights: null")
+        return self
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +77,15 @@ def build_segmenter(spec: dict[str, Any]) -> nn.Module:
     model_cfg = spec["model"]
     kwargs, reset_head = pop_reset_head(model_cfg.get("kwargs") or {})
     encoder = model_cfg.get("backbone") or "resnet18"
+    weights = _encoder_weights(encoder) if model_cfg.get("pretrained") and not model_cfg.get("pretrained_path") else None
+
+    def create():
+        return call_with_model_kwargs(smp.create_model, kwargs, "segmentation.model.kwargs", arch=model_cfg["name"], encoder_name=encoder,
+                                      encoder_weights=weights, in_channels=3, classes=len(spec["classes"]),
+                                      accepted=lambda: _arch_keys(model_cfg["name"], encoder), check_first=True)
+
     try:
-        model = call_with_model_kwargs(smp.create_model, kwargs, "segmentation.model.kwargs", arch=model_cfg["name"], encoder_name=encoder,
-                                       encoder_weights=None, in_channels=3, classes=len(spec["classes"]),
-                                       accepted=lambda: _arch_keys(model_cfg["name"], encoder), check_first=True)
+        model = hub_weights(create, "segmentation.model.pretrained", f"smp encoder '{encoder}'") if weights is not None else create()
     except KeyError as err:
         message = str(err).strip("\"'")
         if "encoder" in message:
@@ -83,6 +101,19 @@ def build_segmenter(spec: dict[str, Any]) -> nn.Module:
         whole = len(keys & set(model.state_dict())) >= len(keys & set(model.encoder.state_dict()))
         load_pretrained(model if whole else model.encoder, path, reset_head, "segmentation")
     return model
+
+
+def _encoder_weights(encoder: str):
+    """smp's published encoder weights: ``imagenet`` where the encoder has them, else its first; ``True`` for ``tu-`` (timm's default tag)."""
+    import segmentation_models_pytorch as smp
+
+    if encoder.startswith("tu-"):
+        return True
+    settings = smp.encoders.encoders.get(encoder, {}).get("pretrained_settings") or {}
+    if not settings:
+        raise ConfigError(f"segmentation.model.pretrained: smp publishes no weights for encoder '{encoder}'; use model.pretrained_path "
+                          "or another encoder")
+    return "imagenet" if "imagenet" in settings else next(iter(settings))
 
 
 def _arch_keys(arch: str, encoder: str) -> list[str]:
@@ -104,7 +135,7 @@ def _arch_keys(arch: str, encoder: str) -> list[str]:
 
 
 LOSSES = {
-    "ce": lambda ignore: nn.CrossEntropyLoss(ignore_index=ignore),
+    "ce": lambda ignore, weight=None: nn.CrossEntropyLoss(weight=weight, ignore_index=ignore),
     "dice": lambda ignore: _smp_loss("DiceLoss", ignore),
     "focal": lambda ignore: _smp_loss("FocalLoss", ignore),
     "jaccard": lambda ignore: _smp_loss("JaccardLoss", ignore),
@@ -122,13 +153,17 @@ def _smp_loss(name: str, ignore_index: int) -> nn.Module:
 class CombinedLoss(nn.Module):
     """Weighted sum of losses chosen in parameters (``losses: [{name: ce}, {name: dice, weight: 0.5}]``)."""
 
-    def __init__(self, losses: list[dict[str, Any]], ignore_index: int):
+    def __init__(self, losses: list[dict[str, Any]], ignore_index: int, class_weights: list[float] | None = None):
         super().__init__()
-        self.terms = nn.ModuleList(LOSSES[item["name"]](ignore_index) for item in losses)
+        weight = torch.as_tensor(class_weights, dtype=torch.float) if class_weights else None
+        self.terms = nn.ModuleList(LOSSES[item["name"]](ignore_index, weight) if item["name"] == "ce" else LOSSES[item["name"]](ignore_index)
+                                   for item in losses)
         self.weights = [float(item.get("weight", 1.0)) for item in losses]
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
+        if any(b.device != logits.device for b in self.buffers()):  # class weights follow the model's device
+            self.to(logits.device)
         return sum(w * term(logits, target) for w, term in zip(self.weights, self.terms))
 
 
@@ -206,7 +241,7 @@ class SegmentationTask(Task):
     def __init__(self, spec: dict[str, Any]):
         super().__init__(spec)
         self.ignore_index = spec["ignore_index"]
-        self.criterion = CombinedLoss(spec["losses"], self.ignore_index)
+        self.criterion = CombinedLoss(spec["losses"], self.ignore_index, spec.get("class_weights"))
 
     @classmethod
     def make_spec(cls, cfg, classes, category_ids=None):
@@ -233,6 +268,31 @@ class SegmentationTask(Task):
             return check_mask_file(root, rec, width, height, classes, data_cfg.ignore_index)
         return check_annotated_size(rec, root / rec["image"], width, height)
 
+    @classmethod
+    def training_spec(cls, cfg, index):
+        from visionpipe.engine.recipes import resolve_class_weights
+
+        return {"class_weights": resolve_class_weights(cfg.train.class_weights, index["classes"],
+                                                       lambda: cls.pixel_counts(index, cfg.data.ignore_index),
+                                                       "segmentation.train.class_weights")}
+
+    @classmethod
+    def pixel_counts(cls, index: dict, ignore_index: int) -> list[int]:
+        """Pixels of each class over the train split's ground truth (masks at their own size)."""
+        from visionpipe.data.shards import load_record_rgb
+
+        root, k = Path(index["root"]), len(index["classes"])
+        counts = np.zeros(k, dtype=np.int64)
+        for rec in index["train"]:
+            if "mask" in rec:
+                mask = load_record_mask(root, rec)
+            else:
+                h, w = (rec["height"], rec["width"]) if "height" in rec else load_record_rgb(root, rec).shape[:2]
+                mask = rasterize_segments(rec, h, w, ignore_index)
+            values = mask[mask != ignore_index].astype(np.int64)
+            counts += np.bincount(values[values < k], minlength=k)[:k]
+        return counts.tolist()
+
     def build_model(self) -> nn.Module:
         return build_segmenter(self.spec)
 
@@ -252,6 +312,10 @@ class SegmentationTask(Task):
 
     def forward(self, model, images):
         return flip_tta(model, images) if self.spec.get("evaluation", {}).get("tta") else model(images)
+
+    def backbone(self, model):
+        """smp's encoder."""
+        return getattr(model, "encoder", None)
 
     def make_sample(self, pixels, record, root, transform, index, for_eval: bool = False):
         h, w = pixels.shape[:2]

@@ -108,8 +108,16 @@ class MlflowEpochLogger(Callback):
         import mlflow
 
         metrics.update(process_figures())
-        values = {epoch_metric_name(k): float(v) for k, v in metrics.items() if k != "epoch" and isinstance(v, (int, float))}
+        values = {epoch_metric_name(k): float(v) for k, v in metrics.items()
+                  if k != "epoch" and not k.startswith("early_stop") and isinstance(v, (int, float))}  # early stop: on_early_stop
         mlflow.log_metrics(values, step=int(metrics.get("epoch", epoch + 1)), run_id=self.run_id, synchronous=False)
+
+    def on_early_stop(self, epoch: int, best_epoch: int) -> None:
+        import mlflow
+
+        mlflow.log_metrics({"early_stop/epoch": float(epoch), "early_stop/best_epoch": float(best_epoch)}, step=epoch,
+                           run_id=self.run_id, synchronous=False)
+        mlflow.MlflowClient().set_tag(self.run_id, "visionpipe.early_stop", f"after epoch {epoch} (best epoch {best_epoch})")
 
     def on_fit_end(self, result) -> None:
         import mlflow

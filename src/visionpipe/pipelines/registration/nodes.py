@@ -32,7 +32,10 @@ def register_model(model: dict, metrics: dict[str, float], index: dict, params: 
         tags["visionpipe.backbone"] = cfg.model.backbone
     from visionpipe.stages import serving_bundle
 
+    from visionpipe.stages import gate_metric
+
     split = scoring_split(index)
     evaluation = {"split": split, "fingerprint": split_fingerprint(index, split), "rescore": rescorer(task, index, cfg)}
-    registry_cfg = {**cfg.registry.model_dump(), "greater_is_better": cfg.registry.greater}
+    registry_cfg = {**cfg.registry.model_dump(), "greater_is_better": cfg.registry.greater,
+                    "metric": gate_metric(cfg.registry.metric, metrics)}
     return register_and_gate(serving_bundle(model, cfg), metrics, registry_cfg, tags, evaluation)
