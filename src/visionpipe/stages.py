@@ -18,6 +18,7 @@ from visionpipe.data.datasets import IndexDataset
 from visionpipe.engine import distributed
 from visionpipe.engine.runtime import resolve_runtime, seed_everything
 from visionpipe.engine.trainer import Trainer
+from visionpipe.experiments.ownership import builtin_data_for_ingestion
 from visionpipe.tasks import TASK_CLASSES, get_task, transform_normalization
 from visionpipe.tasks.detection import coco_ground_truth
 
@@ -32,7 +33,7 @@ def ingest(task: str, cfg: TaskConfig) -> dict:
     if data.root is None:
         root = Path(data.builtin.path) / task
         if distributed.is_main_process():
-            builtin.ensure_builtin_dataset(root, task, data.builtin.model_dump(exclude={"path"}))
+            builtin_data_for_ingestion(root, task, data.builtin.model_dump(exclude={"path"}))
         distributed.barrier()
         cfg = cfg.model_copy(update={"data": data.model_copy(update={
             "format": {"classification": "imagefolder", "detection": "coco", "segmentation": "masks"}[task],

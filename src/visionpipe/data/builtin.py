@@ -167,6 +167,11 @@ def builtin_classes(task: str, num_classes: int) -> list[str]:
     return ["background", *names] if task == "segmentation" else names
 
 
+def is_built(root: str | os.PathLike, task: str, cfg: dict) -> bool:
+    """Whether ``root`` holds the complete built-in dataset of ``task`` generated with ``cfg``."""
+    return _already_built(Path(root), _fingerprint(task, cfg))
+
+
 def ensure_builtin_dataset(root: str | os.PathLike, task: str, cfg: dict) -> Path:
     """Generate the built-in dataset for ``task`` under ``root`` unless an identical one is there.
 

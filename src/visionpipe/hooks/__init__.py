@@ -1,7 +1,8 @@
 """Project hooks, one class per concern (each tested alone in tests/test_hooks.py)."""
 
 from visionpipe.hooks.distributed import DistributedHook
+from visionpipe.hooks.experiments import CacheIntegrityHook, DvcExperimentHook
 from visionpipe.hooks.mlflow_runs import MlflowRunHook
 from visionpipe.hooks.system_metrics import SystemMetricsHook
 
-__all__ = ["DistributedHook", "MlflowRunHook", "SystemMetricsHook"]
+__all__ = ["CacheIntegrityHook", "DistributedHook", "DvcExperimentHook", "MlflowRunHook", "SystemMetricsHook"]
