@@ -62,6 +62,31 @@ def test_comparison_table_and_plot():
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0: train.lr=0.1", "1: train.lr=0.2"]
 
 
+def test_parallel_points_never_share_a_gpu():
+    import threading
+    import time
+
+    from visionpipe.experiments.sweep import run_parallel
+
+    lock, held, seen, peak = threading.Lock(), set(), [], [0]
+
+    def work(item, gpu):
+        with lock:
+            assert gpu not in held  # no two running points on one GPU
+            held.add(gpu)
+            seen.append((item, gpu))
+            peak[0] = max(peak[0], len(held))
+        time.sleep(0.05)
+        with lock:
+            held.discard(gpu)
+
+    run_parallel(list(range(6)), work, jobs=2, gpus=["3", "5"])
+    assert sorted(i for i, _ in seen) == list(range(6)) and {g for _, g in seen} == {"3", "5"} and peak[0] == 2
+    seen.clear()
+    run_parallel([0, 1], work)  # sequential by default, without a GPU assignment
+    assert seen == [(0, None), (1, None)]
+
+
 # ---------------------------------------------------------------- the project's store
 
 

@@ -83,8 +83,9 @@ def sweep(task, grids, sweep_file, jobs, gpus, env, name) -> None:
 def reproduce(model_uri: str, tracking_uri: str | None, keep: bool, tolerance: float | None) -> None:
     """Re-run the training of a registered version (models:/<name>/<version>) from its commit and data."""
     from visionpipe.experiments.reproduce import reproduce_version
+    from visionpipe.settings import project_root
 
-    result = reproduce_version(model_uri, project=Path.cwd(), tracking_uri=tracking_uri, keep=keep, tolerance=tolerance)
+    result = reproduce_version(model_uri, project=project_root(), tracking_uri=tracking_uri, keep=keep, tolerance=tolerance)
     click.echo(result.table())
     if not result.matches:
         raise click.ClickException(f"reproduced metrics differ from the recorded ones beyond {result.tolerance}")

@@ -203,10 +203,12 @@ def reproduce_version(model_uri: str, project: str | Path = ".", tracking_uri: s
     """Reproduce ``model_uri``'s training and compare its metrics with the recorded ones."""
     import mlflow
 
-    from visionpipe.settings import tracking_uri as default_tracking_uri
-
     project = Path(project).resolve()
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / 'mlflow.db'}"
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        # opening a missing SQLite store would create an empty one
+        raise DataError(tracking_uri, "no MLflow store there", "run from the project, or give --tracking-uri")
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     version = resolve_version(client, model_uri)
     tags = dict(version.tags)
     run = client.get_run(version.run_id)

@@ -149,12 +149,35 @@ class SweepSummary:
             lines.append("no point succeeded: nothing registered")
         else:
             lines.append(f"best: point {self.best.index} {self.best.params} {self.metric}={self.best.metrics.get(self.metric)}")
-            if self.decision:
-                lines.append(f"registry: {self.decision.get('model_name')} v{self.decision.get('version')} "
-                             f"{'promoted to' if self.decision.get('promoted') else 'did not take'} "
-                             f"'{self.decision.get('alias')}'" if "version" in self.decision else f"registry: {self.decision}")
+            if self.decision and "version" in self.decision:
+                moved = "moved to it" if self.decision.get("promoted") else "kept by the champion"
+                lines.append(f"registry: {self.decision['model_name']} v{self.decision['version']}, "
+                             f"alias '{self.decision.get('alias')}' {moved}")
+            elif self.decision:
+                lines.append(f"registry: {self.decision}")
         lines.append(f"comparison: {self.comparison_csv}")
         return "\n".join(lines)
+
+
+def run_parallel(items: list, work, jobs: int = 1, gpus: list[str] | None = None) -> None:
+    """``work(item, gpu)`` for every item, at most ``jobs`` at once; each call holds one GPU id of ``gpus``
+    (default ``0..jobs-1`` when ``jobs > 1``, none when sequential) that no concurrent call holds."""
+    if gpus is None and jobs > 1:
+        gpus = [str(i) for i in range(jobs)]
+    slots = gpus[:jobs] if gpus else [None] * jobs
+    free: Queue = Queue()
+    for gpu in slots:
+        free.put(gpu)
+
+    def one(item) -> None:
+        gpu = free.get()
+        try:
+            work(item, gpu)
+        finally:
+            free.put(gpu)
+
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        list(pool.map(one, items))
 
 
 def _context(project: Path, env: str | None):
@@ -284,11 +307,6 @@ def run_sweep(project: str | Path, task: str, points: list[dict[str, Any]], jobs
         builtin_data_for_ingestion(project / builtin_cfg.get("path", "data/01_raw/builtin") / task, task,
                                    parse_task_config(task, params).data.builtin.model_dump(exclude={"path"}), project)
     client = mlflow.MlflowClient()
-    if gpus is None and jobs > 1:
-        gpus = [str(i) for i in range(jobs)]
-    free: Queue = Queue()
-    for gpu in (gpus or [None] * jobs)[:max(jobs, 1)]:
-        free.put(gpu)
 
     with mlflow.start_run(run_name=name, tags={"visionpipe.task": task, "visionpipe.sweep": name}) as parent:
         mlflow.log_dict({"task": task, "points": points, "jobs": jobs}, "sweep.json")
@@ -299,25 +317,24 @@ def run_sweep(project: str | Path, task: str, points: list[dict[str, Any]], jobs
                 "visionpipe.sweep.point": str(i), **{f"sweep.{k}": str(v) for k, v in point.items()}})
             results.append(PointResult(i, point, child.info.run_id, sweep_dir / f"point-{i:02d}"))
 
-        def run_one(result: PointResult, block: dict) -> None:
-            gpu = free.get()
+        def run_one(item: tuple[PointResult, dict], gpu: str | None) -> None:
+            result, block = item
+            overrides = dict(result.params)
+            # the built-in data is shared (read-only) unless the point changes how it is generated
+            builtin_path = (result.point_dir / "data/01_raw/builtin" if any(k.startswith("data.builtin") for k in overrides)
+                            else project / block["data"]["builtin"].get("path", "data/01_raw/builtin"))
+            overrides.update({"registry.enabled": False, "data.builtin.path": str(builtin_path),
+                              "train.checkpoint_dir": str(result.point_dir / "checkpoints")})
+            if block["data"].get("root") and not Path(block["data"]["root"]).is_absolute():
+                overrides["data.root"] = str(project / block["data"]["root"])
+            spec = {"project": str(project), "point_dir": str(result.point_dir), "task": task, "env": env,
+                    "run_id": result.run_id, "runtime_params": {task: _nested(overrides)}}
+            logger.info("sweep point %d/%d %s (run %s)", result.index + 1, len(results), result.params, result.run_id)
             try:
-                overrides = {k: v for k, v in result.params.items()}
-                # the built-in data is shared (read-only) unless the point changes how it is generated
-                builtin_path = (result.point_dir / "data/01_raw/builtin" if any(k.startswith("data.builtin") for k in overrides)
-                                else project / block["data"]["builtin"].get("path", "data/01_raw/builtin"))
-                overrides.update({"registry.enabled": False, "data.builtin.path": str(builtin_path),
-                                  "train.checkpoint_dir": str(result.point_dir / "checkpoints")})
-                if block["data"].get("root") and not Path(block["data"]["root"]).is_absolute():
-                    overrides["data.root"] = str(project / block["data"]["root"])
-                spec = {"project": str(project), "point_dir": str(result.point_dir), "task": task, "env": env,
-                        "run_id": result.run_id, "runtime_params": {task: _nested(overrides)}}
-                logger.info("sweep point %d/%d %s (run %s)", result.index + 1, len(results), result.params, result.run_id)
                 code, log = _run_process(spec, gpu, uri)
-            finally:
-                free.put(gpu)
+            except OSError as err:  # the process could not even start: this point fails, the others go on
+                code, log = -1, f"OSError: {err}"
             result.metrics = _read_metrics(result.point_dir / catalog_path("metrics"))
-            run = client.get_run(result.run_id)
             if code == 0 and result.metrics:
                 result.status = "finished"
                 return
@@ -326,11 +343,10 @@ def run_sweep(project: str | Path, task: str, points: list[dict[str, Any]], jobs
                            result.point_dir / "run.log")
             client.set_tag(result.run_id, "visionpipe.error", result.error[:5000])
             client.log_artifact(result.run_id, str(result.point_dir / "run.log"))
-            if run.info.status != "FAILED":
+            if client.get_run(result.run_id).info.status != "FAILED":
                 client.set_terminated(result.run_id, "FAILED")
 
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            list(pool.map(run_one, results, blocks))
+        run_parallel(list(zip(results, blocks)), run_one, jobs, gpus)
 
         frame = comparison_frame(results)
         sweep_dir.mkdir(parents=True, exist_ok=True)
