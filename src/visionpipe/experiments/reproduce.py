@@ -235,11 +235,6 @@ def reproduce_version(model_uri: str, project: str | Path = ".", tracking_uri: s
                         "the data before training so the version can be restored")
     if _git(project, "cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode:
         raise DataError(model_uri, f"commit {commit} is not in {project} (git fetch it first)")
-    root = Path(tags.get("data.root", ""))
-    if root.is_absolute():
-        if not root.is_relative_to(project):
-            raise DataError(model_uri, f"data {root} lies outside the project, so no commit tracks it")
-        root = root.relative_to(project)
     device = run_tags.get("visionpipe.device", "cpu")
     tolerance = tolerance if tolerance is not None else (0.0 if device == "cpu" else 1e-3)
 
@@ -247,8 +242,9 @@ def reproduce_version(model_uri: str, project: str | Path = ".", tracking_uri: s
     _git(project, "worktree", "add", "--detach", str(worktree), commit)
     try:
         _share_dvc_storage(project, worktree)
-        restore_data(worktree, worktree / root, md5)
-        spec = {"project": str(worktree), "task": task, "runtime_params": runtime_overrides(run_tags, task)}
+        overrides = runtime_overrides(run_tags, task)
+        restore_data(worktree, worktree / _data_path(worktree, project, task, overrides), md5)
+        spec = {"project": str(worktree), "task": task, "runtime_params": overrides}
         spec_file = worktree.parent / "rerun.json"
         spec_file.write_text(json.dumps(spec))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_RUN_ID"))}
@@ -273,6 +269,25 @@ def reproduce_version(model_uri: str, project: str | Path = ".", tracking_uri: s
             logger.info("worktree kept: %s", worktree)
     return Reproduction(model_uri, commit, md5, tolerance, dict(run.data.metrics), reproduced,
                         notes + ([f"worktree kept at {worktree}"] if keep else []))
+
+
+def _data_path(worktree: Path, project: Path, task: str, overrides: dict) -> Path:
+    """Where the commit's parameters (with the run's runtime overrides) read the task's data, relative
+    to the project: ``data.root``, else the built-in folder."""
+    from kedro.config import OmegaConfigLoader
+
+    params = OmegaConfigLoader(str(worktree / "conf"), base_env="base", default_run_env="local")["parameters"].get(task) or {}
+    data = {**(params.get("data") or {}), **(overrides.get(task, {}).get("data") or {})}
+    if data.get("root"):
+        root = Path(data["root"])
+    else:
+        builtin = {**(params.get("data", {}).get("builtin") or {}), **(data.get("builtin") or {})}
+        root = Path(builtin.get("path", "data/01_raw/builtin")) / task
+    if root.is_absolute():
+        if not root.is_relative_to(project):
+            raise DataError(root, "lies outside the project, so no commit tracks it")
+        root = root.relative_to(project)
+    return root
 
 
 def _metrics_path(worktree: Path, task: str) -> str:
