@@ -198,6 +198,8 @@ def test_integrity_hook_checks_only_before_registration(tmp_path):
     hook.before_node_run(Node("classification.train_model"), {"classification.clean_index": index})
     with pytest.raises(DataError, match="records 0000"):
         hook.before_node_run(Node("classification.register_model"), {"classification.clean_index": index})
+    with pytest.raises(DataError, match="records 0000"):  # right after ingestion, before any training
+        hook.after_node_run(Node("classification.ingest_dataset"), {"classification.dataset_index": index})
     _lock(tmp_path, "d", content_hash(tmp_path / "d")[0])
     hook.before_node_run(Node("classification.register_model"), {"classification.clean_index": index})
 
@@ -215,6 +217,10 @@ def test_dvc_owns_the_builtin_data_once_it_tracks_it(tmp_path):
     with pytest.raises(DataError, match=r"owned by DVC .*dvc repro classification"):
         builtin_data_for_ingestion(root, "classification", {**cfg, "train_images": 30}, tmp_path)
     assert len(list(root.rglob("*.png"))) == 36  # not rewritten
+    marker = next(root.glob(".visionpipe-*.json"))
+    marker.write_bytes(b"\xcd" + marker.read_bytes()[1:])  # a corrupt copy of the marker: named as corruption
+    with pytest.raises(DataError, match=r"dvc.lock .stage builtin_data@classification. records .*dvc pull"):
+        builtin_data_for_ingestion(root, "classification", cfg, tmp_path)
 
 
 # ---------------------------------------------------------------- dvc.yaml

@@ -116,20 +116,27 @@ def test_corrupt_cache_object_is_caught_before_registering_and_reproducing(repo)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     md5 = lock["stages"]["builtin_data@classification"]["outs"][0]["md5"]
     manifest = json.loads((repo / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).read_text())
-    victim = manifest[0]
+    victim = next(entry for entry in manifest if entry["relpath"].endswith(".png"))
     obj = repo / ".dvc/cache/files/md5" / victim["md5"][:2] / victim["md5"][2:]
+    # bit rot: one flipped byte, size and modification time unchanged, so DVC's metadata check passes
+    stat, good = obj.stat(), obj.read_bytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
     obj.chmod(0o644)
-    obj.write_bytes(b"corrupt")
+    with obj.open("r+b") as f:
+        f.write(bad)
+    obj.chmod(stat.st_mode & 0o777)
+    os.utime(obj, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     shutil.rmtree(data)
     sh(repo, "dvc", "checkout", "data/01_raw/builtin/classification")
-    assert (data / victim["relpath"]).read_bytes() == b"corrupt"  # DVC restored the corrupt bytes...
-    assert "up to date" in sh(repo, "dvc", "status", "builtin_data@classification")  # ...and trusts them
+    assert (data / victim["relpath"]).read_bytes() == bytes(bad)  # DVC restored the corrupt bytes...
+    assert "up to date" in sh(repo, "dvc", "status", "builtin_data@classification")  # ...and trusts them (dvc#9641)
     with pytest.raises(DataError) as err:
         verify_task_data("data/01_raw/builtin/classification", repo)
     assert victim["relpath"] in str(err.value) and "dvc pull" in str(err.value)
-    # the registration node is guarded by the hook: a `kedro run` now fails before registering
+    # the hook checks right after ingestion (and again before registering): `kedro run` stops before training
     out = sh(repo, "kedro", "run", "--pipelines=classification", check=False)
-    assert victim["relpath"] in out and "DataError" in out
+    assert victim["relpath"] in out and "DataError" in out and "Training classification" not in out
     version = max(client(repo).search_model_versions("name='visionpipe-classification'"), key=lambda v: int(v.version))
     out = sh(repo, "visionpipe", "reproduce", f"models:/visionpipe-classification/{version.version}", check=False)
     assert victim["relpath"] in out and "dvc pull" in out

@@ -93,7 +93,7 @@ def _already_built(root: Path, fingerprint: dict) -> bool:
         return False
     try:
         return json.loads(marker.read_text()) == fingerprint
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # unreadable or undecodable (a corrupt copy): not built
         return False
 
 

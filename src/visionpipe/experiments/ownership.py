@@ -16,7 +16,7 @@ from visionpipe.errors import DataError
 
 def builtin_data_for_ingestion(root: str | Path, task: str, cfg: dict, project: str | Path | None = None) -> Path:
     """The built-in data folder for the ingestion node: generated here only when DVC does not own it."""
-    from visionpipe.experiments.integrity import record_for
+    from visionpipe.experiments.integrity import record_for, verify
 
     root = Path(root)
     project = Path(project or Path.cwd())  # Kedro runs in the project (or DVC's copy of it)
@@ -27,6 +27,7 @@ def builtin_data_for_ingestion(root: str | Path, task: str, cfg: dict, project: 
     if not root.exists():
         raise DataError(root, f"tracked by {record.source} but absent; run `dvc pull {stage}` (or `dvc repro {stage}`)")
     if not builtin.is_built(root, task, cfg):
+        verify(record, project)  # corrupt bytes (a bad cache object) are named as such, not as other parameters
         raise DataError(root, f"is owned by DVC ({record.source}) and was generated with other {task}.data.builtin "
                         f"parameters; run `dvc repro {task}` or `dvc exp run {task}` so the {stage} stage regenerates it")
     return root

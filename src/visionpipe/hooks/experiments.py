@@ -66,9 +66,10 @@ class DvcExperimentHook:
 
 
 class CacheIntegrityHook:
-    """Before the registration node runs, rehashes the DVC-tracked data the task read against
-    dvc.lock / ``.dvc`` files: a corrupt cache object checked out into the workspace fails the run
-    instead of being registered under the good version's md5."""
+    """Rehashes the DVC-tracked data the task reads against dvc.lock / ``.dvc`` files right after
+    ingestion (before any training time is spent) and again before the registration node runs: a
+    corrupt cache object checked out into the workspace fails the run instead of being registered
+    under the good version's md5."""
 
     def __init__(self):
         self._project = None
@@ -78,12 +79,19 @@ class CacheIntegrityHook:
         # the project the session runs in (a `dvc exp run` copy under .dvc/tmp/exps has its own dvc.lock)
         self._project = context.project_path
 
-    @hook_impl
-    def before_node_run(self, node, inputs) -> None:
-        if node.name.split(".")[-1] != "register_model" or not distributed.is_main_process():
-            return
+    def _verify(self, datasets: dict) -> None:
         from visionpipe.experiments.integrity import verify_task_data
 
-        index = next((value for name, value in inputs.items() if name.endswith("clean_index")), None)
-        if index is not None:
+        index = next((value for name, value in datasets.items() if name.endswith(("clean_index", "dataset_index"))), None)
+        if index is not None and distributed.is_main_process():
             verify_task_data(index["root"], self._project)
+
+    @hook_impl
+    def after_node_run(self, node, outputs) -> None:
+        if node.name.split(".")[-1] == "ingest_dataset":
+            self._verify(outputs)
+
+    @hook_impl
+    def before_node_run(self, node, inputs) -> None:
+        if node.name.split(".")[-1] == "register_model":
+            self._verify(inputs)
