@@ -7,20 +7,39 @@ from pathlib import Path
 
 from kedro.config import OmegaConfigLoader
 
-from visionpipe.hooks import DistributedHook, MlflowRunHook, RunStateHook, SystemMetricsHook
+from visionpipe.hooks import CacheIntegrityHook, DistributedHook, DvcExperimentHook, MlflowRunHook, RunStateHook, SystemMetricsHook
+
+
+def project_root() -> Path:
+    """The project whose store a run logs to: DVC_ROOT when DVC runs the command (``dvc exp run`` in a
+    temporary copy under ``.dvc/tmp/exps`` sets it to the real repository), else the nearest folder
+    above the working directory holding a Kedro ``pyproject.toml``, else the working directory."""
+    dvc_root = os.environ.get("DVC_ROOT")
+    if dvc_root and Path(dvc_root).is_dir():
+        return Path(dvc_root).resolve()
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        # a temporary experiment copy is itself a project: skip to the repository holding .dvc/tmp/exps
+        if folder.name == "exps" and folder.parent.name == "tmp" and folder.parent.parent.name == ".dvc":
+            return folder.parent.parent.parent
+    for folder in (cwd, *cwd.parents):
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and "[tool.kedro]" in pyproject.read_text(errors="ignore"):
+            return folder
+    return cwd
 
 
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI when set (a team's tracking server), else the embedded SQLite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """MLFLOW_TRACKING_URI when set (a team's tracking server), else the project's embedded SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
 def artifact_root() -> str | None:
-    """Beside the embedded store, artifacts go to ./mlartifacts; a server chooses its own."""
-    return None if os.environ.get("MLFLOW_TRACKING_URI") else (Path.cwd() / "mlartifacts").as_uri()
+    """Beside the embedded store, artifacts go to the project's mlartifacts; a server chooses its own."""
+    return None if os.environ.get("MLFLOW_TRACKING_URI") else (project_root() / "mlartifacts").as_uri()
 
 
-HOOKS = (DistributedHook(), SystemMetricsHook(), MlflowRunHook(), RunStateHook())
+HOOKS = (DistributedHook(), SystemMetricsHook(), MlflowRunHook(), RunStateHook(), DvcExperimentHook(), CacheIntegrityHook())
 
 # Under torchrun, ranks other than 0 must not open MLflow runs: kedro-mlflow is off for them.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow") if int(os.environ.get("RANK", "0")) > 0 else ()

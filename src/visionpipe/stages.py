@@ -10,10 +10,11 @@ from typing import Any
 import torch
 
 from visionpipe.config import TaskConfig
-from visionpipe.data import builtin, formats, transforms, validation
+from visionpipe.data import formats, transforms, validation
 from visionpipe.engine import distributed
 from visionpipe.engine.runtime import resolve_runtime, seed_everything
 from visionpipe.engine.trainer import Callback, Trainer
+from visionpipe.experiments.ownership import builtin_data_for_ingestion
 from visionpipe.tasks import get_task, get_task_class
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def ingest(task: str, cfg: TaskConfig) -> dict:
         task_cls = get_task_class(task)
         root = Path(data.builtin.path) / task
         if distributed.is_main_process():
-            builtin.ensure_builtin_dataset(root, task, data.builtin.model_dump(exclude={"path"}))
+            builtin_data_for_ingestion(root, task, data.builtin.model_dump(exclude={"path"}))
         distributed.barrier()
         builtin_data = data.model_copy(update={"format": task_cls.default_format(), "classes": task_cls.builtin_classes(data.builtin.num_classes)})
         index = formats.read_dataset(task, root, builtin_data)

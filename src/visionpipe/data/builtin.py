@@ -96,7 +96,7 @@ def _already_built(root: Path, fingerprint: dict) -> bool:
         return False
     try:
         return json.loads(marker.read_text()) == fingerprint
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # unreadable or undecodable (a corrupt copy): not built
         return False
 
 
@@ -167,6 +167,11 @@ def write_mask_folders(root: Path, cfg: dict, rng: np.random.Generator) -> None:
         (root / split / "masks").mkdir(parents=True, exist_ok=True)
         image.save(root / split / "images" / f"{split}_{i:05d}.png")
         Image.fromarray(mask, "L").save(root / split / "masks" / f"{split}_{i:05d}.png")
+
+
+def is_built(root: str | os.PathLike, task: str, cfg: dict) -> bool:
+    """Whether ``root`` holds the complete built-in dataset of ``task`` generated with ``cfg``."""
+    return _already_built(Path(root), _fingerprint(task, cfg))
 
 
 def ensure_builtin_dataset(root: str | os.PathLike, task: str, cfg: dict) -> Path:

@@ -1,8 +1,9 @@
 """Project hooks, one class per concern (each tested alone in tests/test_hooks.py)."""
 
 from visionpipe.hooks.distributed import DistributedHook
+from visionpipe.hooks.experiments import CacheIntegrityHook, DvcExperimentHook
 from visionpipe.hooks.mlflow_runs import MlflowRunHook
 from visionpipe.hooks.run_state import RunStateHook
 from visionpipe.hooks.system_metrics import SystemMetricsHook
 
-__all__ = ["DistributedHook", "MlflowRunHook", "RunStateHook", "SystemMetricsHook"]
+__all__ = ["CacheIntegrityHook", "DistributedHook", "DvcExperimentHook", "MlflowRunHook", "RunStateHook", "SystemMetricsHook"]

@@ -187,6 +187,7 @@ class Task:
     primary_metric: ClassVar[str]
     output_datasets: ClassVar[tuple[str, ...]]  # what evaluation writes besides metrics (catalog names)
     plot_names: ClassVar[tuple[str, ...]]
+    history_plots: ClassVar[dict[str, list[str]]] = {}  # dvc.yaml plots: name -> history.csv columns against epoch
 
     def __init__(self, spec: dict[str, Any]):
         self.spec = spec

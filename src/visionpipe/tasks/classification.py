@@ -124,6 +124,7 @@ class ClassificationTask(Task):
     primary_metric = "top1"
     output_datasets = ("predictions",)
     plot_names = ("confusion_matrix", "per_class_accuracy", "loss_curves")
+    history_plots = {"loss": ["train_loss", "val_loss"], "top1": ["top1", "top5"]}
 
     @classmethod
     def normalization(cls, model_cfg: dict[str, Any]):

@@ -414,6 +414,7 @@ class DetectionTask(Task):
     primary_metric = "map"
     output_datasets = ("predictions", "ground_truth")
     plot_names = ("pr_curves", "val_boxes", "loss_curves")
+    history_plots = {"loss": ["train_loss"], "map": ["map", "map_50"]}
 
     def __init__(self, spec: dict[str, Any]):
         super().__init__(spec)

@@ -237,6 +237,7 @@ class SegmentationTask(Task):
     primary_metric = "miou"
     output_datasets = ("predicted_masks",)
     plot_names = ("val_overlays", "loss_curves")
+    history_plots = {"loss": ["train_loss", "val_loss"], "miou": ["miou", "pixel_accuracy"]}
 
     def __init__(self, spec: dict[str, Any]):
         super().__init__(spec)
