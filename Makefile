@@ -15,7 +15,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: install run test test-fast clean-data viz mlflow-ui repro help
 
 help:
-	@echo "make run     - set up .venv if needed, then kedro run (all three tasks on the built-in data)"
+	@echo "make run     - set up .venv if needed, then kedro run (every task on the built-in data)"
 	@echo "make test    - set up .venv if needed, then run the whole test suite"
 	@echo "make install - (re)create the virtual environment"
 	@echo "make mlflow-ui / make viz / make repro"

@@ -60,7 +60,7 @@ run = click.Command(
     name="run",
     params=kedro_run.params,
     callback=_run,
-    help="Run the pipeline. Without --pipelines, every task (classification, detection, segmentation) runs in "
+    help=f"Run the pipeline. Without --pipelines, every task ({', '.join(TASKS)}) runs in "
          "turn, each in its own session and MLflow run.",
 )
 

@@ -46,17 +46,18 @@ class DetectionConfig(TaskConfig):
 class TimmFPN(nn.Module):
     """Any timm CNN as a multi-scale body (``features_only``) under torchvision's FeaturePyramidNetwork."""
 
-    def __init__(self, name: str, out_channels: int = 128, out_indices=(2, 3, 4), extra: str = "p6p7"):
+    def __init__(self, name: str, out_channels: int = 128, out_indices=(2, 3, 4), extra: str = "p6p7", block: str = "detection"):
+        """``block``: the parameter block errors name (``<block>.model.backbone``)."""
         super().__init__()
         import timm
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
         if not timm.is_model(name):
-            raise ConfigError(f"detection.model.backbone: unknown timm model '{name}'.{close_matches(name, timm.list_models())}")
+            raise ConfigError(f"{block}.model.backbone: unknown timm model '{name}'.{close_matches(name, timm.list_models())}")
         try:
             self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(out_indices))
         except Exception as err:  # timm raises RuntimeError/AssertionError for models without feature maps
-            raise ConfigError(f"detection.model.backbone: '{name}' cannot serve multi-scale features ({err}); pick a CNN such as resnet18") from None
+            raise ConfigError(f"{block}.model.backbone: '{name}' cannot serve multi-scale features ({err}); pick a CNN such as resnet18") from None
         channels = self.body.feature_info.channels()
         strides = list(self.body.feature_info.reduction())
         blocks = LastLevelP6P7(out_channels, out_channels) if extra == "p6p7" else LastLevelMaxPool()
@@ -169,8 +170,9 @@ def coco_ground_truth(records: list[dict], classes: list[str]) -> dict:
             "categories": [{"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(classes)]}
 
 
-def coco_evaluate(ground_truth: dict, predictions: list[dict], classes: list[str], max_detections: int = 100) -> tuple[dict, Any]:
-    """COCO bbox evaluation with pycocotools; returns (metrics, the COCOeval object)."""
+def coco_evaluate(ground_truth: dict, predictions: list[dict], classes: list[str], max_detections: int = 100,
+                  iou_type: str = "bbox") -> tuple[dict, Any]:
+    """COCO evaluation (``iou_type`` bbox or segm) with pycocotools; returns (metrics, the COCOeval object)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -183,7 +185,7 @@ def coco_evaluate(ground_truth: dict, predictions: list[dict], classes: list[str
             metrics.update({f"ap/{c}": 0.0 for c in classes})
             return metrics, None
         dt = gt.loadRes([dict(p) for p in predictions])  # loadRes adds keys to the dicts it is given
-        ev = COCOeval(gt, dt, "bbox")
+        ev = COCOeval(gt, dt, iou_type)
         ev.params.maxDets = [1, 10, max_detections]
         ev.evaluate()
         ev.accumulate()
