@@ -13,10 +13,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import visionpipe
+
 from conftest import PROJECT, TINY, make_project
 
 pytestmark = pytest.mark.slow
-TASKS = ("classification", "detection", "segmentation")
+TASKS = tuple(visionpipe.TASKS)  # every task runs in the default `kedro run`, so every task gets tiny parameters
 
 
 def _flatten(prefix: str, value) -> list[str]:

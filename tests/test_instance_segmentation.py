@@ -264,7 +264,8 @@ def test_postprocess_maps_boxes_and_masks_to_the_original_size():
 
 # ---------------------------------------------------------------- configuration
 
-def test_model_configuration_errors_name_the_key():
+def test_model_configuration_errors_name_the_key(monkeypatch):
+    monkeypatch.setattr("visionpipe.tasks.detection.close_matches", lambda *a, **k: "")  # difflib over every timm name is slow
     with pytest.raises(ConfigError, match=r"instance_segmentation\.model\.backbone: unknown timm model 'resnet1000'"):
         _task(backbone="resnet1000").build_model()
     with pytest.raises(ConfigError, match=r"instance_segmentation\.model\.name: with a timm backbone the model is 'maskrcnn'"):
@@ -273,13 +274,18 @@ def test_model_configuration_errors_name_the_key():
         _task(name="maskrcnn_resnet5_fpn", backbone=None, kwargs={}).build_model()
     with pytest.raises(ConfigError, match=r"mask_head_channels: only for 'maskrcnn'"):
         _task(name="maskrcnn_resnet50_fpn", backbone=None, kwargs={"mask_head_channels": 32}).build_model()
+    with pytest.raises(ConfigError, match=r"box_head_dim: only for 'maskrcnn'"):
+        _task(name="maskrcnn_resnet50_fpn", backbone=None, kwargs={"box_head_dim": 32}).build_model()
     with pytest.raises(ConfigError, match=r"instance_segmentation\.data\.format"):
         _cfg(format="masks")
 
 
 def test_mask_head_channels_and_torchvision_builders_build():
-    model = _task(kwargs={"fpn_channels": 32, "mask_head_channels": 16, "box_batch_size_per_image": 32}).build_model()
+    model = _task(kwargs={"fpn_channels": 32, "mask_head_channels": 16, "box_head_dim": 64, "box_batch_size_per_image": 32}).build_model()
     assert model.roi_heads.mask_head[0][0].out_channels == 16 and model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
+    assert model.roi_heads.box_head.fc6.in_features == 32 * 7 * 7 and model.roi_heads.box_head.fc7.out_features == 64
+    default = _task(kwargs={"fpn_channels": 32}).build_model()  # torchvision's head sizes
+    assert default.roi_heads.mask_head[0][0].out_channels == 256 and default.roi_heads.box_head.fc7.out_features == 1024
     assert model.roi_heads.box_predictor.cls_score.out_features == 3 and model.roi_heads.fg_bg_sampler.batch_size_per_image == 32
     builder = _task(name="maskrcnn_resnet50_fpn", backbone=None, kwargs={}).build_model()
     assert builder.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3 and builder.transform.min_size == (60,)
@@ -347,3 +353,10 @@ def test_kedro_run_writes_rescorable_outputs_and_registers_the_model(tmp_path):
     (row,) = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(row) == {"boxes", "labels", "scores", "masks"} and len(row["masks"]) == len(row["boxes"]) == len(row["scores"])
     assert all(m["size"] == [50, 70] for m in row["masks"])
+
+    # torchvision's Mask R-CNN exports (preprocessing, NMS and mask pasting inside); export_onnx checks it
+    # against torch through the task's postprocess with onnxruntime
+    pytest.importorskip("onnxruntime")
+    from visionpipe.export import export_onnx
+
+    assert export_onnx(project / f"data/06_models/{TASK}/model", tmp_path / "model.onnx").is_file()

@@ -42,7 +42,8 @@ BLOCK = "instance_segmentation"
 MASK_THRESHOLD = 0.5  # on the mask probability, as torchvision and the COCO reference evaluation do
 TIMM_ARCH = "maskrcnn"
 # keys build_mask_rcnn takes out of model.kwargs itself (detection's fpn_channels/anchor_scale/reset_head included)
-_OWN_KEYS = ("fpn_channels", "anchor_scale", "reset_head", "mask_head_channels")
+_OWN_KEYS = ("fpn_channels", "anchor_scale", "reset_head", "mask_head_channels", "box_head_dim")
+_TIMM_ONLY = ("mask_head_channels", "box_head_dim")  # head sizes; torchvision's builders fix their heads
 
 
 class InstanceSegmentationData(DataConfig, CocoFilesMixin):
@@ -177,7 +178,7 @@ def build_mask_rcnn(spec: dict[str, Any]) -> nn.Module:
     import torchvision
     from torchvision.models import detection as tvd
     from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
     from torchvision.ops import MultiScaleRoIAlign
 
@@ -189,16 +190,18 @@ def build_mask_rcnn(spec: dict[str, Any]) -> nn.Module:
     anchor_scale = float(kwargs.pop("anchor_scale", 4.0))
     out_channels = int(kwargs.pop("fpn_channels", 256))
     mask_channels = kwargs.pop("mask_head_channels", None)
+    box_dim = kwargs.pop("box_head_dim", None)
     if backbone is None:
         builders = [b for b in torchvision.models.list_models(module=tvd) if b.startswith("maskrcnn")]
         if name not in builders:
             raise ConfigError(f"{BLOCK}.model.name: '{name}' is not a torchvision Mask R-CNN builder; use one of {builders}, or "
                               f"'{TIMM_ARCH}' with model.backbone set to a timm model.{close_matches(name, builders + [TIMM_ARCH])}")
-        if mask_channels is not None:
-            raise ConfigError(f"{where}.mask_head_channels: only for '{TIMM_ARCH}' on a timm backbone; the builder '{name}' fixes its heads")
+        for key, value in (("mask_head_channels", mask_channels), ("box_head_dim", box_dim)):
+            if value is not None:
+                raise ConfigError(f"{where}.{key}: only for '{TIMM_ARCH}' on a timm backbone; the builder '{name}' fixes its heads")
         model = call_with_model_kwargs(torchvision.models.get_model, kwargs, where, name=name, weights=None, weights_backbone=None,
                                        num_classes=num_classes, image_mean=mean, image_std=std, min_size=size, max_size=size,
-                                       accepted=lambda: sorted(set(_builder_keys(name)) | set(_OWN_KEYS) - {"mask_head_channels"}),
+                                       accepted=lambda: sorted(set(_builder_keys(name)) | set(_OWN_KEYS) - set(_TIMM_ONLY)),
                                        check_first=True)
     else:
         if name != TIMM_ARCH:
@@ -207,12 +210,12 @@ def build_mask_rcnn(spec: dict[str, Any]) -> nn.Module:
         body = TimmFPN(backbone, out_channels, extra="pool", block=BLOCK)
         levels = len(body.strides)
         anchors = AnchorGenerator(tuple((s * anchor_scale,) for s in body.strides), ((0.5, 1.0, 2.0),) * levels)
-        heads: dict[str, Any] = {"num_classes": num_classes}
-        if mask_channels is not None:  # torchvision's default head is 4 x 256-channel convolutions: heavy for small models
-            layers = (int(mask_channels),) * 4
-            # with its own mask predictor MaskRCNN wants num_classes unset, hence both predictors given
-            heads = {"num_classes": None, "box_predictor": FastRCNNPredictor(1024, num_classes),  # TwoMLPHead's default width
-                     "mask_head": MaskRCNNHeads(out_channels, layers, 1), "mask_predictor": MaskRCNNPredictor(layers[-1], layers[-1], num_classes)}
+        # torchvision's default heads (two 1024-wide FC layers, four 256-channel mask convolutions) dominate the
+        # cost of a small backbone; with its own predictors MaskRCNN wants num_classes unset, hence both given
+        dim, width = int(box_dim or 1024), int(mask_channels or 256)
+        layers = (width,) * 4
+        heads = {"num_classes": None, "box_head": TwoMLPHead(out_channels * 7 * 7, dim), "box_predictor": FastRCNNPredictor(dim, num_classes),
+                 "mask_head": MaskRCNNHeads(out_channels, layers, 1), "mask_predictor": MaskRCNNPredictor(width, width, num_classes)}
         common = dict(min_size=size, max_size=size, image_mean=mean, image_std=std)
         common.update(kwargs)
         model = call_with_model_kwargs(
