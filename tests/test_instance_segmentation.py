@@ -274,8 +274,9 @@ def test_model_configuration_errors_name_the_key(monkeypatch):
         _task(name="maskrcnn_resnet5_fpn", backbone=None, kwargs={}).build_model()
     with pytest.raises(ConfigError, match=r"mask_head_channels: only for 'maskrcnn'"):
         _task(name="maskrcnn_resnet50_fpn", backbone=None, kwargs={"mask_head_channels": 32}).build_model()
-    with pytest.raises(ConfigError, match=r"box_head_dim: only for 'maskrcnn'"):
-        _task(name="maskrcnn_resnet50_fpn", backbone=None, kwargs={"box_head_dim": 32}).build_model()
+    for key in ("box_head_dim", "fpn_channels", "anchor_scale"):  # not silently ignored by a builder
+        with pytest.raises(ConfigError, match=rf"instance_segmentation\.model\.kwargs\.{key}: only for 'maskrcnn'"):
+            _task(name="maskrcnn_resnet50_fpn", backbone=None, kwargs={key: 32}).build_model()
     with pytest.raises(ConfigError, match=r"instance_segmentation\.data\.format"):
         _cfg(format="masks")
 

@@ -42,8 +42,8 @@ BLOCK = "instance_segmentation"
 MASK_THRESHOLD = 0.5  # on the mask probability, as torchvision and the COCO reference evaluation do
 TIMM_ARCH = "maskrcnn"
 # keys build_mask_rcnn takes out of model.kwargs itself (detection's fpn_channels/anchor_scale/reset_head included)
-_OWN_KEYS = ("fpn_channels", "anchor_scale", "reset_head", "mask_head_channels", "box_head_dim")
-_TIMM_ONLY = ("mask_head_channels", "box_head_dim")  # head sizes; torchvision's builders fix their heads
+_TIMM_ONLY = ("fpn_channels", "anchor_scale", "mask_head_channels", "box_head_dim")  # torchvision's builders fix these
+_OWN_KEYS = ("reset_head", *_TIMM_ONLY)
 
 
 class InstanceSegmentationData(DataConfig, CocoFilesMixin):
@@ -187,18 +187,15 @@ def build_mask_rcnn(spec: dict[str, Any]) -> nn.Module:
     kwargs, reset_head = pop_reset_head(model_cfg.get("kwargs") or {})
     where = f"{BLOCK}.model.kwargs"
     mean, std = list(spec["mean"]), list(spec["std"])
-    anchor_scale = float(kwargs.pop("anchor_scale", 4.0))
-    out_channels = int(kwargs.pop("fpn_channels", 256))
-    mask_channels = kwargs.pop("mask_head_channels", None)
-    box_dim = kwargs.pop("box_head_dim", None)
+    own = {key: kwargs.pop(key) for key in _TIMM_ONLY if key in kwargs}
     if backbone is None:
         builders = [b for b in torchvision.models.list_models(module=tvd) if b.startswith("maskrcnn")]
         if name not in builders:
             raise ConfigError(f"{BLOCK}.model.name: '{name}' is not a torchvision Mask R-CNN builder; use one of {builders}, or "
                               f"'{TIMM_ARCH}' with model.backbone set to a timm model.{close_matches(name, builders + [TIMM_ARCH])}")
-        for key, value in (("mask_head_channels", mask_channels), ("box_head_dim", box_dim)):
-            if value is not None:
-                raise ConfigError(f"{where}.{key}: only for '{TIMM_ARCH}' on a timm backbone; the builder '{name}' fixes its heads")
+        if own:
+            raise ConfigError(f"{where}.{next(iter(own))}: only for '{TIMM_ARCH}' on a timm backbone; the builder '{name}' "
+                              "fixes its FPN, anchors and heads")
         model = call_with_model_kwargs(torchvision.models.get_model, kwargs, where, name=name, weights=None, weights_backbone=None,
                                        num_classes=num_classes, image_mean=mean, image_std=std, min_size=size, max_size=size,
                                        accepted=lambda: sorted(set(_builder_keys(name)) | set(_OWN_KEYS) - set(_TIMM_ONLY)),
@@ -207,12 +204,13 @@ def build_mask_rcnn(spec: dict[str, Any]) -> nn.Module:
         if name != TIMM_ARCH:
             raise ConfigError(f"{BLOCK}.model.name: with a timm backbone the model is '{TIMM_ARCH}', got '{name}' "
                               f"(or set model.backbone: null to use a torchvision builder such as maskrcnn_resnet50_fpn)")
+        out_channels, anchor_scale = int(own.get("fpn_channels", 256)), float(own.get("anchor_scale", 4.0))
         body = TimmFPN(backbone, out_channels, extra="pool", block=BLOCK)
         levels = len(body.strides)
         anchors = AnchorGenerator(tuple((s * anchor_scale,) for s in body.strides), ((0.5, 1.0, 2.0),) * levels)
         # torchvision's default heads (two 1024-wide FC layers, four 256-channel mask convolutions) dominate the
         # cost of a small backbone; with its own predictors MaskRCNN wants num_classes unset, hence both given
-        dim, width = int(box_dim or 1024), int(mask_channels or 256)
+        dim, width = int(own.get("box_head_dim", 1024)), int(own.get("mask_head_channels", 256))
         layers = (width,) * 4
         heads = {"num_classes": None, "box_head": TwoMLPHead(out_channels * 7 * 7, dim), "box_predictor": FastRCNNPredictor(dim, num_classes),
                  "mask_head": MaskRCNNHeads(out_channels, layers, 1), "mask_predictor": MaskRCNNPredictor(width, width, num_classes)}
