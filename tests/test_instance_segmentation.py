@@ -308,6 +308,7 @@ def test_kedro_run_writes_rescorable_outputs_and_registers_the_model(tmp_path):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    (tmp_path / "project").mkdir()
     project = make_project(tmp_path / "project")
     tiny = TINY[TASK]
     params = [f"{TASK}.data.builtin.{k}={v}" for k, v in tiny["data"]["builtin"].items()]
