@@ -185,7 +185,7 @@ def test_notebook_runs_top_to_bottom_on_the_store(project):
         os.environ.pop("VISIONPIPE_PROJECT")
     champions = nb.cells[5].outputs[0]["data"]["text/plain"]
     for task in TASKS:
-        assert f"visionpipe-{task}" in champions
+        assert f"visionpipe-{task.replace('_', '-')}" in champions  # registry.model_name in conf/base
     assert "plots shown" in nb.cells[7].outputs[-1]["text"] and not nb.cells[7].outputs[-1]["text"].startswith("0 ")
 
 
