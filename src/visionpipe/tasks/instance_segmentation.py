@@ -418,16 +418,23 @@ def instance_overlays(predictions: list[dict], ground_truth: dict, index: dict, 
     for i, image in enumerate(images):
         pixels = load_rgb(Path(index["root"]) / image["file_name"])
         h, w = pixels.shape[:2]
-        truth = [(a["category_id"], to_rle(a["segmentation"], h, w)) for a in ground_truth["annotations"]
+        truth = [(a["category_id"], to_rle(a["segmentation"], h, w), None) for a in ground_truth["annotations"]
                  if a["image_id"] == image["id"] and a.get("segmentation")]
-        found = [(p["category_id"], p["segmentation"]) for p in predictions if p["image_id"] == image["id"] and p["score"] >= min_score]
+        found = [(p["category_id"], p["segmentation"], p["score"]) for p in predictions
+                 if p["image_id"] == image["id"] and p["score"] >= min_score]
         for j, (title, instances) in enumerate((("true", truth), (f"predicted (score >= {min_score})", found))):
             ax = axes[i * 2 + j]
             overlay = pixels.astype(np.float32) / 255
-            for cat_id, rle in instances:
-                region = mask_utils.decode(rle).astype(bool)
+            regions = [(cat_id, mask_utils.decode(rle).astype(bool), score) for cat_id, rle, score in instances]
+            for cat_id, region, _ in regions:
                 overlay[region] = 0.45 * overlay[region] + 0.55 * np.asarray(colours((cat_id - 1) % colours.N)[:3])
             ax.imshow(overlay)
+            for cat_id, region, score in regions:  # each instance outlined, so touching objects of one class stay apart
+                if region.any():
+                    ax.contour(region, levels=[0.5], colors="white", linewidths=0.8)
+                    if score is not None:
+                        ys, xs = np.nonzero(region)
+                        ax.text(xs.min(), ys.min(), f"{score:.2f}", color="white", fontsize=6, va="bottom")
             ax.set_title(f"{Path(image['file_name']).stem}: {title}", fontsize=7)
     fig.legend(handles=[Patch(color=colours(k % colours.N), label=name) for k, name in enumerate(classes)], loc="lower center",
                ncol=min(len(classes), 6), fontsize=8)
