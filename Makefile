@@ -15,7 +15,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: install run test test-fast test-viz clean-data viz viz-build notebook notebook-html mlflow-ui repro plots help
 
 help:
-	@echo "make run     - set up .venv if needed, then visionpipe run (kedro run on all three tasks, quiet, with a summary)"
+	@echo "make run     - set up .venv if needed, then visionpipe run (kedro run on every task, quiet, with a summary)"
 	@echo "make test    - set up .venv if needed, then run the whole test suite"
 	@echo "make install - (re)create the virtual environment"
 	@echo "make mlflow-ui - browse runs, models and plots (http://127.0.0.1:5000)"

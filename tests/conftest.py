@@ -25,6 +25,8 @@ TINY = {
                   "train": {"epochs": 1, "batch_size": 4, "image_size": 64}},
     "segmentation": {"data": {"builtin": {"image_size": 32, "train_images": 12, "val_images": 6, "num_classes": 3}},
                      "train": {"epochs": 1, "batch_size": 4, "image_size": 32}},
+    "instance_segmentation": {"data": {"builtin": {"image_size": 64, "train_images": 8, "val_images": 4, "num_classes": 3}},
+                              "train": {"epochs": 1, "batch_size": 4, "image_size": 64}},
 }
 
 

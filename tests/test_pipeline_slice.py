@@ -29,11 +29,13 @@ def test_classification_ingest_to_evaluation_in_memory(in_tmp):
 
 
 def test_stage_and_task_pipelines_are_registered():
+    from visionpipe import TASKS
+
     pipelines = register_pipelines()
-    for name in ("ingestion", "validation", "augmentation", "training", "evaluation", "registration",
-                 "classification", "detection", "segmentation", "__default__"):
+    assert set(TASKS) >= {"classification", "detection", "segmentation", "instance_segmentation"}
+    for name in ("ingestion", "validation", "augmentation", "training", "evaluation", "registration", *TASKS, "__default__"):
         assert name in pipelines
-    for task in ("classification", "detection", "segmentation"):
+    for task in TASKS:
         stages = {tag for n in pipelines[task].nodes for tag in n.tags} - {task}
         assert stages == {"ingestion", "validation", "augmentation", "training", "evaluation", "registration"}
-    assert len(pipelines["__default__"].nodes) == sum(len(pipelines[t].nodes) for t in ("classification", "detection", "segmentation"))
+    assert len(pipelines["__default__"].nodes) == sum(len(pipelines[t].nodes) for t in TASKS)

@@ -108,7 +108,7 @@ run = click.Command(
             click.Option(["--verbose", "-v"], is_flag=True, default=False,
                          help=f"Show Kedro's node and catalog lines, kedro-mlflow's and MLflow's (or set {console.VERBOSE_ENV}=1).")],
     callback=_run,
-    help="Run the pipeline. Without --pipelines, every task (classification, detection, segmentation) runs in "
+    help=f"Run the pipeline. Without --pipelines, every task ({', '.join(TASKS)}) runs in "
          "turn, each in its own session and MLflow run, and ends with a summary of each.",
 )
 

@@ -38,6 +38,10 @@ fine-tuning            ``backbone`` (what ``train.freeze_backbone_epochs`` freez
 
 Adding a task means adding its module, its ``conf/base/parameters_<task>.yml``, its catalog
 entries for ``output_datasets``, its tests, a dvc.yaml stage and a README line.
+
+A task may extend another task's class to reuse what they share (``instance_segmentation`` extends
+``detection``: box-aware samples, collate, loss, NMS settings); importing that class into the module
+is fine, since the task of a module is its one class whose ``name`` is the module's name.
 """
 
 from __future__ import annotations

@@ -72,23 +72,25 @@ class DetectionConfig(TaskConfig):
 class TimmFPN(nn.Module):
     """Any timm CNN as a multi-scale body (``features_only``) under torchvision's FeaturePyramidNetwork."""
 
-    def __init__(self, name: str, out_channels: int = 128, out_indices=(-3, -2, -1), extra: str = "p6p7", pretrained: bool = False):
+    def __init__(self, name: str, out_channels: int = 128, out_indices=(-3, -2, -1), extra: str = "p6p7", pretrained: bool = False,
+                 block: str = "detection"):
+        """``block``: the parameter block errors name (``<block>.model.backbone``)."""
         super().__init__()
         import timm
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
         if not timm.is_model(name):
-            raise ConfigError(f"detection.model.backbone: unknown timm model '{name}'.{close_matches(name, timm.list_models())}")
+            raise ConfigError(f"{block}.model.backbone: unknown timm model '{name}'.{close_matches(name, timm.list_models())}")
         try:
             # negative indices count from the backbone's last level (timm's feature_info): (-3, -2, -1) are the
             # last three levels of any family (ResNet (2, 3, 4), ConvNeXt (1, 2, 3), EfficientNet, RegNet...)
             self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(out_indices))
         except Exception as err:  # timm raises RuntimeError/AssertionError/IndexError for models without those feature maps
-            raise ConfigError(f"detection.model.backbone: '{name}' cannot serve multi-scale features at model.kwargs.out_indices "
+            raise ConfigError(f"{block}.model.backbone: '{name}' cannot serve multi-scale features at model.kwargs.out_indices "
                               f"{list(out_indices)} ({err}); pick a CNN such as resnet18 or other out_indices") from None
         if pretrained:  # timm's published weights for the feature extractor, once the name is known to work
             self.body = hub_weights(lambda: timm.create_model(name, pretrained=True, features_only=True, out_indices=tuple(out_indices)),
-                                    "detection.model.pretrained", f"timm model '{name}'")
+                                    f"{block}.model.pretrained", f"timm model '{name}'")
         channels = self.body.feature_info.channels()
         strides = list(self.body.feature_info.reduction())
         blocks = LastLevelP6P7(out_channels, out_channels) if extra == "p6p7" else LastLevelMaxPool()
@@ -302,8 +304,9 @@ def coco_backend(name: str = "auto"):
 
 
 def coco_evaluate(ground_truth: dict, predictions: list[dict], classes: list[str], max_detections: int = 100,
-                  backend: str = "auto") -> tuple[dict, Any]:
-    """COCO bbox evaluation (faster-coco-eval or pycocotools, same numbers); returns (metrics, the COCOeval object).
+                  backend: str = "auto", iou_type: str = "bbox") -> tuple[dict, Any]:
+    """COCO evaluation, ``iou_type`` bbox or segm (faster-coco-eval or pycocotools, same numbers); returns
+    (metrics, the COCOeval object).
 
     Per-class AP is keyed by the category names of ``ground_truth``.
     """
@@ -318,7 +321,7 @@ def coco_evaluate(ground_truth: dict, predictions: list[dict], classes: list[str
         gt.dataset = ground_truth
         gt.createIndex()
         dt = gt.loadRes([dict(p) for p in predictions])  # loadRes adds keys to the dicts it is given
-        ev = eval_cls(gt, dt, "bbox")
+        ev = eval_cls(gt, dt, iou_type)
         ev.params.maxDets = [1, 10, max_detections]
         ev.evaluate()
         ev.accumulate()

@@ -33,7 +33,9 @@ class VisionPipeModel(mlflow.pyfunc.PythonModel):
 
     Output, one row per image: classification ``label, score, top_labels, top_scores``; detection
     ``boxes [[x0, y0, x1, y1]], labels, scores`` (after NMS, original pixel coordinates); segmentation
-    ``mask_png``: the class-index mask at the image's size, as base64 PNG.
+    ``mask_png``: the class-index mask at the image's size, as base64 PNG; instance segmentation ``boxes,
+    labels, scores, masks`` (one COCO RLE per instance at the image's size). Each row is the task's
+    ``format_result``.
     """
 
     # Inputs are validated by the logged signature (a string column of paths or base64 images), not by type
