@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 import numpy as np
 import pytest
 
-from conftest import save_image
+from support import save_image
 from visionpipe.batch_predict import find_images, predict_folder
 from visionpipe.cli import resolve_store
 from visionpipe.errors import DataError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import save_image, task_params
+from support import save_image, scene_records, task_params, write_coco_scenes, write_voc_scenes, write_yolo_scenes
 from visionpipe.config import parse_task_config
 from visionpipe.data import builtin, formats
 from visionpipe.errors import DataError
@@ -57,50 +57,7 @@ def test_imagefolder_split_is_stratified_and_seeded(tmp_path):
     assert a["classes"] == ["cat", "dog"]
 
 
-def _scene_records():
-    # two images: (file, width, height, [(class, x0, y0, x1, y1)])
-    return [("a.png", 40, 30, [(0, 2, 3, 12, 20), (1, 20, 5, 39, 29)]), ("b.png", 40, 30, [(1, 0, 0, 10, 10)])]
-
-
-def _write_coco(root: Path):
-    for split in ("train", "val"):
-        images, anns = [], []
-        for i, (name, w, h, objs) in enumerate(_scene_records()):
-            save_image(root / "images" / split / name, (w, h))
-            images.append({"id": i + 10, "file_name": name, "width": w, "height": h})
-            for c, x0, y0, x1, y1 in objs:
-                anns.append({"id": len(anns) + 1, "image_id": i + 10, "category_id": [3, 7][c], "bbox": [x0, y0, x1 - x0, y1 - y0],
-                             "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
-        (root / "annotations").mkdir(parents=True, exist_ok=True)
-        cats = [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}]
-        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-
-
-def _write_voc(root: Path):
-    (root / "ImageSets" / "Main").mkdir(parents=True)
-    (root / "Annotations").mkdir()
-    names = ["cat", "dog"]
-    for name, w, h, objs in _scene_records():
-        save_image(root / "JPEGImages" / name, (w, h))
-        objects = "".join(f"<object><name>{names[c]}</name><difficult>0</difficult><bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin>"
-                          f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>" for c, x0, y0, x1, y1 in objs)
-        (root / "Annotations" / f"{Path(name).stem}.xml").write_text(
-            f"<annotation><filename>{name}</filename><size><width>{w}</width><height>{h}</height></size>{objects}</annotation>")
-    for split in ("train", "val"):
-        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("a\nb\n")
-
-
-def _write_yolo(root: Path):
-    (root / "classes.txt").write_text("cat\ndog\n")
-    for split in ("train", "val"):
-        for name, w, h, objs in _scene_records():
-            save_image(root / "images" / split / name, (w, h))
-            lines = [f"{c} {(x0 + x1) / 2 / w} {(y0 + y1) / 2 / h} {(x1 - x0) / w} {(y1 - y0) / h}" for c, x0, y0, x1, y1 in objs]
-            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
-            (root / "labels" / split / f"{Path(name).stem}.txt").write_text("\n".join(lines))
-
-
-@pytest.mark.parametrize("fmt,writer", [("coco", _write_coco), ("voc", _write_voc), ("yolo", _write_yolo)])
+@pytest.mark.parametrize("fmt,writer", [("coco", write_coco_scenes), ("voc", write_voc_scenes), ("yolo", write_yolo_scenes)])
 def test_detection_formats_load_into_the_same_form(tmp_path, fmt, writer):
     writer(tmp_path)
     cfg = parse_task_config("detection", task_params("detection", data={"root": str(tmp_path), "format": fmt})).data
@@ -110,7 +67,7 @@ def test_detection_formats_load_into_the_same_form(tmp_path, fmt, writer):
     for split in ("train", "val"):
         got = sorted((Path(r["image"]).name, tuple(l for l in r["labels"]), tuple(tuple(round(v, 4) for v in b) for b in r["boxes"]))
                      for r in index[split])
-        want = sorted((n, tuple(o[0] for o in objs), tuple(tuple(float(v) for v in o[1:]) for o in objs)) for n, w, h, objs in _scene_records())
+        want = sorted((n, tuple(o[0] for o in objs), tuple(tuple(float(v) for v in o[1:]) for o in objs)) for n, w, h, objs in scene_records())
         assert got == want
         assert all((r["width"], r["height"]) == (40, 30) for r in index[split])
 
@@ -157,11 +114,10 @@ def test_coco_segmentation_polygons_rasterise(tmp_path):
 def test_coco_polygons_feed_segmentation(tmp_path):
     import numpy as np
 
-    from visionpipe.data import transforms
     from visionpipe.data.images import load_rgb
     from visionpipe.tasks.segmentation import SegmentationTask
 
-    _write_coco(tmp_path)
+    write_coco_scenes(tmp_path)
     for split in ("train", "val"):  # add a polygon to every annotation (the box outline)
         path = tmp_path / "annotations" / f"instances_{split}.json"
         content = json.loads(path.read_text())

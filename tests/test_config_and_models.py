@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import task_params
+from support import task_params
 from visionpipe import stages
 from visionpipe.config import parse_task_config
 from visionpipe.data import transforms

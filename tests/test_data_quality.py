@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import save_image, task_params
+from support import save_image, task_params
 from visionpipe.config import parse_task_config
 from visionpipe.data import formats, quality, validation
 from visionpipe.errors import ConfigError, DataError

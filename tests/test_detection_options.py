@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import PROJECT, task_params
+from support import PROJECT, task_params
 from visionpipe import stages
 from visionpipe.config import parse_task_config
 from visionpipe.data import formats

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import task_params
+from support import task_params
 
 pytestmark = pytest.mark.slow
 
@@ -133,8 +133,8 @@ def test_kedro_pipeline_under_torchrun_writes_and_logs_once(tmp_path):
     import mlflow
     import pandas as pd
 
-    from conftest import make_project
-    from test_end_to_end import tiny_params
+    from support import make_project
+    from support import tiny_params
 
     (tmp_path / "project").mkdir()
     project = make_project(tmp_path / "project")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PROJECT, merge, task_params
+from support import PROJECT, merge, task_params
 
 pytestmark = pytest.mark.slow
 

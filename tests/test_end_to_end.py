@@ -15,36 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import visionpipe
-
-from conftest import PROJECT, TINY, make_project
+from support import PROJECT, TASKS, TINY, kedro, make_project, tiny_params
 
 pytestmark = pytest.mark.slow
-TASKS = tuple(visionpipe.TASKS)  # every task runs in the default `kedro run`, so every task gets tiny parameters
-
-
-def _flatten(prefix: str, value) -> list[str]:
-    if isinstance(value, dict):
-        return [item for k, v in value.items() for item in _flatten(f"{prefix}.{k}", v)]
-    return [f"{prefix}={value}"]
-
-
-def tiny_params(tasks=TASKS, **extra) -> str:
-    items = []
-    for task in tasks:
-        items += _flatten(task, TINY[task])
-        items += [f"{task}.data.num_workers=0", f"{task}.train.device=cpu", f"{task}.train.progress_bar=false"]
-    items += [f"{k}={v}" for k, v in extra.items()]
-    return ",".join(items)
-
-
-def kedro(project: Path, *args: str, program: str = "kedro") -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING") and k != "VISIONPIPE_VERBOSE"}
-    env.update(KEDRO_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", VISIONPIPE_SYSTEM_METRICS_INTERVAL="1", COLUMNS="200")
-    proc = subprocess.run([str(Path(sys.executable).parent / program), *args], cwd=project, env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import PROJECT, TINY, merge
+from support import PROJECT, TINY, merge
 from visionpipe import stages
 from visionpipe.config import parse_task_config
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import PROJECT, task_params
+from support import PROJECT, task_params
 from visionpipe.errors import ConfigError, DataError
 
 # ---------------------------------------------------------------- sweep points

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PROJECT, make_project, merge, task_params
+from support import PROJECT, make_project, merge, task_params
 
 pytestmark = pytest.mark.slow
 

@@ -79,3 +79,16 @@ def test_fake_safetensors_is_a_config_error(tmp_path):
     fake.write_bytes(b"PK\x03\x04 this is a zip, not safetensors")
     with pytest.raises(ConfigError, match=r"weights\.safetensors: not a valid safetensors file"):
         load_weights(fake)
+
+
+def test_a_damaged_model_folder_is_a_message_naming_the_file(tmp_path):
+    from visionpipe.errors import DataError
+    from visionpipe.inference import load_bundle
+
+    (tmp_path / "spec.json").write_text('{"task": "classification"}')
+    (tmp_path / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    with pytest.raises(DataError, match=r"model\.safetensors: not a valid safetensors file.*Re-run the training pipeline"):
+        load_bundle(tmp_path)
+    (tmp_path / "spec.json").write_text("{broken")
+    with pytest.raises(DataError, match=r"spec\.json: not valid JSON"):
+        load_bundle(tmp_path)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import task_params
+from support import task_params
 from visionpipe import stages
 from visionpipe.config import parse_task_config
 from visionpipe.inference import Predictor

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import task_params
+from support import task_params
 from visionpipe.config import parse_task_config
 from visionpipe.data import formats, gpu_decode, transforms
 from visionpipe.data.images import load_rgb

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from conftest import TINY, make_project, save_image
+from support import TINY, make_project, save_image
 from visionpipe.config import parse_task_config
 from visionpipe.data.transforms import from_dict, to_dict
 from visionpipe.engine.runtime import Runtime
@@ -72,7 +72,7 @@ def _coco_root(tmp_path: Path) -> Path:
 
 
 def _cfg(**data):
-    from conftest import task_params
+    from support import task_params
 
     return parse_task_config(TASK, task_params(TASK, data=data))
 

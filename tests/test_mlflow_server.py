@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, make_project
-from test_end_to_end import tiny_params
+from support import TINY, make_project
+from support import tiny_params
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import pytest
 from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
 
-from conftest import task_params
+from support import task_params
 from visionpipe.io import AtomicJSONDataset
 from visionpipe.pipeline_registry import register_pipelines
 

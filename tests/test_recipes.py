@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from conftest import task_params
+from support import task_params
 from visionpipe import stages
 from visionpipe.config import parse_task_config
 from visionpipe.data.datasets import BalancedSampler

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import task_params
+from support import task_params
 from visionpipe.tracking import registry
 from visionpipe.tracking.champion import UNKNOWN_CLASS_BIAS, class_layout, remap_bundle, remap_state_dict, split_fingerprint
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_project
-from test_end_to_end import tiny_params
+from support import make_project
+from support import tiny_params
 
 pytestmark = pytest.mark.slow
 TASK = "classification"

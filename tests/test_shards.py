@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import task_params
+from support import task_params
 from visionpipe.config import parse_task_config
 from visionpipe.data import builtin, formats, shards
 from visionpipe.tasks import get_task_class
@@ -172,7 +172,7 @@ def test_a_corrupt_member_is_reported_by_validation_with_its_shard(tmp_path):
 def test_shard_command_writes_shards_and_reports_user_errors_in_one_line(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from conftest import make_project
+    from support import make_project
     from visionpipe.cli import cli
 
     (tmp_path / "project").mkdir()

@@ -71,7 +71,7 @@ def test_every_task_module_defines_the_whole_contract():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Every task trained for one tiny epoch on its built-in data and evaluated."""
-    from conftest import task_params
+    from support import task_params
 
     out = {}
     for task in TASKS:
@@ -135,7 +135,7 @@ def test_a_typo_in_model_kwargs_names_the_key(trained, task):
 
 
 def test_keys_a_task_does_not_use_are_errors():
-    from conftest import task_params
+    from support import task_params
 
     with pytest.raises(ConfigError, match=r"classification\.losses: unknown key"):
         parse_task_config("classification", task_params("classification", losses=[{"name": "focal"}]))
@@ -148,7 +148,7 @@ def test_keys_a_task_does_not_use_are_errors():
 
 
 def test_split_seed_splits_user_data_and_builtin_seed_does_not(tmp_path):
-    from conftest import save_image, task_params
+    from support import save_image, task_params
 
     for c in ("a", "b"):
         for i in range(10):

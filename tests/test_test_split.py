@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import task_params
-from test_builtin_and_formats import _write_coco, _write_voc, _write_yolo
+from support import task_params
+from support import write_coco_scenes, write_voc_scenes, write_yolo_scenes
 from visionpipe import stages
 from visionpipe.config import parse_task_config
 from visionpipe.data import formats, validation
@@ -33,7 +33,7 @@ def _strip(records):
     return sorted((Path(r["image"]).name, tuple(r.get("labels", [r.get("label")]))) for r in records)
 
 
-@pytest.mark.parametrize("fmt,writer", [("coco", _write_coco), ("voc", _write_voc), ("yolo", _write_yolo)])
+@pytest.mark.parametrize("fmt,writer", [("coco", write_coco_scenes), ("voc", write_voc_scenes), ("yolo", write_yolo_scenes)])
 def test_detection_layouts_read_an_optional_test_split(tmp_path, fmt, writer):
     writer(tmp_path)
     cfg = parse_task_config("detection", task_params("detection", data={"root": str(tmp_path), "format": fmt})).data

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import task_params
+from support import task_params
 from visionpipe import stages
 from visionpipe.config import parse_task_config
 from visionpipe.engine.checkpoint import load_checkpoint

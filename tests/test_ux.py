@@ -19,7 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import PROJECT
+from support import PROJECT
 
 BIN = Path(sys.executable).parent
 
@@ -115,7 +115,7 @@ def test_epoch_history_splits_into_learning_curves_and_timings():
 
 
 def test_trainer_history_counts_epochs_from_one_and_measures_data_wait(in_tmp):
-    from conftest import task_params
+    from support import task_params
     from visionpipe import stages
     from visionpipe.config import parse_task_config
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import save_image
+from support import save_image
 from visionpipe.data import formats, images, validation
 from visionpipe.errors import DataError
 

@@ -20,6 +20,8 @@ try:
     from kedro.framework.cli.project import run as kedro_run
 finally:
     logging.disable(logging.NOTSET)
+from kedro.io import DatasetError
+
 from visionpipe.errors import VisionpipeError
 from visionpipe.shard_command import shard
 
@@ -98,6 +100,15 @@ def _run(**kwargs):
         except VisionpipeError as err:
             # a user-facing error (bad data, bad parameters): its message says what to do, no traceback
             raise click.ClickException(f"{name}: {type(err).__name__}: {err}") from None
+        except DatasetError as err:
+            # Kedro wraps a dataset's own error; ours (a damaged model folder...) say which file and what to do
+            # (``raise ... from None`` in our datasets: a missing input, "run the pipeline that produces it first").
+            cause = err.__cause__
+            if isinstance(cause, VisionpipeError):
+                raise click.ClickException(f"{name}: {type(cause).__name__}: {cause}") from None
+            if err.__suppress_context__ and cause is None:
+                raise click.ClickException(f"{name}: DatasetError: {err}") from None
+            raise
         print_summary(name, namespaces, started)
     return results
 

@@ -29,10 +29,26 @@ def save_bundle(bundle: dict[str, Any], folder: Path) -> None:
 
 
 def load_bundle(folder: str | Path) -> dict[str, Any]:
+    """A trained model folder (spec.json + model.safetensors); a missing or damaged file is a DataError naming it."""
     from safetensors.torch import load_file
 
+    from visionpipe.errors import DataError
+
     folder = Path(folder)
-    return {"spec": json.loads((folder / SPEC_FILE).read_text()), "state_dict": load_file(str(folder / WEIGHTS_FILE))}
+    fix = "Re-run the training pipeline to write the model again, or restore the folder (dvc checkout / dvc pull)"
+    try:
+        spec = json.loads((folder / SPEC_FILE).read_text())
+    except FileNotFoundError:
+        raise DataError(folder / SPEC_FILE, "model spec not found", fix) from None
+    except json.JSONDecodeError as err:
+        raise DataError(folder / SPEC_FILE, f"not valid JSON ({err})", fix) from None
+    try:
+        state_dict = load_file(str(folder / WEIGHTS_FILE))
+    except FileNotFoundError:
+        raise DataError(folder / WEIGHTS_FILE, "model weights not found", fix) from None
+    except Exception as err:  # safetensors raises its own SafetensorError (or OSError) for a damaged file
+        raise DataError(folder / WEIGHTS_FILE, f"not a valid safetensors file ({str(err).splitlines()[0][:200]})", fix) from None
+    return {"spec": spec, "state_dict": state_dict}
 
 
 def decode_image(item: Any) -> np.ndarray:
