@@ -20,6 +20,12 @@ from support import PROJECT, TASKS, TINY, kedro, make_project, tiny_params
 pytestmark = pytest.mark.slow
 
 
+def _registry_name(task: str) -> str:
+    import yaml
+
+    return yaml.safe_load((PROJECT / "conf/base" / f"parameters_{task}.yml").read_text())[task]["registry"]["model_name"]
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A copy of the project (configuration only: the package is installed) after one default run, started as
@@ -73,7 +79,7 @@ def test_terminal_is_quiet_and_ends_each_task_with_a_summary(project, client):
     for task in TASKS:
         run = _runs(client, task)[0]
         block = out[out.index(f"{task}  run {run.info.run_name}"):]
-        for line in ("  metrics", "  best epoch  1/1 restored", f"  registry    visionpipe-{task} v1:", "alias 'champion' moved to v1",
+        for line in ("  metrics", "  best epoch  1/1 restored", f"  registry    {_registry_name(task)} v1:", "alias 'champion' moved to v1",
                      f"data/06_models/{task}/model/", f"/runs/{run.info.run_id}"):
             assert line in block.split("\n\n")[0], (task, line)
 
@@ -81,7 +87,8 @@ def test_terminal_is_quiet_and_ends_each_task_with_a_summary(project, client):
 def test_runs_are_named_described_and_carry_their_data_as_a_dataset(project, client):
     from visionpipe.tracking.lineage import dvc_dir_md5
 
-    labels = {"classification": "resnet10t", "detection": "fcos-resnet10t", "segmentation": "Unet-resnet18"}
+    labels = {"classification": "resnet10t", "detection": "fcos-resnet10t", "segmentation": "Unet-resnet18",
+              "instance_segmentation": "maskrcnn-resnet10t"}
     for task in TASKS:
         run = _runs(client, task)[0]
         assert re.fullmatch(rf"{task}-{labels[task]}-\d{{4}}-\d{{6}}", run.info.run_name), run.info.run_name
@@ -103,7 +110,10 @@ def test_metrics_have_one_name_and_timings_their_own_file(project, client):
     for task in TASKS:
         metrics = client.get_run(_runs(client, task)[0].info.run_id).data.metrics
         assert not {"val_loss", "eval_time_s", "val_images", "train/epoch_time_s"} & set(metrics), sorted(metrics)
-        assert {"val/loss" if task != "detection" else "val/map", "process/epoch_time_s", "process/data_wait_fraction",
+        from visionpipe.tasks import get_task_class
+
+        curve = "val/loss" if "val_loss" in get_task_class(task).metrics else f"val/{get_task_class(task).primary_metric}"
+        assert {curve, "process/epoch_time_s", "process/data_wait_fraction",
                 "process/rss_gb", "process/eval_time_s"} <= set(metrics)
         report = project / "data/08_reporting" / task
         assert "eval_time_s" not in json.loads((report / "metrics.json").read_text())
@@ -298,5 +308,5 @@ def test_kedro_viz_build_draws_every_task_pipeline(project):
     for task in TASKS:
         nodes = json.loads((project / "build/api/pipelines" / task).read_text())["nodes"]
         names = sorted(n["name"] for n in nodes if n["type"] == "task")
-        assert names == sorted(["ingest_dataset", "check_dataset", "apply_validation_policy", "build_augmentation", "train_model",
-                                "evaluate", "plot", "register_model"]), (task, names)
+        assert names == sorted(["ingest_dataset", "check_dataset", "apply_validation_policy", "report_data_quality", "build_augmentation",
+                                "train_model", "evaluate", "plot", "register_model"]), (task, names)

@@ -49,8 +49,8 @@ def no_hub(monkeypatch):
     """No network here: build the architecture without downloading (the offline path has its own test)."""
     original = stages.make_spec
 
-    def make_spec(task, cfg, classes):
-        spec = original(task, cfg, classes)
+    def make_spec(task, cfg, classes, *args):
+        spec = original(task, cfg, classes, *args)
         spec["model"] = {**spec["model"], "pretrained": False}
         return spec
 

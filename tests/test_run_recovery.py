@@ -173,7 +173,7 @@ def test_resume_continues_the_same_mlflow_run(project):
     run = client.get_run(killed)
     assert run.info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(killed, "train/loss"))
-    assert steps == [0, 1, 2]  # from epoch 0, no gap, no repeat
+    assert steps == [1, 2, 3]  # from the first epoch (1-based, as the console and history.csv count), no gap, no repeat
     import pandas as pd
 
-    assert pd.read_csv(project / f"data/08_reporting/{TASK}/history.csv")["epoch"].tolist() == [0, 1, 2]
+    assert pd.read_csv(project / f"data/08_reporting/{TASK}/history.csv")["epoch"].tolist() == [1, 2, 3]
