@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import warnings
 from typing import Any
@@ -55,7 +56,8 @@ def compose(
     steps = [build_transform(t, f"{block}.augment[{i}]") for i, t in enumerate(augment)] if train else []
     steps += resize if resize is not None else [A.Resize(image_size, image_size)]
     steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), A.ToTensorV2()]
-    return A.Compose(steps, bbox_params=bbox_params)
+    with _no_idle_box_warning():
+        return A.Compose(steps, bbox_params=bbox_params)
 
 
 def box_params() -> A.BboxParams:
@@ -79,4 +81,15 @@ def to_dict(transform: A.Compose) -> dict[str, Any]:
 
 
 def from_dict(spec: dict[str, Any]) -> A.Compose:
-    return A.from_dict(spec)
+    """A pipeline from its serialised form (``to_dict``)."""
+    with _no_idle_box_warning():
+        return A.from_dict(spec)
+
+
+@contextlib.contextmanager
+def _no_idle_box_warning():
+    """A box-aware pipeline without a geometric step is normal here (detectors resize inside the model):
+    albumentations' "processor for bboxes, but no transform to process it" says nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*processor for bboxes, but no transform to process it.*")
+        yield

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import re
@@ -208,11 +210,12 @@ def register_and_gate(bundle: dict[str, Any], metrics: dict[str, float], registr
     if tags:
         mlflow.set_tags(tags)
     info = log_pyfunc_model(bundle, name=model_label(spec))
-    version = mlflow.register_model(info.model_uri, name, tags={
-        **tags, f"metric.{metric}": str(new_score), "visionpipe.run_id": run.info.run_id, TAG_STATE: "pending",
-        TAG_PREVIOUS: str(champion.version) if champion else "none", TAG_FINGERPRINT: str(fingerprint),
-        "visionpipe.classes": json.dumps(list(spec["classes"])), "visionpipe.scoring_split": evaluation.get("split", "val"),
-    })
+    with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Successfully registered..."; our own line says it
+        version = mlflow.register_model(info.model_uri, name, tags={
+            **tags, f"metric.{metric}": str(new_score), "visionpipe.run_id": run.info.run_id, TAG_STATE: "pending",
+            TAG_PREVIOUS: str(champion.version) if champion else "none", TAG_FINGERPRINT: str(fingerprint),
+            "visionpipe.classes": json.dumps(list(spec["classes"])), "visionpipe.scoring_split": evaluation.get("split", "val"),
+        })
     decision = {
         "model_name": name, "version": int(version.version), "alias": alias, "metric": metric,
         "new_score": new_score, "new_fingerprint": fingerprint, "scoring_split": evaluation.get("split", "val"),
