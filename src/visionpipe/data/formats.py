@@ -472,10 +472,15 @@ def fingerprint(root: Path, index: dict) -> str:
     """
     h = hashlib.md5()
     for split in splits_of(index):
-        for rec in index[split]:
-            h.update(json.dumps(rec, sort_keys=True).encode())
-            for key in ("image", "mask"):
-                if key in rec:
-                    p = root / rec[key]
-                    h.update(f"{rec[key]}:{p.stat().st_size if p.exists() else -1}".encode())
+        hash_records(h, root, index[split])
     return h.hexdigest()
+
+
+def hash_records(h, root: Path, records: list[dict]) -> None:
+    """Feed each record, and the size of each file it names, into the hash ``h`` (a light content hash)."""
+    for rec in records:
+        h.update(json.dumps(rec, sort_keys=True).encode())
+        for key in ("image", "mask"):
+            if key in rec:
+                p = root / rec[key]
+                h.update(f"{rec[key]}:{p.stat().st_size if p.exists() else -1}".encode())

@@ -26,14 +26,10 @@ def scoring_split(index: dict) -> str:
 
 def split_fingerprint(index: dict, split: str) -> str:
     """A hash of one split: its records (files, labels, boxes), the class list, and each file's size."""
-    root = Path(index["root"])
+    from visionpipe.data.formats import hash_records
+
     h = hashlib.md5(json.dumps({"split": split, "classes": index["classes"]}, sort_keys=True).encode())
-    for rec in index.get(split) or []:
-        h.update(json.dumps(rec, sort_keys=True).encode())
-        for key in ("image", "mask"):
-            if key in rec:
-                path = root / rec[key]
-                h.update(f"{rec[key]}:{path.stat().st_size if path.exists() else -1}".encode())
+    hash_records(h, Path(index["root"]), index.get(split) or [])
     return h.hexdigest()
 
 
