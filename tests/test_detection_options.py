@@ -46,8 +46,8 @@ def test_multi_scale_draws_sizes_in_training_and_evaluates_at_image_size(tmp_pat
 def test_multi_scale_is_checked(tmp_path, bad, message):
     with pytest.raises(ConfigError, match=message):
         parse_task_config("detection", task_params("detection", tmp_path, train={"image_size": 96, "multi_scale": bad}))
-    with pytest.raises(ConfigError, match="multi_scale: unknown key"):
-        parse_task_config("segmentation", task_params("segmentation", tmp_path, train={"multi_scale": [32, 64]}))
+    with pytest.raises(ConfigError, match="multi_scale: unknown key"):  # classification has no multi-scale training
+        parse_task_config("classification", task_params("classification", tmp_path, train={"multi_scale": [32, 64]}))
 
 
 def test_grouped_batches_hold_one_aspect_ratio_group():

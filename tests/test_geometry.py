@@ -22,6 +22,7 @@ from torch import nn
 from support import task_params
 from visionpipe import stages
 from visionpipe.config import parse_task_config
+from visionpipe.errors import ConfigError
 from visionpipe.inference import Predictor
 from visionpipe.tasks import get_task
 from visionpipe.tasks.detection import DetectionTask, coco_evaluate
@@ -239,6 +240,46 @@ def test_segmentation_oracle_scores_iou_1_on_non_square_images(tmp_path, monkeyp
             assert result["mask"].shape == mask.shape and (result["mask"].numpy() == mask).all()
 
 
+def test_segmentation_sliding_window_stitches_windows_and_keeps_the_oracle_exact(tmp_path, monkeypatch):
+    from visionpipe.tasks.segmentation import slide, window_starts
+
+    assert window_starts(100, 32, 0.25) == [0, 24, 48, 68] and window_starts(20, 32, 0.5) == [0]
+    images = torch.rand(2, 3, 100, 70)
+    calls = []
+
+    def per_pixel(batch):  # a per-pixel "model": its logits are its input, so stitching must give them back exactly
+        calls.append(tuple(batch.shape[-2:]))
+        return batch
+
+    torch.testing.assert_close(slide(per_pixel, images, 32, 0.25, 3), images)
+    assert set(calls) == {(32, 32)} and len(calls) == 4 * 3  # 4 rows x 3 columns of windows
+    # through evaluation and Predictor: letterboxed to tile.size, windows of train.image_size, IoU still exactly 1
+    root = tmp_path / "masks"
+    truth = write_masks(root)
+    cfg = parse_task_config("segmentation", task_params("segmentation", tmp_path, augment=[],
+                                                        data={"root": str(root), "format": "masks", "classes": ["background", "a", "b"]},
+                                                        train={"image_size": 32}, evaluation={"tile": {"size": 128, "overlap": 0.5}}))
+    index = stages.ingest("segmentation", cfg)
+    spec = stages.make_spec("segmentation", cfg, index["classes"])
+    seen = []
+
+    def oracle(self):
+        model = OracleSegmenter(spec["mean"], spec["std"])
+        model.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape[-2:])))
+        return model
+
+    monkeypatch.setattr(SegmentationTask, "build_model", oracle)
+    bundle = {"spec": spec, "state_dict": {}}
+    metrics, _, _ = stages.evaluate("segmentation", index, stages.augmentation("segmentation", cfg), bundle, cfg)
+    assert metrics["miou"] == pytest.approx(1.0) and metrics["evaluation"]["tile"] == {"size": 128, "overlap": 0.5}
+    assert set(seen) == {(32, 32)}  # the model only ever saw windows of the training size
+    images = [np.asarray(Image.open(root / "val" / "images" / f"{k}.png").convert("RGB")) for k in range(len(SEG_SIZES))]
+    for result, mask in zip(Predictor(stages.serving_bundle(bundle, cfg)).predict_arrays(images), truth):
+        assert result["mask"].shape == mask.shape and (result["mask"].numpy() == mask).all()
+    with pytest.raises(ConfigError, match=r"evaluation\.tile\.size 48 is smaller than train\.image_size 64"):
+        parse_task_config("segmentation", task_params("segmentation", train={"image_size": 64}, evaluation={"tile": {"size": 48}}))
+
+
 def test_sparse_ids_end_to_end_rescore_with_pycocotools_against_the_users_file(tmp_path):
     """Real training on non-square photos with COCO ids 5/17/90: validation, training, evaluation; the
     written predictions re-score against the user's own instances_val.json to the reported mAP."""
@@ -306,3 +347,26 @@ def test_tiled_detection_finds_small_objects_in_a_large_photo_in_its_pixels(dete
         tiled = p.predict_arrays([pixels])[0]
         best = box_iou(truth, tiled["boxes"]).max(1)
         assert (best.values > 0.95).all() and tiled["labels"][best.indices].tolist() == [0, 1]
+
+
+def test_segmentation_multi_scale_resizes_each_training_batch_reproducibly():
+    cfg = parse_task_config("segmentation", task_params("segmentation", train={"image_size": 64, "multi_scale": [32, 96]}))
+    task = get_task(stages.make_spec("segmentation", cfg, ["background", "a", "b"]))
+    images, masks = torch.rand(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
+    masks[:, 0, 0] = 255  # ignored pixels stay ignored: nearest-neighbour, no blending of class indices
+    sizes = set()
+    for epoch in range(6):
+        for first in range(4):
+            metas = [{"index": first}, {"index": first + 4}]
+            out_images, out_masks, _ = task.train_batch((images, masks, metas), epoch)
+            again = task.train_batch((images, masks, metas), epoch)[0]
+            assert out_images.shape == again.shape  # seeded by (seed, epoch, first sample): resume/DDP draw the same
+            size = out_images.shape[-1]
+            sizes.add(size)
+            assert size in (32, 64, 96) and out_images.shape[-2:] == out_masks.shape[-2:]
+            assert set(out_masks.unique().tolist()) <= {0, 1, 2, 255}
+    assert len(sizes) > 1
+    with pytest.raises(ConfigError, match=r"segmentation\.train: .*multi_scale must be"):
+        parse_task_config("segmentation", task_params("segmentation", train={"multi_scale": [30, 96]}))
+    plain = get_task(stages.make_spec("segmentation", parse_task_config("segmentation", task_params("segmentation")), ["b", "x"]))
+    assert plain.train_batch((images, masks, [{"index": 0}]), 0)[0] is images

@@ -139,6 +139,22 @@ class TrainConfig(_Strict):
         raise ValueError(f"device must be auto, cpu, cuda, cuda:<n> or mps, got {value!r}")
 
 
+class MultiScaleTrain(BaseModel):
+    """``train.multi_scale``: null, or [min, max] input sizes in steps of 32 drawn per batch (tasks that support it)."""
+
+    multi_scale: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _multi_scale(self):
+        if self.multi_scale is not None:
+            lo, hi = self.multi_scale
+            if lo % 32 or hi % 32 or not 32 <= lo <= hi:
+                raise ValueError(f"multi_scale must be [min, max] with multiples of 32 and 32 <= min <= max, got {list(self.multi_scale)}")
+            if not lo <= self.image_size <= hi:
+                raise ValueError(f"image_size {self.image_size} (the evaluation size) must lie within multi_scale {list(self.multi_scale)}")
+        return self
+
+
 class EvaluationConfig(_Strict):
     """Evaluation-time settings, read when the evaluation stage runs (not frozen at training)."""
 

@@ -103,7 +103,7 @@ class Predictor:
 
             self.session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
         mean, std = self.task.input_normalization(self.spec["mean"], self.spec["std"])
-        self.transform = self.task.compose([], self.spec["image_size"], mean, std, train=False)
+        self.transform = self.task.compose([], self.task.eval_image_size(), mean, std, train=False)
         self.batch_size = batch_size
 
     @classmethod

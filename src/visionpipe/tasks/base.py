@@ -343,6 +343,10 @@ class Task:
     def batch_size(batch) -> int:
         return len(batch[0])
 
+    def eval_image_size(self) -> int:
+        """The input size evaluation and serving resize to (``image_size`` unless the task slides windows)."""
+        return self.spec["image_size"]
+
     def preprocess(self, pixels: np.ndarray, transform) -> torch.Tensor:
         """One decoded HxWx3 image to the network's input tensor (serving path)."""
         return transform(image=pixels)["image"]

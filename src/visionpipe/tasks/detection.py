@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from visionpipe.config import CocoFilesMixin, DataConfig, EvaluationConfig, TaskConfig, TrainConfig, _Strict
+from visionpipe.config import MultiScaleTrain, CocoFilesMixin, DataConfig, EvaluationConfig, TaskConfig, TrainConfig, _Strict
 from visionpipe.data import builtin, formats
 from visionpipe.engine import distributed
 from visionpipe.engine.runtime import Runtime
@@ -48,19 +48,8 @@ class DetectionEvaluation(EvaluationConfig):
     tile: TileConfig | None = None  # null: whole images; {size, overlap}: tiled inference (evaluation, Predictor, pyfunc)
 
 
-class DetectionTrain(TrainConfig):
-    # null, or [min, max] shorter sides in steps of 32 drawn per batch (torchvision's transform); image_size is evaluation's
-    multi_scale: tuple[int, int] | None = None
-
-    @model_validator(mode="after")
-    def _multi_scale(self):
-        if self.multi_scale is not None:
-            lo, hi = self.multi_scale
-            if lo % 32 or hi % 32 or not 32 <= lo <= hi:
-                raise ValueError(f"multi_scale must be [min, max] with multiples of 32 and 32 <= min <= max, got {list(self.multi_scale)}")
-            if not lo <= self.image_size <= hi:
-                raise ValueError(f"image_size {self.image_size} (the evaluation size) must lie within multi_scale {list(self.multi_scale)}")
-        return self
+class DetectionTrain(TrainConfig, MultiScaleTrain):
+    """``multi_scale``: shorter sides drawn per batch by torchvision's transform; image_size is evaluation's."""
 
 
 class DetectionConfig(TaskConfig):

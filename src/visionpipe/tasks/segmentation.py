@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 
 from pydantic import Field, model_validator
 
-from visionpipe.config import ClassWeights, CocoFilesMixin, DataConfig, TaskConfig, TrainConfig, TTAEvaluationConfig, _Strict, flip_tta
+from visionpipe.config import MultiScaleTrain, ClassWeights, CocoFilesMixin, DataConfig, TaskConfig, TrainConfig, TTAEvaluationConfig, _Strict, flip_tta
 from visionpipe.data import builtin, formats
 from visionpipe.data.shards import load_record_mask
 from visionpipe.engine.runtime import Runtime
@@ -32,6 +32,19 @@ from visionpipe.tasks.base import (
 )
 
 
+class SlideConfig(_Strict):
+    """Sliding-window inference (MMSegmentation's ``mode='slide'``) for images larger than the training size: the
+    image is letterboxed to ``size`` (its longest side) instead of ``train.image_size``, and windows of the training
+    size slide over it, sharing ``overlap`` of their width; each pixel's logits are averaged over its windows."""
+
+    size: int = Field(ge=32)
+    overlap: float = Field(0.25, ge=0.0, lt=0.9)
+
+
+class SegmentationEvaluation(TTAEvaluationConfig):
+    tile: SlideConfig | None = None  # null: the whole letterboxed image at train.image_size
+
+
 class SegmentationData(DataConfig, CocoFilesMixin):
     format: Literal["masks", "coco", "shards"] = "masks"
     ignore_index: int = 255  # mask value excluded from loss and metrics
@@ -43,7 +56,9 @@ class LossConfig(_Strict):
     weight: float = Field(1.0, gt=0)
 
 
-class SegmentationTrain(TrainConfig):
+class SegmentationTrain(TrainConfig, MultiScaleTrain):
+    """``multi_scale``: each training batch (letterboxed to image_size) resized to a size drawn from the range."""
+
     class_weights: ClassWeights = None  # weights the ce loss term; auto: inverse pixel frequency in the train split
 
 
@@ -51,7 +66,15 @@ class SegmentationConfig(TaskConfig):
     data: SegmentationData
     train: SegmentationTrain = SegmentationTrain()
     losses: list[LossConfig] = Field(default_factory=lambda: [LossConfig(name="ce")])
-    evaluation: TTAEvaluationConfig = TTAEvaluationConfig()
+    evaluation: SegmentationEvaluation = SegmentationEvaluation()
+
+    @model_validator(mode="after")
+    def _slide_size(self):
+        tile = self.evaluation.tile
+        if tile is not None and tile.size < self.train.image_size:
+            raise ValueError(f"evaluation.tile.size {tile.size} is smaller than train.image_size {self.train.image_size}, the "
+                             "window that slides over it; use a larger size, or tile: null")
+        return self
 
     @model_validator(mode="after")
     def _class_weights(self):
@@ -62,6 +85,28 @@ class SegmentationConfig(TaskConfig):
 logger = logging.getLogger(__name__)
 
 PAD_MASK = 255  # mask value of the letterbox padding, turned into ignore_index
+
+
+def window_starts(length: int, window: int, overlap: float) -> list[int]:
+    """Start offsets of windows of ``window`` pixels covering ``length`` with at least ``overlap`` shared."""
+    if length <= window:
+        return [0]
+    stride = max(1, int(window * (1 - overlap)))
+    starts = list(range(0, length - window, stride))
+    return starts + [length - window]
+
+
+def slide(run, images: torch.Tensor, window: int, overlap: float, num_classes: int) -> torch.Tensor:
+    """MMSegmentation's ``mode='slide'``: ``run`` on overlapping ``window`` x ``window`` crops of ``images``
+    (N, 3, H, W), the logits of each pixel averaged over the windows that saw it."""
+    n, _, h, w = images.shape
+    logits = torch.zeros((n, num_classes, h, w), device=images.device)
+    seen = torch.zeros((1, 1, h, w), device=images.device)
+    for y in window_starts(h, window, overlap):
+        for x in window_starts(w, window, overlap):
+            logits[..., y:y + window, x:x + window] += run(images[..., y:y + window, x:x + window]).float()
+            seen[..., y:y + window, x:x + window] += 1
+    return logits / seen
 
 
 def letterbox_size(height: int, width: int, size: int) -> tuple[int, int]:
@@ -246,7 +291,9 @@ class SegmentationTask(Task):
 
     @classmethod
     def make_spec(cls, cfg, classes, category_ids=None):
-        return {**super().make_spec(cfg, classes, category_ids), "ignore_index": cfg.data.ignore_index, "losses": [loss.model_dump() for loss in cfg.losses]}
+        return {**super().make_spec(cfg, classes, category_ids), "ignore_index": cfg.data.ignore_index,
+                "losses": [loss.model_dump() for loss in cfg.losses], "seed": cfg.train.seed,
+                "multi_scale": list(cfg.train.multi_scale) if cfg.train.multi_scale else None}
 
     @classmethod
     def normalization(cls, model_cfg: dict[str, Any]):
@@ -312,7 +359,49 @@ class SegmentationTask(Task):
         return compose(augment, image_size, mean, std, train=train, block=cls.name, resize=letterbox)
 
     def forward(self, model, images):
-        return flip_tta(model, images) if self.spec.get("evaluation", {}).get("tta") else model(images)
+        ev = self.spec.get("evaluation", {})
+
+        def run(batch):
+            return flip_tta(model, batch) if ev.get("tta") else model(batch)
+
+        if ev.get("tile"):  # letterboxed to tile.size; windows of the training size slide over it
+            return slide(run, images, self.spec["image_size"], ev["tile"]["overlap"], len(self.classes))
+        return run(images)
+
+    def onnx_forward(self, session, images):
+        ev = self.spec.get("evaluation", {})
+        if ev.get("tile"):
+            return slide(lambda batch: Task.onnx_forward(self, session, batch), images, self.spec["image_size"], ev["tile"]["overlap"],
+                         len(self.classes))
+        return super().onnx_forward(session, images)
+
+    def train_batch(self, batch, epoch: int):
+        """``train.multi_scale``: the batch (images bilinear, masks nearest) at a size drawn per batch, seeded by
+        (seed, epoch, first sample) so resumed and distributed runs draw the same sizes."""
+        scales = self.spec.get("multi_scale")
+        if not scales:
+            return batch
+        import random
+
+        from visionpipe.data.datasets import sample_seed
+
+        images, masks, metas = batch
+        size = random.Random(sample_seed(self.spec.get("seed", 0), epoch, metas[0]["index"])).choice(range(scales[0], scales[1] + 1, 32))
+        if size == images.shape[-1]:
+            return batch
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+        masks = F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+        return images, masks, metas
+
+    def eval_image_size(self) -> int:
+        tile = self.spec.get("evaluation", {}).get("tile")
+        return tile["size"] if tile else self.spec["image_size"]
+
+    def datasets(self, index: dict, aug: dict, cfg, eval_split: str = "val"):
+        adapter, train_ds, eval_ds = super().datasets(index, aug, cfg, eval_split)
+        if self.eval_image_size() != self.spec["image_size"]:  # evaluation.tile: letterboxed larger, windows slide over it
+            eval_ds.transform = self.compose([], self.eval_image_size(), aug["mean"], aug["std"], train=False)
+        return adapter, train_ds, eval_ds
 
     def backbone(self, model):
         """smp's encoder."""
