@@ -370,3 +370,24 @@ def test_segmentation_multi_scale_resizes_each_training_batch_reproducibly():
         parse_task_config("segmentation", task_params("segmentation", train={"multi_scale": [30, 96]}))
     plain = get_task(stages.make_spec("segmentation", parse_task_config("segmentation", task_params("segmentation")), ["b", "x"]))
     assert plain.train_batch((images, masks, [{"index": 0}]), 0)[0] is images
+
+
+@pytest.mark.slow
+def test_kedro_run_on_a_users_coco_folder_rescores_against_the_users_own_file(tmp_path):
+    """`kedro run --pipelines=detection` on a COCO folder with sparse category ids and non-square photos:
+    predictions.json speaks the user's ids and pycocotools scores it against instances_val.json to the run's mAP."""
+    from support import kedro, make_project, tiny_params
+
+    root = tmp_path / "coco"
+    write_coco(root)
+    (tmp_path / "project").mkdir()
+    project = make_project(tmp_path / "project")
+    kedro(project, "run", "--pipelines=detection",
+          f"--params={tiny_params(('detection',))},detection.data.root={root},detection.evaluation.score_threshold=0.0,"
+          "detection.train.epochs=2,detection.train.batch_size=2")
+    metrics = json.loads((project / "data/08_reporting/detection/metrics.json").read_text())
+    predictions = json.loads((project / "data/07_model_output/detection/predictions.json").read_text())
+    ground_truth = json.loads((project / "data/07_model_output/detection/ground_truth.json").read_text())
+    assert {c["id"] for c in ground_truth["categories"]} == set(CATEGORY_IDS) and {i["id"] for i in ground_truth["images"]} <= set(IMAGE_IDS)
+    assert predictions and {p["category_id"] for p in predictions} <= set(CATEGORY_IDS)
+    assert _pycocotools_map(root / "annotations" / "instances_val.json", predictions) == pytest.approx(metrics["map"], abs=1e-9)
