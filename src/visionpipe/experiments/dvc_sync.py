@@ -35,8 +35,8 @@ PACKAGE = "visionpipe"
 RUN_ROOTS = ("visionpipe.settings", "visionpipe.pipeline_registry", "visionpipe.cli")
 BUILTIN_ROOTS = ("visionpipe.data.builtin", "visionpipe.config", "visionpipe.cli")
 
-# CONTRACT: the curated top-level DVC plots of each task's history (columns of history.csv); a task
-# without an entry still gets its stage-level history plot against the epoch.
+# The curated top-level DVC plots come from each task's ``history_plots``; a task without any still gets its
+# stage-level history plot against the epoch.
 _KINDS = {"out": "outs", "outs": "outs", "metrics": "metrics", "plots": "plots"}
 
 

@@ -17,10 +17,8 @@ UNKNOWN_CLASS_BIAS = -1.0e4  # a class the champion never learnt gets a logit it
 
 
 def scoring_split(index: dict) -> str:
-    """The split that scores a model: ``test`` when the index has a non-empty one, else ``val``.
-
-    # CONTRACT: must name the split stages.evaluate scores on (the lead's task objects decide).
-    """
+    """The split that scores a model: ``test`` when the index has a non-empty one (``stages.evaluate`` then adds
+    ``test/`` metrics and the gate compares those), else ``val``."""
     return "test" if index.get("test") else "val"
 
 
@@ -55,9 +53,9 @@ def remap_state_dict(old_state: dict[str, torch.Tensor], layout: dict[str, tuple
     Rows of classes the champion knows are copied; rows of classes it does not know get zero weights and a
     very negative bias, so it never predicts them and their images count as misses.
 
-    # CONTRACT: per task kind the class-sized tensors are the classifier head (classification), the
-    # segmentation head (segmentation) and the detector's class logits (+ background row and per-class box
-    # deltas for two-stage detectors). Found here by building the model for two class counts.
+    Which tensors are class-sized is found by building the model for two class counts, so it holds for any
+    task: classifier heads, segmentation heads, detector class logits (with a background row) and the per-class
+    box deltas of two-stage detectors.
     """
     position = {name: i for i, name in enumerate(old_classes)}
     out = dict(old_state)
