@@ -241,9 +241,10 @@ def test_segmentation_oracle_scores_iou_1_on_non_square_images(tmp_path, monkeyp
 
 
 def test_segmentation_sliding_window_stitches_windows_and_keeps_the_oracle_exact(tmp_path, monkeypatch):
-    from visionpipe.tasks.segmentation import slide, window_starts
+    from visionpipe.data.transforms import tile_starts
+    from visionpipe.tasks.segmentation import slide
 
-    assert window_starts(100, 32, 0.25) == [0, 24, 48, 68] and window_starts(20, 32, 0.5) == [0]
+    assert tile_starts(100, 32, 0.25) == [0, 24, 48, 68] and tile_starts(20, 32, 0.5) == [0]
     images = torch.rand(2, 3, 100, 70)
     calls = []
 
@@ -329,7 +330,7 @@ def test_tiled_detection_finds_small_objects_in_a_large_photo_in_its_pixels(dete
     the same through Predictor and the ONNX export."""
     from torchvision.ops import box_iou
 
-    from visionpipe.tasks.detection import tile_starts
+    from visionpipe.data.transforms import tile_starts
 
     assert tile_starts(300, 128, 0.25) == [0, 96, 172] and tile_starts(100, 128, 0.25) == [0]
     pixels = np.zeros((200, 300, 3), dtype=np.uint8)

@@ -65,6 +65,16 @@ def box_params() -> A.BboxParams:
     return A.BboxParams(**BBOX_PARAMS)
 
 
+def tile_starts(length: int, size: int, overlap: float) -> list[int]:
+    """Tile (or sliding-window) offsets along one side: steps of ``size * (1 - overlap)``, the last tile flush
+    with the end (detection's tiled inference, segmentation's sliding window)."""
+    if length <= size:
+        return [0]
+    step = max(1, int(size * (1 - overlap)))
+    starts = list(range(0, length - size, step))
+    return starts + [length - size]
+
+
 def to_dict(transform: A.Compose) -> dict[str, Any]:
     """albumentations' serialised form, minus PadIfNeeded's ``padding``: albumentations 2.0 writes that key
     and then warns that it is not valid when reading it back."""

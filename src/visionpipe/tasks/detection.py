@@ -18,6 +18,7 @@ from pydantic import Field
 
 from visionpipe.config import MultiScaleTrain, CocoFilesMixin, DataConfig, EvaluationConfig, TaskConfig, TrainConfig, _Strict
 from visionpipe.data import builtin, formats
+from visionpipe.data.transforms import tile_starts
 from visionpipe.engine import distributed
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
@@ -348,15 +349,6 @@ class DetectionEvaluator:
         metrics, self.last_eval = coco_evaluate(self.ground_truth, results, self.task.classes, self.task.spec["evaluation"]["max_detections"])
         self.results = results
         return metrics
-
-
-def tile_starts(length: int, size: int, overlap: float) -> list[int]:
-    """Tile offsets along one side: steps of ``size * (1 - overlap)``, the last tile flush with the end."""
-    if length <= size:
-        return [0]
-    step = max(1, int(size * (1 - overlap)))
-    starts = list(range(0, length - size, step))
-    return starts + [length - size]
 
 
 def tiled_detections(run, image: torch.Tensor, size: int, overlap: float, iou: float, max_detections: int) -> dict:

@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 
 from visionpipe.config import MultiScaleTrain, ClassWeights, CocoFilesMixin, DataConfig, TaskConfig, TrainConfig, TTAEvaluationConfig, _Strict, flip_tta
 from visionpipe.data import builtin, formats
+from visionpipe.data.transforms import tile_starts
 from visionpipe.data.shards import load_record_mask
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
@@ -87,23 +88,14 @@ logger = logging.getLogger(__name__)
 PAD_MASK = 255  # mask value of the letterbox padding, turned into ignore_index
 
 
-def window_starts(length: int, window: int, overlap: float) -> list[int]:
-    """Start offsets of windows of ``window`` pixels covering ``length`` with at least ``overlap`` shared."""
-    if length <= window:
-        return [0]
-    stride = max(1, int(window * (1 - overlap)))
-    starts = list(range(0, length - window, stride))
-    return starts + [length - window]
-
-
 def slide(run, images: torch.Tensor, window: int, overlap: float, num_classes: int) -> torch.Tensor:
     """MMSegmentation's ``mode='slide'``: ``run`` on overlapping ``window`` x ``window`` crops of ``images``
     (N, 3, H, W), the logits of each pixel averaged over the windows that saw it."""
     n, _, h, w = images.shape
     logits = torch.zeros((n, num_classes, h, w), device=images.device)
     seen = torch.zeros((1, 1, h, w), device=images.device)
-    for y in window_starts(h, window, overlap):
-        for x in window_starts(w, window, overlap):
+    for y in tile_starts(h, window, overlap):
+        for x in tile_starts(w, window, overlap):
             logits[..., y:y + window, x:x + window] += run(images[..., y:y + window, x:x + window]).float()
             seen[..., y:y + window, x:x + window] += 1
     return logits / seen
