@@ -69,6 +69,30 @@ def save_image(path: Path, size=(16, 16), mode="RGB", value=128) -> Path:
     return path
 
 
+def tiny_classification(root: Path) -> None:
+    """Shrink the classification block of ``root``'s conf/base parameters to the TINY data and training."""
+    params_file = root / "conf/base/parameters_classification.yml"
+    tiny = merge(yaml.safe_load(params_file.read_text())["classification"],
+                 {k: v for k, v in task_params("classification").items() if k in ("data", "train")})
+    params_file.write_text(yaml.safe_dump({"classification": tiny}))
+
+
+def dvc_project(root: Path) -> Path:
+    """What a fresh clone holds (code, conf, dvc.yaml, .dvc, empty data layers), classification shrunk; not yet a git repo."""
+    import shutil
+
+    for name in ("pyproject.toml", "dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(PROJECT / name, root)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "tmp", "cache")
+    for name in ("conf", "src", ".dvc"):
+        shutil.copytree(PROJECT / name, root / name, ignore=ignore)
+    for d in ("01_raw", "06_models", "07_model_output", "08_reporting"):
+        (root / "data" / d).mkdir(parents=True)
+        (root / "data" / d / ".gitkeep").touch()
+    tiny_classification(root)
+    return root
+
+
 TASKS = tuple(visionpipe.TASKS)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import PROJECT, merge, task_params
+from support import dvc_project, task_params
 
 pytestmark = pytest.mark.slow
 
@@ -27,19 +27,7 @@ def sh(repo: Path, *cmd: str) -> str:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("repo")
-    for name in ("pyproject.toml", "dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(PROJECT / name, root)
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "tmp", "cache")
-    for name in ("conf", "src", ".dvc"):
-        shutil.copytree(PROJECT / name, root / name, ignore=ignore)
-    for d in ("01_raw", "06_models", "07_model_output", "08_reporting"):
-        (root / "data" / d).mkdir(parents=True)
-        (root / "data" / d / ".gitkeep").touch()
-    params_file = root / "conf/base/parameters_classification.yml"
-    tiny = merge(yaml.safe_load(params_file.read_text())["classification"],
-                 {k: v for k, v in task_params("classification").items() if k in ("data", "train")})
-    params_file.write_text(yaml.safe_dump({"classification": tiny}))
+    root = dvc_project(tmp_path_factory.mktemp("repo"))
     sh(root, "git", "init", "-q")
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "fresh clone")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import PROJECT, make_project, merge, task_params
+from support import dvc_project, make_project, tiny_classification
 
 pytestmark = pytest.mark.slow
 
@@ -31,25 +31,9 @@ def sh(repo: Path, *cmd: str, check: bool = True) -> str:
     return proc.stdout + proc.stderr
 
 
-def tiny_classification(root: Path) -> None:
-    params_file = root / PARAMS
-    tiny = merge(yaml.safe_load(params_file.read_text())["classification"],
-                 {k: v for k, v in task_params("classification").items() if k in ("data", "train")})
-    params_file.write_text(yaml.safe_dump({"classification": tiny}))
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("exprepo")
-    for name in ("pyproject.toml", "dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(PROJECT / name, root)
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "tmp", "cache")
-    for name in ("conf", "src", ".dvc"):
-        shutil.copytree(PROJECT / name, root / name, ignore=ignore)
-    for d in ("01_raw", "06_models", "07_model_output", "08_reporting"):
-        (root / "data" / d).mkdir(parents=True)
-        (root / "data" / d / ".gitkeep").touch()
-    tiny_classification(root)
+    root = dvc_project(tmp_path_factory.mktemp("exprepo"))
     sh(root, "git", "init", "-q")
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "fresh clone")

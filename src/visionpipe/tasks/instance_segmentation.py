@@ -28,6 +28,7 @@ from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
 from visionpipe.tasks.base import call_with_model_kwargs, close_matches, load_pretrained, pop_reset_head
 from visionpipe.tasks.detection import (
+    DetectionEvaluator,
     DetectionTask,
     DetectionTrain,
     TimmFPN,
@@ -279,21 +280,12 @@ def instance_metrics(ground_truth: dict, predictions: list[dict], classes: list[
     return metrics, segm_eval
 
 
-class InstanceSegmentationEvaluator:
-    """Collects COCO results (box + RLE mask at the original size) over a split; ``compute`` scores them."""
+class InstanceSegmentationEvaluator(DetectionEvaluator):
+    """Detection's collection of COCO results (the task's ``coco_results`` adds each RLE mask); ``compute``
+    scores masks and boxes."""
 
     def __init__(self, task: "InstanceSegmentationTask", records: list[dict]):
-        self.task = task
-        self.records = records
-        self.results: list[dict] = []
-        self.ground_truth: dict | None = None
-        self.last_eval = None
-
-    def update(self, model, batch) -> None:
-        images, _targets, metas = batch
-        outputs = self.task.postprocess(self.task.forward(model, images), [(m["height"], m["width"]) for m in metas])
-        for result, meta in zip(outputs, metas):
-            self.results += self.task.coco_results(result, meta["image_id"])
+        super().__init__(task, records, keep_predictions=True)
 
     def compute(self) -> dict[str, float]:
         results = [r for part in distributed.all_gather_objects(self.results) for r in part]
