@@ -129,7 +129,7 @@ def test_class_agnostic_nms_keeps_one_box_per_object(tmp_path, agnostic, kept):
 BACKBONES = ["resnet10t", "convnext_atto", "efficientnet_b0", "regnetx_002", "mobilenetv3_small_050"]
 
 
-@pytest.mark.parametrize("arch", ["fcos", "retinanet", "fasterrcnn"])
+@pytest.mark.parametrize("arch", ["rtdet", "fcos", "retinanet", "fasterrcnn"])
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_timm_families_with_every_head_take_a_training_step(tmp_path, backbone, arch):
     spec = _spec(tmp_path, model={"name": arch, "backbone": backbone, "kwargs": {"fpn_channels": 32}})
