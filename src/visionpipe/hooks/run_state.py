@@ -12,7 +12,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from visionpipe import TASKS
-from visionpipe import run_state as rs
+from visionpipe import run_record as rs
 from visionpipe.engine import distributed
 from visionpipe.hooks.mlflow_runs import is_run_control
 
