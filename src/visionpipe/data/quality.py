@@ -15,8 +15,9 @@ from visionpipe.data import duplicates as near
 
 logger = logging.getLogger(__name__)
 
-def splits_of(index: dict) -> list[str]:
-    """Every split the index holds (train, val, and test or others when present), in a stable order."""
+def sample_splits(index: dict) -> list[str]:
+    """Every key of the index that holds samples (train, val, test, or any other), in a stable order
+    (``formats.splits_of`` gives only the known splits present)."""
     names = [k for k, v in index.items() if k != "problems" and isinstance(v, list) and v and isinstance(v[0], dict)
              and "image" in v[0] and "problem" not in v[0]]
     order = {"train": 0, "val": 1, "test": 2}
@@ -51,7 +52,7 @@ def statistics(index: dict) -> dict[str, Any]:
     task_cls = get_task_class(index["task"])
     classes = index["classes"]
     stats: dict[str, Any] = {"splits": {}, "classes": classes}
-    for split in splits_of(index):
+    for split in sample_splits(index):
         recs = index[split]
         entry: dict[str, Any] = {"images": len(recs)}
         labels = [task_cls.record_labels(r) for r in recs]
@@ -97,7 +98,7 @@ def warnings_for(index: dict, stats: dict, dups: list[dict]) -> list[dict[str, A
         if 0 < count < 2:
             out.append({"kind": "rare_class", "split": "train", "file": index["root"], "image": None,
                         "problem": f"class '{name}' has {count} training image; at least 2 are needed to learn and check it"})
-    for split in (s for s in splits_of(index) if s != "train"):
+    for split in (s for s in sample_splits(index) if s != "train"):
         held = stats["splits"].get(split, {}).get("images_per_class")
         if held is None:
             continue
