@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from visionpipe import TASKS, stages
+from visionpipe import stages
+from visionpipe.tasks import TASKS
 from visionpipe.config import parse_task_config
 from visionpipe.errors import ConfigError
 from visionpipe.tasks import get_task, get_task_class
@@ -89,7 +90,7 @@ def trained(tmp_path_factory):
 def test_task_contract_end_to_end(trained, task, tmp_path):
     import pandas as pd
 
-    from visionpipe.inference import Predictor
+    from visionpipe.serving.predictor import Predictor
 
     t = trained[task]
     task_obj, index = t["task"], t["index"]
@@ -134,8 +135,9 @@ def test_the_onnx_engine_answers_as_the_torch_engine(trained, task, tmp_path):
     import copy
 
     from visionpipe.data.images import load_rgb
-    from visionpipe.export import export_bundle
-    from visionpipe.inference import ONNX_FILE, Predictor, save_bundle
+    from visionpipe.serving.bundle import ONNX_FILE, save_bundle
+    from visionpipe.serving.export import export_bundle
+    from visionpipe.serving.predictor import Predictor
 
     t = trained[task]
     bundle = copy.deepcopy(t["bundle"])

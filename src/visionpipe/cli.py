@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from visionpipe import TASKS, console  # the package's import set the quiet defaults (visionpipe/console.py)
+from visionpipe import console  # the package's import set the quiet defaults (visionpipe/console.py)
 
 # Importing Kedro's CLI configures logging and says so at INFO; outside a project (no conf/logging.yml),
 # Kedro's default config would print that line even for `visionpipe --help`.
@@ -23,6 +23,8 @@ finally:
 from kedro.io import DatasetError
 
 from visionpipe.errors import VisionpipeError
+from visionpipe.project import find_project_root, load_task_params
+from visionpipe.tasks import TASKS
 from visionpipe.shard_command import shard
 
 logger = logging.getLogger(__name__)
@@ -136,8 +138,6 @@ cli.add_command(shard)
 def resolve_store(tracking_uri: str | None, cwd: Path | None = None) -> str:
     """The tracking store ``predict`` reads: ``--tracking-uri``, MLFLOW_TRACKING_URI, or the ``mlflow.db`` of
     the project at or above ``cwd``. A missing SQLite store is an error, never created."""
-    from visionpipe.run_state import find_project_root
-
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         cwd = Path(cwd or Path.cwd())
@@ -154,25 +154,29 @@ def resolve_store(tracking_uri: str | None, cwd: Path | None = None) -> str:
     return uri
 
 
-def default_model_uri(task: str) -> str:
-    """The model ``predict`` and ``serve`` use without ``--model-uri``: the task's registered champion."""
-    return f"models:/visionpipe-{task.replace('_', '-')}@champion"
+MODEL_URI_HELP = "Default: the champion of the registered TASK model a run updated last (the data you trained on latest)."
 
 
 def _model_uri(task: str, model_uri: str | None, tracking_uri: str | None) -> str:
+    """``model_uri``, or the champion of the data trained on last (``registry.default_model_uri``); sets the store."""
     import mlflow
 
     uri = resolve_store(tracking_uri)
     mlflow.set_tracking_uri(uri)
-    return model_uri or default_model_uri(task)
+    if model_uri is None:
+        from visionpipe.tracking.registry import default_model_uri  # imports MLflow's registry: slow, only here
+
+        model_uri = default_model_uri(task, mlflow.MlflowClient(tracking_uri=uri))
+        click.echo(f"model: {model_uri} (the champion of the {task} data trained on last; --model-uri to choose)", err=True)
+    return model_uri
 
 
 def _load_predictor(task: str, model_uri: str, engine: str, workdir: Path):
     """The registered model's predictor (its bundle, downloaded into ``workdir``) on ``engine``."""
     import mlflow
 
-    from visionpipe.inference import SPEC_FILE
-    from visionpipe.tracking.pyfunc import load_predictor
+    from visionpipe.serving.bundle import SPEC_FILE
+    from visionpipe.serving.pyfunc import load_predictor
 
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(workdir)))
@@ -199,7 +203,7 @@ ENGINE_HELP = ("auto: ONNX Runtime on CPU when the model carries model.onnx (mod
               help="Folder of images (searched recursively).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="JSON Lines file to write: one line per image, written as it goes.")
-@click.option("--model-uri", default=None, help="Default: the task's registered champion, models:/visionpipe-<task>@champion.")
+@click.option("--model-uri", default=None, help=MODEL_URI_HELP)
 @click.option("--tracking-uri", default=None,
               help="Default: MLFLOW_TRACKING_URI, else the mlflow.db of the project at or above the current folder.")
 @click.option("--engine", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True, help=ENGINE_HELP)
@@ -212,7 +216,7 @@ def predict(task: str, images_dir: Path, output: Path, model_uri: str | None, tr
     """Run a registered model (the champion by default) on a folder of images, batch by batch."""
     import tempfile
 
-    from visionpipe.batch_predict import find_images, predict_folder
+    from visionpipe.serving.batch import find_images, predict_folder
 
     model_uri = _model_uri(task, model_uri, tracking_uri)
     files = find_images(images_dir)
@@ -234,7 +238,7 @@ def predict(task: str, images_dir: Path, output: Path, model_uri: str | None, tr
 
 @cli.command()
 @click.option("--task", type=click.Choice(TASKS), required=True)
-@click.option("--model-uri", default=None, help="Default: the task's registered champion, models:/visionpipe-<task>@champion.")
+@click.option("--model-uri", default=None, help=MODEL_URI_HELP)
 @click.option("--tracking-uri", default=None,
               help="Default: MLFLOW_TRACKING_URI, else the mlflow.db of the project at or above the current folder.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to listen on every interface.")
@@ -271,16 +275,6 @@ def serve(task: str, model_uri: str | None, tracking_uri: str | None, host: str,
     os.execve(mlflow_cli, args, env)
 
 
-def load_task_params(task: str, env: str | None = None) -> dict:
-    """The task's parameter block as Kedro's config loader resolves it (base + local)."""
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
-    bootstrap_project(Path.cwd())
-    with KedroSession.create(project_path=Path.cwd(), env=env) as session:
-        return session.load_context().params[task]
-
-
 @cli.command("builtin-data")
 @click.argument("task", type=click.Choice(TASKS))
 @click.option("--env", default=None, help="Kedro configuration environment.")
@@ -300,7 +294,7 @@ def builtin_data(task: str, env: str | None) -> None:
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def export_onnx_command(model_dir: Path, output: Path) -> None:
     """Export a trained model to ONNX (checked against torch with onnxruntime when installed)."""
-    from visionpipe.export import export_onnx
+    from visionpipe.serving.export import export_onnx
 
     export_onnx(model_dir, output)
     click.echo(f"ONNX model written to {output}")

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from visionpipe.inference import Predictor, has_onnxruntime, load_bundle
+from visionpipe.serving.bundle import load_bundle
+from visionpipe.serving.predictor import Predictor, has_onnxruntime
 
 logger = logging.getLogger(__name__)
 

@@ -7,14 +7,17 @@ import tempfile
 from pathlib import Path
 
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from visionpipe.errors import DataError
-from visionpipe.export import export_bundle
-from visionpipe.inference import ONNX_FILE, Predictor, decode_image, load_bundle, resolve_engine
+from visionpipe.serving.bundle import ONNX_FILE, load_bundle
+from visionpipe.serving.export import export_bundle
+from visionpipe.serving.predictor import Predictor, decode_image, encode_png, resolve_engine
+from visionpipe.tasks import get_task_class
 
 logger = logging.getLogger(__name__)
 
@@ -23,18 +26,12 @@ def default_params(spec: dict) -> dict:
     """The pyfunc's inference parameters and their defaults (the task's ``inference_params``), logged as the
     signature's params schema, so callers can pass e.g. ``params={"score_threshold": 0.5, "max_detections": 10}``
     to ``predict`` or a serving endpoint."""
-    from visionpipe.tasks import get_task_class
-
     return get_task_class(spec["task"]).inference_params(spec)
 
 
 def predictions_frame(predictor, images, **params) -> pd.DataFrame:
     """The pyfunc's output for ``images``: one row per image; array values (masks) as base64 PNG under
     ``<key>_png``. ``params`` (see :func:`default_params`) go to ``Predictor.predict`` as keyword arguments."""
-    import numpy as np
-
-    from visionpipe.inference import encode_png
-
     results = predictor.predict(images, **{k: v for k, v in params.items() if v is not None})
     rows = [{(f"{k}_png" if isinstance(v, np.ndarray) else k): (encode_png(v) if isinstance(v, np.ndarray) else v) for k, v in r.items()}
             for r in results]
