@@ -160,7 +160,8 @@ def resolve_store(tracking_uri: str | None, cwd: Path | None = None) -> str:
               help="Folder of images (searched recursively).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="JSON Lines file to write: one line per image, written as it goes.")
-@click.option("--model-uri", default=None, help="Default: models:/visionpipe-<task>@champion.")
+@click.option("--model-uri", default=None,
+              help="Default: the champion of the registered TASK model a run updated last (the data you trained on latest).")
 @click.option("--tracking-uri", default=None,
               help="Default: MLFLOW_TRACKING_URI, else the mlflow.db of the project at or above the current folder.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Images decoded and run at once.")
@@ -176,7 +177,11 @@ def predict(task: str, images_dir: Path, output: Path, model_uri: str | None, tr
 
     uri = resolve_store(tracking_uri)
     mlflow.set_tracking_uri(uri)
-    model_uri = model_uri or f"models:/visionpipe-{task}@champion"
+    if model_uri is None:
+        from visionpipe.tracking.registry import default_model_uri  # imports MLflow's registry: slow, only here
+
+        model_uri = default_model_uri(task, mlflow.MlflowClient(tracking_uri=uri))
+        click.echo(f"model: {model_uri} (the champion of the {task} data trained on last; --model-uri to choose)", err=True)
     files = find_images(images_dir)
     if not files:
         raise click.ClickException(f"{images_dir}: no images found")

@@ -186,7 +186,8 @@ def flip_tta(model, images):
 
 
 class RegistryConfig(_Strict):
-    model_name: str
+    # null: visionpipe-<task> for the built-in data, visionpipe-<task>-<data folder name> for a user's data
+    model_name: str | None = None
     alias: str = "champion"
     metric: str  # also the metric that chooses the best epoch
     greater_is_better: bool | None = None  # null: lower is better for losses, higher for everything else

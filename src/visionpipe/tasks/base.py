@@ -74,6 +74,11 @@ def close_matches(name: str, options: list[str], n: int = 5) -> str:
     return f" Close matches: {', '.join(found)}." if found else ""
 
 
+# the last class of a champion re-scored on other classes (see Task.per_class_logits): predicted when the
+# champion's answer is a class today's data does not have; it has no images, so predicting it is always a miss
+OTHER_CLASS = "\0a class of the champion that today's data does not have"
+
+
 def timm_normalization(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean/std from timm's pretrained config for ``model_name`` (ImageNet defaults otherwise)."""
     import timm
@@ -192,6 +197,11 @@ class Task:
     output_datasets: ClassVar[tuple[str, ...]]  # what evaluation writes besides metrics (catalog names)
     plot_names: ClassVar[tuple[str, ...]]
     history_plots: ClassVar[dict[str, list[str]]] = {}  # dvc.yaml plots: name -> history.csv columns against epoch
+    # the model's output holds one logit per class on dim 1 (classifiers, per-pixel segmenters): a champion trained
+    # on other classes is re-scored by mapping its outputs to today's classes by name, plus a last OTHER_CLASS column
+    # for "one of the champion's classes that today's data does not have" (always a miss). Other tasks (detectors)
+    # are re-scored with their class rows re-indexed: a class the champion never learnt never fires.
+    per_class_logits: ClassVar[bool] = False
 
     def __init__(self, spec: dict[str, Any]):
         self.spec = spec
