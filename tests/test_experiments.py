@@ -91,7 +91,8 @@ def test_parallel_points_never_share_a_gpu():
 
 
 def test_store_is_the_repository_s_not_the_experiment_copy(tmp_path, monkeypatch):
-    from visionpipe.settings import artifact_root, project_root, tracking_uri
+    from visionpipe.project import project_root
+    from visionpipe.settings import artifact_root, tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
@@ -244,7 +245,7 @@ def test_module_closure_follows_imports_inside_functions(tmp_path):
 
 
 def test_generated_stages_follow_the_catalog_and_parameters():
-    from visionpipe import TASKS
+    from visionpipe.tasks import TASKS
     from visionpipe.experiments.dvc_sync import build_dvc_yaml
 
     content = build_dvc_yaml(PROJECT)
@@ -253,10 +254,10 @@ def test_generated_stages_follow_the_catalog_and_parameters():
     deps = stage["deps"]
     for required in ("data/01_raw/builtin/classification", "conf/base/mlflow.yml", "conf/base/catalog.yml",
                      "src/visionpipe/config.py", "src/visionpipe/tasks/__init__.py", "src/visionpipe/io/datasets.py",
-                     "src/visionpipe/inference.py", "src/visionpipe/tracking/registry.py", "src/visionpipe/settings.py",
+                     "src/visionpipe/serving/predictor.py", "src/visionpipe/tracking/registry.py", "src/visionpipe/settings.py",
                      "src/visionpipe/hooks/mlflow_runs.py"):
         assert required in deps, required
-    assert "src/visionpipe/export.py" not in deps  # only `visionpipe export-onnx` imports it
+    assert "src/visionpipe/serving/export.py" in deps  # registration exports the ONNX model the pyfunc carries
     assert stage["params"] == [{"conf/base/parameters_classification.yml": ["classification"]}]
     assert "data/06_models/classification/model" in stage["outs"]
     assert stage["metrics"] == [{"data/08_reporting/classification/metrics.json": {"cache": False}}]

@@ -266,7 +266,7 @@ def run_sweep(project: str | Path, task: str, points: list[dict[str, Any]], jobs
     import mlflow
     from kedro.io.catalog_config_resolver import CatalogConfigResolver
 
-    from visionpipe.comparison import is_better
+    from visionpipe.ranking import is_better
     from visionpipe.config import parse_task_config
     from visionpipe.settings import tracking_uri as default_tracking_uri
 
