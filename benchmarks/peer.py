@@ -42,16 +42,23 @@ PROJECT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 
 
-def ensure_peer_venv(venv: Path) -> Path:
-    """The peer virtualenv's python, created with torch/torchvision at the project's versions + Ultralytics."""
+def ensure_peer_venv(venv: Path, wheels: Path | None = None) -> Path:
+    """The peer virtualenv's python, created when missing: torch/torchvision at the project's versions +
+    Ultralytics from the package index; with ``wheels`` (a folder of wheels, for a machine without an index:
+    ``pip download ultralytics ultralytics-thop --no-deps -d DIR``) the venv sees the system's packages
+    (its torch, CUDA build included) and installs Ultralytics from that folder only."""
     python = venv / "bin" / "python"
     if python.exists() and subprocess.run([str(python), "-c", "import ultralytics, pycocotools"], capture_output=True).returncode == 0:
         return python
     import torch
     import torchvision
 
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "-q"]
+    if wheels is not None:
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+        subprocess.run(pip + ["--no-index", "--find-links", str(wheels), "--no-deps", "ultralytics", "ultralytics-thop"], check=True)
+        return python
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run(pip + [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"], check=True)
     subprocess.run(pip + ["ultralytics", "pycocotools"], check=True)
     return python
@@ -140,9 +147,9 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_peer(python: Path, mode: str, root: Path, epochs: int, imgsz: int, batch: int, work: Path) -> dict:
+def run_peer(python: Path, mode: str, root: Path, epochs: int, imgsz: int, batch: int, work: Path, device: str = "cpu") -> dict:
     env = {**os.environ, "YOLO_OFFLINE": "1", "PYTHONPATH": ""}
-    proc = subprocess.run([str(python), str(HERE / "peer_ultralytics.py"), mode, str(root), str(epochs), str(imgsz), str(batch), str(work)],
+    proc = subprocess.run([str(python), str(HERE / "peer_ultralytics.py"), mode, str(root), str(epochs), str(imgsz), str(batch), str(work), device],
                           capture_output=True, text=True, env=env)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("PEER ")]
     if proc.returncode or not line:
@@ -201,32 +208,32 @@ def run_visionpipe(task: str, root: Path, override: dict, work: Path) -> dict:
     else:
         out["top1"] = metrics["top1"]
         paths = sorted((root / "val").glob("*/*.png"))
-    out.update(inference(project / "data" / "06_models" / task / "model", paths, work))
+    out.update(inference(project / "data" / "06_models" / task / "model", paths, work, override["train"].get("device", "cpu")))
     return out
 
 
-def inference(folder: Path, paths: list[Path], work: Path) -> dict:
-    """Model load (bundle to a ready Predictor, one image through) and img/s at batch 1 and 16, torch and onnxruntime."""
+def inference(folder: Path, paths: list[Path], work: Path, device: str = "cpu") -> dict:
+    """Model load (folder to a ready Predictor with one image through) and img/s at batch 1 and 16, on the torch
+    engine and on onnxruntime (the model's model.onnx, else exported and checked here as `visionpipe export-onnx` does)."""
     import torch
 
     import visionpipe.tasks.classification  # noqa: F401  (imported before the clock: Ultralytics' side is imported too)
     import visionpipe.tasks.detection  # noqa: F401
-    from visionpipe.inference import Predictor, decode_image, load_bundle
-    from visionpipe.tasks import get_task
+    from visionpipe.serving.export import export_bundle
+    from visionpipe.serving.bundle import load_bundle
+    from visionpipe.serving.predictor import Predictor, decode_image
 
     arrays = [decode_image(p) for p in paths[:128]]
-    start = time.perf_counter()
-    predictor = Predictor.from_folder(folder, batch_size=1)
-    predictor.predict_arrays(arrays[:1])
-    figures = {"load_s": round(time.perf_counter() - start, 3)}
-    bundle = load_bundle(folder)
-    task = get_task(bundle["spec"])
-    onnx_file = work / "model.onnx"
-    model = task.build_model()
-    model.load_state_dict(bundle["state_dict"])
-    task.configure(model, bundle["spec"]["evaluation"])
-    task.export_onnx(model.eval(), onnx_file)
-    engines = {"torch": predictor, "onnx": Predictor(bundle, batch_size=1, onnx=onnx_file)}
+    onnx_file = folder / "model.onnx"
+    if not onnx_file.is_file():
+        onnx_file = export_bundle(load_bundle(folder), work / "model.onnx")
+    figures, engines = {}, {}
+    for engine in ("torch", "onnx"):
+        start = time.perf_counter()
+        engines[engine] = Predictor.from_folder(folder, engine=engine, onnx=onnx_file, batch_size=1,
+                                                **({"device": device} if engine == "torch" else {}))
+        engines[engine].predict_arrays(arrays[:1])
+        figures["load_s" + ("" if engine == "torch" else "_onnx")] = round(time.perf_counter() - start, 3)
     for engine, pred in engines.items():
         for batch, count in ((1, 64), (16, 128)):
             pred.batch_size = batch
@@ -234,7 +241,7 @@ def inference(folder: Path, paths: list[Path], work: Path) -> dict:
             start = time.perf_counter()
             pred.predict_arrays(arrays[:count])
             figures[f"img_s_b{batch}" + ("" if engine == "torch" else "_onnx")] = round(count / (time.perf_counter() - start), 1)
-    figures["params_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
+    figures["params_m"] = round(sum(v.numel() for v in load_bundle(folder)["state_dict"].values() if v.is_floating_point()) / 1e6, 2)
     figures["threads"] = torch.get_num_threads()
     return figures
 
@@ -258,36 +265,39 @@ def main() -> None:
     ap.add_argument("--det-yaml", default="", help="YAML merged into visionpipe's detection block, e.g. '{model: {name: fcos}}'")
     ap.add_argument("--cls-yaml", default="", help="YAML merged into visionpipe's classification block")
     ap.add_argument("--peer-venv", type=Path, default=HERE / ".venv-peer")
+    ap.add_argument("--peer-wheels", type=Path, default=None, help="install Ultralytics from this wheel folder (no package index)")
     ap.add_argument("--skip-peer", action="store_true", help="visionpipe side only")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda: both sides train and predict there")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     import yaml
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="peer-"))
-    python = None if args.skip_peer else ensure_peer_venv(args.peer_venv)
+    python = None if args.skip_peer else ensure_peer_venv(args.peer_venv, args.peer_wheels)
     images, labels = mnist()
     for task in args.tasks:
         if task == "detection":
             root = work / "scenes"
             if not (root / "data.yaml").exists():
                 write_scenes(root, images, labels, args.train, args.val, args.det_size)
-            override = merge({"train": {"epochs": args.det_epochs, "image_size": args.det_size, "batch_size": args.batch}},
+            override = merge({"train": {"epochs": args.det_epochs, "image_size": args.det_size, "batch_size": args.batch, "device": args.device}},
                              yaml.safe_load(args.det_yaml) or {})
             vp = run_visionpipe(task, root, override, work / "vp-detection")
-            peer = None if python is None else run_peer(python, "detect", root, args.det_epochs, args.det_size, args.batch, work / "ul-detection")
+            peer = None if python is None else run_peer(python, "detect", root, args.det_epochs, args.det_size, args.batch, work / "ul-detection", args.device)
         else:
             root = work / "digits"
             if not (root / "train").exists():
                 write_digits(root, images, labels, args.cls_train, args.cls_val, args.cls_size)
-            override = merge({"train": {"epochs": args.cls_epochs, "image_size": args.cls_size, "batch_size": args.batch}},
+            override = merge({"train": {"epochs": args.cls_epochs, "image_size": args.cls_size, "batch_size": args.batch, "device": args.device}},
                              yaml.safe_load(args.cls_yaml) or {})
             vp = run_visionpipe(task, root, override, work / "vp-classification")
-            peer = None if python is None else run_peer(python, "classify", root, args.cls_epochs, args.cls_size, args.batch, work / "ul-classification")
+            peer = None if python is None else run_peer(python, "classify", root, args.cls_epochs, args.cls_size, args.batch, work / "ul-classification", args.device)
         for side in filter(None, (vp, peer)):
             side["mean_epoch_s"] = round(float(np.mean(side["epoch_s"][1:] or side["epoch_s"])), 2)  # the first epoch warms up
         if peer is not None:
             vp["ratio_vs_peer"] = {k: ratio(vp, peer, k) for k in ("whole_run_s", "run_cpu_s", "mean_epoch_s", "load_s", "img_s_b1", "img_s_b16")}
-            vp["ratio_vs_peer"]["img_s_b1_onnx"] = ratio({"x": vp.get("img_s_b1_onnx")}, {"x": peer.get("img_s_b1")}, "x")
+            for key in ("img_s_b1", "img_s_b16", "load_s"):  # the ONNX engine against Ultralytics' default one
+                vp["ratio_vs_peer"][f"{key}_onnx"] = ratio({"x": vp.get(f"{key}_onnx")}, {"x": peer.get(key)}, "x")
         emit(vp)
         if peer is not None:
             emit(peer)

@@ -1,8 +1,8 @@
 """The Ultralytics side of benchmarks/peer.py. Runs INSIDE the peer virtualenv (benchmarks/.venv-peer:
 Ultralytics is AGPL, a comparator only, never a visionpipe dependency); imports nothing of visionpipe.
 
-    python peer_ultralytics.py detect   DATA_ROOT EPOCHS IMGSZ BATCH WORKDIR
-    python peer_ultralytics.py classify DATA_ROOT EPOCHS IMGSZ BATCH WORKDIR
+    python peer_ultralytics.py detect   DATA_ROOT EPOCHS IMGSZ BATCH WORKDIR [DEVICE]
+    python peer_ultralytics.py classify DATA_ROOT EPOCHS IMGSZ BATCH WORKDIR [DEVICE]
 
 Models are built from their yaml (``yolo11n.yaml``), from scratch: no weights are downloaded. Prints one
 JSON line: whole-run and per-epoch time, the accuracy (detection: pycocotools on the COCO val file, the
@@ -67,6 +67,7 @@ def coco_map(gt_file: Path, results: list[dict]) -> dict:
 
 def main() -> None:
     mode, root, epochs, imgsz, batch, work = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), Path(sys.argv[6])
+    device = sys.argv[7] if len(sys.argv) > 7 else "cpu"
     from ultralytics import YOLO
 
     work.mkdir(parents=True, exist_ok=True)
@@ -75,13 +76,13 @@ def main() -> None:
     start, cpu = time.perf_counter(), cpu_s()
     model = YOLO(yaml_name)
     data = str(root / "data.yaml") if mode == "detect" else str(root)
-    model.train(data=data, epochs=epochs, imgsz=imgsz, batch=batch, device="cpu", plots=False, project=str(work),
+    model.train(data=data, epochs=epochs, imgsz=imgsz, batch=batch, device=device, plots=False, project=str(work),
                 name="train", exist_ok=True, seed=0, verbose=False, pretrained=False)
     wall, cpu = time.perf_counter() - start, cpu_s() - cpu
     run_dir = work / "train"
     best = run_dir / "weights" / "best.pt"
     start = time.perf_counter()
-    trained = YOLO(str(best))
+    trained = YOLO(str(best)).to(device)
     trained.predict(np.zeros((imgsz, imgsz, 3), np.uint8), imgsz=imgsz, verbose=False)  # the first call builds the predictor
     load_s = time.perf_counter() - start
     out = {"side": "ultralytics", "task": mode, "model": yaml_name.removesuffix(".yaml"), "epochs": epochs, "imgsz": imgsz,

@@ -15,13 +15,13 @@ from test_geometry import _map_of, write_coco
 from visionpipe import stages
 from visionpipe.config import parse_task_config
 from visionpipe.errors import ConfigError
-from visionpipe.inference import Predictor
+from visionpipe.serving.predictor import Predictor
 from visionpipe.models.rtdet import RTDet, task_aligned_assign
 from visionpipe.tasks.detection import DetectionTask, build_detector
 
 
 def _spec(**model) -> dict:
-    return {"model": {"name": "rtdet", "backbone": "resnet10t", "kwargs": {"fpn_channels": 32}, **model}, "classes": ["a", "b"],
+    return {"model": {"name": "rtdet", "backbone": "resnet10t_nano", "kwargs": {"fpn_channels": 32}, **model}, "classes": ["a", "b"],
             "image_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3,
             "evaluation": {"score_threshold": 0.05, "nms_threshold": 0.5, "max_detections": 7}}
 
@@ -63,11 +63,22 @@ def test_rtdet_trains_a_step_predicts_and_keeps_torchvision_settings():
     assert set(terms) == {"classification", "bbox_regression"}
     sum(terms.values()).backward()
     assert all(p.grad is not None for p in model.head.parameters())
-    assert model.backbone.body.conv1[0].weight.grad.abs().sum() > 0
+    assert model.backbone.body.conv1[0].weight.grad.abs().sum() > 0  # the timm extractor under the PAFPN learns too
     model.eval()
     with torch.no_grad():
         out = model(images)
     assert len(out) == 2 and all(len(o["boxes"]) <= 7 for o in out)
+
+
+def test_resnet10t_nano_is_resnet10t_at_half_width_and_backbone_kwargs_reach_timm():
+    import timm
+
+    nano = timm.create_model("resnet10t_nano", features_only=True, out_indices=(-3, -2, -1))
+    assert nano.feature_info.channels() == [64, 128, 256]
+    model = build_detector(_spec(backbone="resnet10t", kwargs={"fpn_channels": 32, "backbone_kwargs": {"channels": [32, 64, 128, 256], "stem_width": 16}}))
+    assert [tuple(p.shape) for p in model.backbone.body.parameters()] == [tuple(p.shape) for p in nano.parameters()]
+    with pytest.raises(ConfigError, match="detection.model.kwargs.backbone_kwargs: .*widthh"):
+        build_detector(_spec(kwargs={"backbone_kwargs": {"widthh": 3}}))
 
 
 def test_rtdet_settings_are_checked():
@@ -138,7 +149,7 @@ def rtdet_oracle(tmp_path, monkeypatch):
     root = tmp_path / "coco"
     write_coco(root)
     cfg = parse_task_config("detection", task_params("detection", tmp_path, data={"root": str(root)}, train={"image_size": 128}, augment=[],
-                                                     model={"name": "rtdet", "backbone": "resnet10t", "kwargs": {"fpn_channels": 32}}))
+                                                     model={"name": "rtdet", "backbone": "resnet10t_nano", "kwargs": {"fpn_channels": 32}}))
     index = stages.ingest("detection", cfg)
     spec = stages.make_spec("detection", cfg, index["classes"], index["category_ids"])
     real_build = DetectionTask.build_model
@@ -184,9 +195,7 @@ def test_rtdet_exports_to_onnx_with_the_torch_models_detections(tmp_path):
 
 @pytest.mark.slow
 def test_rtdet_learns_the_builtin_shapes(tmp_path):
-    cfg = parse_task_config("detection", task_params("detection", tmp_path, model={"name": "rtdet", "backbone": "resnet10t",
-                                                                                   "kwargs": {"fpn_channels": 32}},
-                                                     train={"epochs": 4, "lr": 0.004}))
+    cfg = parse_task_config("detection", task_params("detection", tmp_path, train={"epochs": 4, "lr": 0.004}))  # the default: rtdet
     index = stages.ingest("detection", cfg)
     aug = stages.augmentation("detection", cfg)
     bundle, history = stages.train("detection", index, aug, cfg, callbacks=[])

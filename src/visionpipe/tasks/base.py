@@ -58,6 +58,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
+from visionpipe import models  # noqa: F401  (registers visionpipe's timm backbones, e.g. resnet10t_nano, for every task)
 from visionpipe.engine.checkpoint import load_weights
 from visionpipe.engine.runtime import Runtime
 from visionpipe.config import flip_tta
