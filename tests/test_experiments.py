@@ -119,12 +119,13 @@ def test_best_point_follows_the_registry_direction_when_greater_is_better_is_nul
               PointResult(3, {"train.lr": 0.4}, "d", Path("p3"), "failed")]
     top1 = RegistryConfig(model_name="m", metric="top1")
     assert top1.greater_is_better is None
-    assert pick_best(points, top1.metric, top1.greater).run_id == "b"
+    assert pick_best(points, top1).run_id == "b"
     loss = RegistryConfig(model_name="m", metric="val_loss")
-    assert pick_best(points, loss.metric, loss.greater).run_id == "b"
+    assert pick_best(points, loss).run_id == "b"
     points[0].metrics["val_loss"] = 0.1
-    assert pick_best(points, loss.metric, loss.greater).run_id == "a"
-    assert pick_best(points[2:], "top1", True) is None  # a pruned point is never the best
+    assert pick_best(points, loss).run_id == "a"
+    assert pick_best(points, RegistryConfig(model_name="m", metric="top1", greater_is_better=False)).run_id == "a"
+    assert pick_best(points[2:], top1) is None  # a pruned point is never the best
 
 
 def test_pruning_callback_reports_each_epoch_and_stops_a_hopeless_trial():

@@ -254,8 +254,10 @@ class PointResult:
     worker: str = ""
 
 
-def pick_best(points: list[PointResult], metric: str, greater: bool) -> PointResult | None:
-    """The finished point with the best ``metric`` (``greater``: higher is better), or None."""
+def pick_best(points: list[PointResult], registry) -> PointResult | None:
+    """The finished point with the best ``registry.metric`` in the registry's direction (``registry.greater``:
+    a null ``greater_is_better`` means lower is better for a loss, higher for anything else), or None."""
+    metric, greater = registry.metric, registry.greater
     best = None
     for point in points:
         score = point.metrics.get(metric)
@@ -693,7 +695,7 @@ class SweepWorker:
         (or, when that worker is gone, by one on its machine)."""
         metric = self.registry.metric
         results = trial_results(study, self.points if self.space is not None and "point" in self.space else None)
-        best = pick_best(results, metric, self.greater)
+        best = pick_best(results, self.registry)
         summary = SweepSummary(self.task, self.name, self.parent_id, metric, results, best, None, None)
         finished = study.user_attrs.get("finished")
         if finished:
