@@ -79,7 +79,8 @@ def test_two_kedro_runs_at_once_log_and_register_through_the_server(tmp_path, te
         assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
         version = client.get_model_version_by_alias(f"visionpipe-{task}", "champion")
         assert version.run_id == run.info.run_id and int(version.version) == 1
-        assert "MLmodel" in {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run.info.run_id, "model")}
+    # the models went through the server into its artifacts folder
+    assert len([f for f in (team_server.root / "artifacts").rglob("MLmodel")]) >= 2
 
 
 def test_two_workers_share_one_study_and_a_killed_one_leaves_a_failed_trial(tmp_path, team_server):
