@@ -168,7 +168,8 @@ def test_sweep_options_fail_in_one_line(tmp_path, monkeypatch):
 
 
 def test_store_is_the_repository_s_not_the_experiment_copy(tmp_path, monkeypatch):
-    from visionpipe.settings import artifact_root, project_root, tracking_uri
+    from visionpipe.project import project_root
+    from visionpipe.settings import artifact_root, tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
@@ -321,7 +322,7 @@ def test_module_closure_follows_imports_inside_functions(tmp_path):
 
 
 def test_generated_stages_follow_the_catalog_and_parameters():
-    from visionpipe import TASKS
+    from visionpipe.tasks import TASKS
     from visionpipe.experiments.dvc_sync import build_dvc_yaml
 
     content = build_dvc_yaml(PROJECT)
@@ -330,10 +331,10 @@ def test_generated_stages_follow_the_catalog_and_parameters():
     deps = stage["deps"]
     for required in ("data/01_raw/builtin/classification", "conf/base/mlflow.yml", "conf/base/catalog.yml",
                      "src/visionpipe/config.py", "src/visionpipe/tasks/__init__.py", "src/visionpipe/io/datasets.py",
-                     "src/visionpipe/inference.py", "src/visionpipe/tracking/registry.py", "src/visionpipe/settings.py",
+                     "src/visionpipe/serving/predictor.py", "src/visionpipe/tracking/registry.py", "src/visionpipe/settings.py",
                      "src/visionpipe/hooks/mlflow_runs.py"):
         assert required in deps, required
-    assert "src/visionpipe/export.py" not in deps  # only `visionpipe export-onnx` imports it
+    assert "src/visionpipe/serving/export.py" in deps  # registration exports the ONNX model the pyfunc carries
     assert stage["params"] == [{"conf/base/parameters_classification.yml": ["classification"]}]
     assert "data/06_models/classification/model" in stage["outs"]
     assert stage["metrics"] == [{"data/08_reporting/classification/metrics.json": {"cache": False}}]

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from kedro.config import OmegaConfigLoader
 
-from visionpipe.hooks import CacheIntegrityHook, DistributedHook, DvcExperimentHook, MlflowRunHook, RunStateHook, SystemMetricsHook
-
-
-def project_root() -> Path:
-    """The project whose store a run logs to: DVC_ROOT when DVC runs the command (``dvc exp run`` in a
-    temporary copy under ``.dvc/tmp/exps`` sets it to the real repository), else the nearest folder
-    above the working directory holding a Kedro ``pyproject.toml``, else the working directory."""
-    dvc_root = os.environ.get("DVC_ROOT")
-    if dvc_root and Path(dvc_root).is_dir():
-        return Path(dvc_root).resolve()
-    cwd = Path.cwd().resolve()
-    for folder in (cwd, *cwd.parents):
-        # a temporary experiment copy is itself a project: skip to the repository holding .dvc/tmp/exps
-        if folder.name == "exps" and folder.parent.name == "tmp" and folder.parent.parent.name == ".dvc":
-            return folder.parent.parent.parent
-    for folder in (cwd, *cwd.parents):
-        pyproject = folder / "pyproject.toml"
-        if pyproject.is_file() and "[tool.kedro]" in pyproject.read_text(errors="ignore"):
-            return folder
-    return cwd
+from visionpipe.hooks import (
+    CacheIntegrityHook,
+    DistributedHook,
+    DvcExperimentHook,
+    MlflowRunHook,
+    ProjectMlflowHook,
+    RunStateHook,
+    SystemMetricsHook,
+)
+from visionpipe.project import project_root
 
 
 def tracking_uri() -> str:
@@ -39,10 +28,15 @@ def artifact_root() -> str | None:
     return None if os.environ.get("MLFLOW_TRACKING_URI") else (project_root() / "mlartifacts").as_uri()
 
 
-HOOKS = (DistributedHook(), SystemMetricsHook(), MlflowRunHook(), RunStateHook(), DvcExperimentHook(), CacheIntegrityHook())
+_MAIN_RANK = int(os.environ.get("RANK", "0")) == 0
 
-# Under torchrun, ranks other than 0 must not open MLflow runs: kedro-mlflow is off for them.
-DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow") if int(os.environ.get("RANK", "0")) > 0 else ()
+# kedro-mlflow's plugin hook is replaced by the project's subclass (run-control keys are tags, not params); it is
+# registered last so that, as the plugin's would, it runs before the project's hooks. Under torchrun, ranks other
+# than 0 must not open MLflow runs: they get no MLflow hook at all.
+HOOKS = (DistributedHook(), SystemMetricsHook(), MlflowRunHook(), RunStateHook(), DvcExperimentHook(), CacheIntegrityHook(),
+         *((ProjectMlflowHook(),) if _MAIN_RANK else ()))
+
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

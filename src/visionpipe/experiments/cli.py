@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from visionpipe import TASKS
+from visionpipe.tasks import TASKS
 from visionpipe.errors import VisionpipeError
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def sweep(task, trials, searches, grids, sweep_file, fixed, prune, storage, name
 def reproduce(model_uri: str, tracking_uri: str | None, keep: bool, tolerance: float | None) -> None:
     """Re-run the training of a registered version (models:/<name>/<version>) from its commit and data."""
     from visionpipe.experiments.reproduce import reproduce_version
-    from visionpipe.settings import project_root
+    from visionpipe.project import project_root
 
     result = reproduce_version(model_uri, project=project_root(), tracking_uri=tracking_uri, keep=keep, tolerance=tolerance)
     click.echo(result.table())
@@ -120,7 +120,7 @@ def tracking_server_start(root: Path | None, workers: int) -> None:
     """Start PostgreSQL and `mlflow server --serve-artifacts` in the background (a second start reuses the data);
     the last two lines are the settings clients export."""
     from visionpipe.experiments.server import SERVER_DIR, start
-    from visionpipe.settings import project_root
+    from visionpipe.project import project_root
 
     root = root or project_root() / SERVER_DIR
     server = start(root, workers=workers)
@@ -138,7 +138,7 @@ def tracking_server_start(root: Path | None, workers: int) -> None:
 def tracking_server_stop(root: Path | None) -> None:
     """Stop the MLflow server and PostgreSQL (their data stays for the next start)."""
     from visionpipe.experiments.server import SERVER_DIR, stop
-    from visionpipe.settings import project_root
+    from visionpipe.project import project_root
 
     root = root or project_root() / SERVER_DIR
     stopped = stop(root)

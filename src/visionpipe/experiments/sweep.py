@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from visionpipe.comparison import is_better
+from visionpipe.ranking import is_better
 from visionpipe.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -569,7 +569,7 @@ class SweepWorker:
 
     def _parent_run(self, study, first: bool) -> tuple[str, str]:
         """The first worker creates the MLflow parent run (tag ``sweep.study``); the others wait for it and attach."""
-        from visionpipe.run_state import create_experiment_once
+        from visionpipe.run_record import create_experiment_once
 
         where = shown_url(self.storage)
         if first:
