@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -152,6 +153,72 @@ def test_pruning_callback_reports_each_epoch_and_stops_a_hopeless_trial():
             reporter.on_epoch_end(1, {"epoch": 2, "top1": 0.1})
     assert study.trials[-1].intermediate_values == {1: 0.1, 2: 0.1}
     assert not any(isinstance(cb, TrialReporter) for cb in tracking_callbacks(cfg))  # only while the trial runs
+
+
+def test_a_worker_records_complete_pruned_and_failed_trials_and_gates_only_the_best(tmp_path, monkeypatch):
+    """The worker's whole loop on a stand-in for training (no Kedro run): a study in SQLite, one parent run,
+    a pruned trial (KILLED in MLflow), a failed one (FAILED, with its error), the best by top1 gated once."""
+    import json as _json
+
+    import mlflow
+    import optuna
+
+    from visionpipe.config import parse_task_config
+    from visionpipe.experiments import sweep, sweep_point
+    from visionpipe.tracking.callbacks import TrialReporter, tracking_callbacks
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = task_params("classification")
+    monkeypatch.setattr(sweep.SweepWorker, "_load_project", lambda self: (params, "visionpipe", None))
+    monkeypatch.setattr(sweep.SweepWorker, "catalog_path", lambda self, dataset: f"out/{dataset}.json")
+    monkeypatch.setattr(sweep.SweepWorker, "_builtin_data", lambda self: None)
+    monkeypatch.setattr(sweep, "PRUNER", {"n_startup_trials": 2, "n_warmup_steps": 2})
+    gated = []
+    monkeypatch.setattr(sweep, "champion_gate", lambda run_id, *args: gated.append(run_id) or {"model_name": "m", "version": "1"})
+    # the n-th trial to run: its top1 after epochs 1, 2, 3 (None: it fails)
+    curves = [(0.5, 0.5, 0.5), (0.6, 0.6, 0.6), (0.1, 0.1, 0.1), None, (0.7, 0.8, 0.9)]
+
+    def fake_run_point(project, point_dir, task, run_id, runtime_params, env=None):
+        assert runtime_params[task]["registry"]["enabled"] is False and runtime_params[task]["train"]["epochs"] == 3
+        curve = curves.pop(0)
+        if curve is None:
+            raise ConfigError("classification.train.lr: out of range")
+        reporters = [cb for cb in tracking_callbacks(parse_task_config(task, params)) if isinstance(cb, TrialReporter)]
+        for epoch, value in enumerate(curve):
+            for cb in reporters:
+                cb.on_epoch_end(epoch, {"epoch": epoch + 1, "top1": value})
+        (point_dir / "out").mkdir(parents=True)
+        (point_dir / "out/metrics.json").write_text(_json.dumps({"top1": curve[-1], "val_loss": 1.0}))
+
+    monkeypatch.setattr(sweep_point, "run_point", fake_run_point)
+    summary = sweep.run_sweep(tmp_path, "classification", search=["train.lr=log[1e-4,1e-1]"], trials=5, prune=True,
+                              fixed={"train.epochs": 3}, name="s", heartbeat_s=5, poll_s=0.1)
+
+    study = optuna.load_study(study_name="s", storage=sweep.default_storage(tmp_path))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL", "COMPLETE"]
+    assert study.trials[2].intermediate_values == {1: 0.1, 2: 0.1}  # stopped after epoch 2, below the median
+    client = mlflow.MlflowClient()
+    runs = {r.data.tags["sweep.trial"]: r for r in client.search_runs([client.get_experiment_by_name("visionpipe").experiment_id],
+                                                                       "tags.`sweep.trial` != ''")}
+    assert [runs[str(i)].info.status for i in range(5)] == ["FINISHED", "FINISHED", "KILLED", "FAILED", "FINISHED"]
+    assert runs["2"].data.tags["sweep.state"] == "PRUNED" and "after epoch 2" in runs["2"].data.tags["sweep.pruned"]
+    assert runs["3"].data.tags["visionpipe.error"] == "ConfigError: classification.train.lr: out of range"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {summary.parent_run_id}
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.data.tags["sweep.study"] == "s" and parent.data.tags["sweep.best_run_id"] == runs["4"].info.run_id
+    assert parent.data.metrics["best_top1"] == 0.9 and parent.info.status == "FINISHED"
+    assert gated == [runs["4"].info.run_id]  # only the best went through the registration node
+    frame = pd.read_csv(tmp_path / "data/sweeps/classification/s/comparison.csv")
+    assert list(frame["status"]) == ["finished", "finished", "pruned", "failed", "finished"]
+    assert (tmp_path / "data/sweeps/classification/s/trial-003/error.txt").read_text().count("ConfigError") >= 1
+    # a worker started again once the study is done finds nothing to do and registers nothing more
+    again = sweep.run_sweep(tmp_path, "classification", search=["train.lr=log[1e-4,1e-1]"], trials=5, prune=True,
+                            fixed={"train.epochs": 3}, name="s", heartbeat_s=5)
+    assert len(study.trials) == 5 and gated == [runs["4"].info.run_id] and again.best.run_id == runs["4"].info.run_id
+    with pytest.raises(ConfigError, match="was started with trials = 5"):
+        sweep.run_sweep(tmp_path, "classification", search=["train.lr=log[1e-4,1e-1]"], trials=6, prune=True,
+                        fixed={"train.epochs": 3}, name="s")
 
 
 def test_sweep_options_fail_in_one_line(tmp_path, monkeypatch):

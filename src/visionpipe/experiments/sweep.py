@@ -686,6 +686,8 @@ class SweepWorker:
             raise TrialError(message) from err
         trial.set_user_attr("metrics", metrics)
         client.set_tag(run_id, "sweep.state", "COMPLETE")
+        if client.get_run(run_id).info.status != "FINISHED":
+            client.set_terminated(run_id, "FINISHED")
         return metrics[metric]
 
     # ------------------------------------------------------------ the end
