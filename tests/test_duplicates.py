@@ -103,3 +103,17 @@ def test_a_class_without_val_images_is_a_warning(tmp_path):
     warnings = validation.validate_index(index)["warnings"]
     assert [(w["kind"], w["split"]) for w in warnings if w["kind"] == "unscored_class"] == [("unscored_class", "val")]
     assert "class 'y' has 1 training image(s) but none in the val split" in warnings[-1]["problem"]
+
+
+def test_the_end_of_run_summary_counts_data_warnings_per_kind(tmp_path):
+    import time
+
+    from visionpipe.tracking.summary import collect, terminal_lines
+
+    report = tmp_path / "data/08_reporting/classification"
+    report.mkdir(parents=True)
+    warnings = [{"kind": "leakage"}, {"kind": "leakage"}, {"kind": "unscored_class"}]
+    (report / "validation.json").write_text(__import__("json").dumps({"warnings": warnings, "findings": []}))
+    lines = terminal_lines(collect("classification", "classification", tmp_path, since=time.time() - 60))
+    assert any(line.split() == ["data", "warnings", "2", "leakage,", "1", "unscored", "class",
+                                "(data/08_reporting/classification/data_quality.md)"] for line in lines)
