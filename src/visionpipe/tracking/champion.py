@@ -11,6 +11,12 @@ from typing import Any, Callable
 
 import torch
 
+from visionpipe import stages
+from visionpipe.config import ModelConfig
+from visionpipe.data.formats import hash_records
+from visionpipe.serving.bundle import SPEC_FILE, load_bundle
+from visionpipe.tasks import get_task
+
 logger = logging.getLogger(__name__)
 
 UNKNOWN_CLASS_BIAS = -1.0e4  # a class the champion never learnt gets a logit it can never win with
@@ -24,8 +30,6 @@ def scoring_split(index: dict) -> str:
 
 def split_fingerprint(index: dict, split: str) -> str:
     """A hash of one split: its records (files, labels, boxes), the class list, and each file's size."""
-    from visionpipe.data.formats import hash_records
-
     h = hashlib.md5(json.dumps({"split": split, "classes": index["classes"]}, sort_keys=True).encode())
     hash_records(h, Path(index["root"]), index.get(split) or [])
     return h.hexdigest()
@@ -79,8 +83,6 @@ def remap_state_dict(old_state: dict[str, torch.Tensor], layout: dict[str, tuple
 
 def remap_bundle(bundle: dict[str, Any], classes: list[str]) -> dict[str, Any]:
     """The champion bundle as a model over ``classes`` (today's class list), matched by name."""
-    from visionpipe.tasks import get_task
-
     spec = {**bundle["spec"], "model": {**bundle["spec"]["model"], "pretrained_path": None}}
     old_classes = list(spec["classes"])
     if old_classes == list(classes):
@@ -99,9 +101,6 @@ def rescorer(task: str, index: dict, cfg) -> Callable[[dict[str, Any]], dict[str
     normalisation and its classes matched to today's by name."""
 
     def score(bundle: dict[str, Any]) -> dict[str, float]:
-        from visionpipe import stages
-        from visionpipe.config import ModelConfig
-
         spec = bundle["spec"]
         remapped = remap_bundle(bundle, index["classes"])
         own = cfg.model_copy(update={
@@ -119,8 +118,6 @@ def download_bundle(model_uri: str) -> dict[str, Any]:
     import tempfile
 
     import mlflow
-
-    from visionpipe.serving.bundle import SPEC_FILE, load_bundle
 
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
