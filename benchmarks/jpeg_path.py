@@ -177,8 +177,8 @@ def train(data: Path, images: int, batch_size: int, workers: int, device: str, d
     import yaml
 
     from visionpipe import stages
-    from visionpipe.tasks import parse_task_config
     from visionpipe.data import formats
+    from visionpipe.tasks import get_task_class, parse_task_config
 
     project = Path(__file__).resolve().parents[1]
     block = yaml.safe_load((project / "conf/base/parameters_classification.yml").read_text())["classification"]

@@ -66,9 +66,9 @@ def test_push_and_pull_through_the_default_remote(repo):
 
 def test_shards_travel_through_a_remote_into_a_fresh_clone(tmp_path):
     """`dvc add` on a shard folder, push to a named remote, clone elsewhere, pull: the same index, byte for byte."""
-    from visionpipe.tasks import parse_task_config
+    from visionpipe import stages
     from visionpipe.data import builtin, shards
-    from visionpipe.tasks import get_task_class
+    from visionpipe.tasks import get_task_class, parse_task_config
 
     cfg = parse_task_config("classification", task_params("classification", tmp_path, data={"classes": get_task_class("classification").builtin_classes(6)}))
     source = builtin.ensure_builtin_dataset(tmp_path / "source", get_task_class("classification"), cfg.data.builtin.model_dump(exclude={"path"}))

@@ -195,7 +195,7 @@ def build_dvc_yaml(project: str | Path) -> dict[str, Any]:
     builtin_tasks, stages = [], {}
     for task in TASKS:
         if task not in pipelines:
-            raise ConfigError(f"visionpipe.TASKS lists {task!r} but pipeline_registry has no pipeline of that name")
+            raise ConfigError(f"visionpipe.tasks.TASKS lists {task!r} but pipeline_registry has no pipeline of that name")
         pipeline = pipelines[task]
         data_path, builtin = _data_dep(task, parameters.get(task) or {})
         if builtin:

@@ -28,6 +28,7 @@ from visionpipe.errors import ConfigError
 from visionpipe.tasks.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    OTHER_CLASS,
     Task,
     call_with_model_kwargs,
     close_matches,
@@ -224,6 +225,21 @@ def rasterize_segments(record: dict, height: int, width: int, ignore_index: int)
     return mask
 
 
+def empty_segments(record: dict, height: int, width: int) -> list[str]:
+    """Problems for a record's COCO segments that cover no pixel (a collinear polygon, one outside the image)."""
+    problems = []
+    for seg in record.get("segments", []):
+        try:
+            covered = rasterize_segments({"segments": [{**seg, "iscrowd": 0, "label": 1}]}, height, width, 0).any()
+        except Exception as err:  # pycocotools raises bare Exceptions for malformed polygons / RLE
+            problems.append(f"segmentation {str(seg['segmentation'])[:60]} cannot be decoded ({err})")
+            continue
+        if not covered:
+            problems.append(f"segmentation {str(seg['segmentation'])[:60]} covers no pixel of the {width}x{height} image "
+                            "(zero area); fix or remove the object")
+    return problems
+
+
 class SegmentationEvaluator:
     """Confusion-matrix metrics over the whole split at each image's original resolution."""
 
@@ -254,6 +270,8 @@ class SegmentationEvaluator:
         if self.keep:  # under DDP each rank saw one shard of the split
             self.predictions = {i: m for part in all_gather_objects(self.predictions) for i, m in part.items()}
         iou = self.iou.compute().cpu()
+        if self.task.classes[-1] == OTHER_CLASS:  # a champion re-scored on other classes: that column is no class of today's
+            iou = iou[:-1]
         dice = 2 * iou / (1 + iou)  # per class, Dice = 2TP/(2TP+FP+FN) = 2 IoU / (1 + IoU) on the same counts
         metrics = {"val_loss": global_mean(self.loss_sum, self.count)[0], "miou": float(torch.nanmean(iou)),
                    "pixel_accuracy": float(self.acc.compute()), "dice": float(torch.nanmean(dice))}
@@ -272,6 +290,7 @@ class SegmentationTask(Task):
     metrics = ("miou", "pixel_accuracy", "dice", "val_loss")
     per_class_metric = "iou"
     primary_metric = "miou"
+    per_class_logits = True
     output_datasets = ("predicted_masks",)
     plot_names = ("val_overlays", "loss_curves")
     history_plots = {"loss": ["train_loss", "val_loss"], "miou": ["miou", "pixel_accuracy"]}
@@ -304,7 +323,8 @@ class SegmentationTask(Task):
     def check_record(cls, root, rec, width, height, classes, data_cfg):
         if "mask" in rec:
             return check_mask_file(root, rec, width, height, classes, data_cfg.ignore_index)
-        return check_annotated_size(rec, root / rec["image"], width, height)
+        found = check_annotated_size(rec, root / rec["image"], width, height)
+        return found or [(str(root / rec["image"]), p) for p in empty_segments(rec, height, width)]
 
     @classmethod
     def training_spec(cls, cfg, index):
