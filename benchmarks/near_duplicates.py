@@ -8,10 +8,12 @@ precision (reported pairs that are a copy and its source, or two copies of one s
 (b) speed of the pairwise search on 10k and 100k signatures (MNIST digits, each jittered by a random
 small affine warp: a dense, hard set - many hash candidates to confirm), index and pixel checks
 timed apart, and the signature hashing with 1 vs N threads;
-(c) the whole validation stage (decode, checks, signatures, search, statistics) per 1,000 PNG files.
+(c) the whole validation stage (decode, checks, signatures, search, statistics) per 1,000 PNG files;
+(d) the cost of checking every shard member against the sha256 `visionpipe shard` recorded.
 
     python benchmarks/near_duplicates.py                 # all
     python benchmarks/near_duplicates.py --sizes 10000   # skip the 100k point
+    python benchmarks/near_duplicates.py --only shards --stage-images 5000
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -174,6 +177,33 @@ def validation_stage(images: np.ndarray, labels: np.ndarray, n: int) -> dict:
             "findings": len(report["findings"]), "warnings": len(report["warnings"])}
 
 
+def shard_checksums(images: np.ndarray, labels: np.ndarray, n: int) -> dict:
+    """Validation of ``n`` images read from `visionpipe shard` output, with and without the member sha256 check."""
+    from visionpipe.config import parse_task_config
+    from visionpipe.data import formats, shards, validation
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "src"
+        for k in range(n):
+            path = root / ("val" if k % 5 == 0 else "train") / str(labels[k]) / f"{k:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[k]).save(path)
+        conf = Path(__file__).resolve().parents[1] / "conf" / "base" / "parameters_classification.yml"
+        cfg = parse_task_config("classification", yaml.safe_load(conf.read_text())["classification"])
+        shards.shard_dataset("classification", cfg, root, Path(tmp) / "shards", shard_size=1000)
+        data = cfg.data.model_copy(update={"format": "shards"})
+        index = formats.read_dataset("classification", Path(tmp) / "shards", data)
+        unchecked = {**index, **{s: [{k: v for k, v in r.items() if k != "sha256"} for r in index[s]] for s in ("train", "val")}}
+        times = {}
+        for name, idx in (("without", unchecked), ("with", index), ("without_again", unchecked), ("with_again", index)):
+            t0 = time.perf_counter()
+            validation.validate_index(idx, data)
+            times[name] = time.perf_counter() - t0
+    without, with_ = min(times["without"], times["without_again"]), min(times["with"], times["with_again"])
+    return {"images": n, "validation_s_without_checksums": round(without, 2), "validation_s_with_checksums": round(with_, 2),
+            "overhead_pct": round(100 * (with_ - without) / without, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-kind", type=int, default=100)
@@ -181,12 +211,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--stage-images", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["shards"], default=None, help="shards: only the shard checksum cost")
     args = parser.parse_args()
     images, labels = load_mnist_5k()
+    if args.only == "shards":
+        emit({"shard_checksums": shard_checksums(images, labels, args.stage_images)})
+        return
     figures = {"accuracy": accuracy(images, args.per_kind, args.seed)}
     emit(dict(figures))
     figures["speed"] = speed(images, args.sizes, args.threads)
     figures["validation_stage"] = validation_stage(images, labels, args.stage_images)
+    figures["shard_checksums"] = shard_checksums(images, labels, args.stage_images)
     figures["cpus"] = os.cpu_count()
     emit(figures)
 

@@ -359,7 +359,18 @@ def _yolo_yaml(root: Path) -> tuple[Path | None, dict]:
     return None, {}
 
 
+def _yolo_nc(path: Path | None, content: dict) -> None:
+    """Ultralytics' ``nc`` must count the ``names``: a disagreement is an error naming the file."""
+    nc, names = content.get("nc"), content.get("names")
+    if path is None or nc is None or not isinstance(names, (list, dict)):
+        return
+    if not isinstance(nc, int) or nc != len(names):
+        raise DataError(path, f"nc: {nc!r} but 'names' lists {len(names)} class(es)",
+                        "Make nc the number of names (or remove nc: the names are enough)")
+
+
 def _yolo_classes(root: Path, classes: list[str] | None) -> list[str]:
+    _yolo_nc(*_yolo_yaml(root))
     if classes:
         return list(classes)
     if (root / "classes.txt").is_file():

@@ -116,9 +116,12 @@ def segment_problems(segmentation: Any, width: int, height: int) -> list[str]:
     else:
         return [f"segmentation must be polygons or RLE, got {type(segmentation).__name__}"]
     try:
-        decode_segment(segmentation, height, width)
+        mask = decode_segment(segmentation, height, width)
     except Exception as err:  # pycocotools raises bare Exceptions/ValueErrors for corrupt RLE strings
         return [f"segmentation cannot be decoded ({err})"]
+    if not mask.any():  # a collinear polygon, a polygon outside the image, an RLE of zeros
+        return [f"segmentation {str(segmentation)[:60]} covers no pixel of the {width}x{height} image (zero area); "
+                "fix or remove the object (it would train as an empty mask)"]
     return []
 
 

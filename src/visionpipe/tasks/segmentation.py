@@ -223,6 +223,21 @@ def rasterize_segments(record: dict, height: int, width: int, ignore_index: int)
     return mask
 
 
+def empty_segments(record: dict, height: int, width: int) -> list[str]:
+    """Problems for a record's COCO segments that cover no pixel (a collinear polygon, one outside the image)."""
+    problems = []
+    for seg in record.get("segments", []):
+        try:
+            covered = rasterize_segments({"segments": [{**seg, "iscrowd": 0, "label": 1}]}, height, width, 0).any()
+        except Exception as err:  # pycocotools raises bare Exceptions for malformed polygons / RLE
+            problems.append(f"segmentation {str(seg['segmentation'])[:60]} cannot be decoded ({err})")
+            continue
+        if not covered:
+            problems.append(f"segmentation {str(seg['segmentation'])[:60]} covers no pixel of the {width}x{height} image "
+                            "(zero area); fix or remove the object")
+    return problems
+
+
 class SegmentationEvaluator:
     """Confusion-matrix metrics over the whole split at each image's original resolution."""
 
@@ -310,7 +325,8 @@ class SegmentationTask(Task):
 
         if "mask" in rec:
             return check_mask_file(root, rec, width, height, classes, data_cfg.ignore_index)
-        return check_annotated_size(rec, root / rec["image"], width, height)
+        found = check_annotated_size(rec, root / rec["image"], width, height)
+        return found or [(str(root / rec["image"]), p) for p in empty_segments(rec, height, width)]
 
     @classmethod
     def training_spec(cls, cfg, index):
