@@ -349,7 +349,7 @@ def test_kedro_run_writes_rescorable_outputs_and_registers_the_model(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(50, 70, 3), dtype=np.uint8)).save(image)
     script = ("import json, sys, mlflow, pandas as pd\n"
               f"mlflow.set_tracking_uri('sqlite:///{project / 'mlflow.db'}')\n"
-              "m = mlflow.pyfunc.load_model('models:/visionpipe-instance-segmentation@champion')\n"
+              "m = mlflow.pyfunc.load_model('models:/visionpipe-instance-segmentation@champion', model_config={'allow_file_paths': True})\n"
               "print(json.dumps(m.predict(pd.DataFrame({'image': sys.argv[1:]})).to_dict(orient='records')))\n")
     proc = subprocess.run([sys.executable, "-c", script, str(image)], capture_output=True, text=True, cwd=project, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
