@@ -167,6 +167,7 @@ def speed(images: np.ndarray, sizes: list[int], threads: int) -> dict:
 
 def validation_stage(images: np.ndarray, labels: np.ndarray, n: int) -> dict:
     from visionpipe.data import formats, validation
+    from visionpipe.tasks import get_task_class
     from visionpipe.tasks.classification import ClassificationData
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,9 +178,9 @@ def validation_stage(images: np.ndarray, labels: np.ndarray, n: int) -> dict:
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(images[k]).save(path)
         cfg = ClassificationData(format="imagefolder")
-        index = formats.read_dataset("classification", root, cfg)
+        index = formats.read_dataset(get_task_class("classification"), root, cfg)
         t0 = time.perf_counter()
-        report = validation.validate_index(index, cfg)
+        report = validation.validate_index(get_task_class(index["task"]), index, cfg)
         took = time.perf_counter() - t0
     return {"images": n, "validation_s": round(took, 2), "validation_s_per_1000": round(took * 1000 / n, 2),
             "findings": len(report["findings"]), "warnings": len(report["warnings"])}
@@ -187,8 +188,9 @@ def validation_stage(images: np.ndarray, labels: np.ndarray, n: int) -> dict:
 
 def shard_checksums(images: np.ndarray, labels: np.ndarray, n: int) -> dict:
     """Validation of ``n`` images read from `visionpipe shard` output, with and without the member sha256 check."""
-    from visionpipe.config import parse_task_config
-    from visionpipe.data import formats, shards, validation
+    from visionpipe import stages
+    from visionpipe.data import formats, validation
+    from visionpipe.tasks import get_task_class, parse_task_config
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "src"
@@ -198,14 +200,14 @@ def shard_checksums(images: np.ndarray, labels: np.ndarray, n: int) -> dict:
             Image.fromarray(images[k]).save(path)
         conf = Path(__file__).resolve().parents[1] / "conf" / "base" / "parameters_classification.yml"
         cfg = parse_task_config("classification", yaml.safe_load(conf.read_text())["classification"])
-        shards.shard_dataset("classification", cfg, root, Path(tmp) / "shards", shard_size=1000)
+        stages.shard_dataset("classification", cfg, root, Path(tmp) / "shards", shard_size=1000)
         data = cfg.data.model_copy(update={"format": "shards"})
-        index = formats.read_dataset("classification", Path(tmp) / "shards", data)
+        index = formats.read_dataset(get_task_class("classification"), Path(tmp) / "shards", data)
         unchecked = {**index, **{s: [{k: v for k, v in r.items() if k != "sha256"} for r in index[s]] for s in ("train", "val")}}
         times = {}
         for name, idx in (("without", unchecked), ("with", index), ("without_again", unchecked), ("with_again", index)):
             t0 = time.perf_counter()
-            validation.validate_index(idx, data)
+            validation.validate_index(get_task_class(idx["task"]), idx, data)
             times[name] = time.perf_counter() - t0
     without, with_ = min(times["without"], times["without_again"]), min(times["with"], times["with_again"])
     return {"images": n, "validation_s_without_checksums": round(without, 2), "validation_s_with_checksums": round(with_, 2),

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visionpipe.tasks import get_task_class
+
 logger = logging.getLogger(__name__)
 
 OUTPUT_LAYERS = ("data/06_models", "data/07_model_output", "data/08_reporting")
@@ -20,8 +22,6 @@ OUTPUT_LAYERS = ("data/06_models", "data/07_model_output", "data/08_reporting")
 
 def headline_metrics(task: str, metrics: dict[str, float]) -> dict[str, float]:
     """The task's headline metrics present in ``metrics``, in their usual order."""
-    from visionpipe.tasks import get_task_class
-
     names = [k for k in get_task_class(task).metrics if not k.endswith("loss")][:3]
     return {k: float(metrics[k]) for k in names if metrics.get(k) is not None}
 
