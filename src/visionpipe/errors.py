@@ -11,6 +11,12 @@ class ConfigError(VisionpipeError):
     """A parameter block is invalid."""
 
 
+def readable(text: str) -> str:
+    """``text`` with the undecodable bytes of non-UTF-8 file names (Python's surrogate escapes) shown as
+    ``\\xe9``, so it can be printed, logged and written as UTF-8."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class DataError(VisionpipeError):
     """A data file is missing, unreadable or inconsistent."""
 
@@ -21,7 +27,7 @@ class DataError(VisionpipeError):
         message = f"{self.path}: {problem}"
         if fix:
             message += f". {fix}"
-        super().__init__(message)
+        super().__init__(readable(message))
 
 
 class TrainingError(VisionpipeError):
