@@ -192,6 +192,8 @@ class RegistryConfig(_Strict):
     metric: str  # also the metric that chooses the best epoch
     greater_is_better: bool | None = None  # null: lower is better for losses, higher for everything else
     enabled: bool = True
+    onnx: bool = True  # the logged pyfunc carries model.onnx: ONNX Runtime is its CPU engine
+    serve_file_paths: bool = False  # the served model also reads server-local image paths (off: base64 images only)
 
     @property
     def greater(self) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from visionpipe.data import duplicates, quality
 from visionpipe.data.formats import ALL_SPLITS, SPLITS, splits_of
-from visionpipe.data.shards import load_record_mask, load_record_rgb
+from visionpipe.data.shards import load_record_mask, load_record_rgb, member_bytes, verify_member
 from visionpipe.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,9 @@ def _check_record(task_cls, root: Path, rec: dict, classes: list[str], data_cfg,
             raise DataError(image_path, "image file not found")
         if ("shard" in rec and rec["members"]["image"][1] == 0) or ("shard" not in rec and image_path.stat().st_size == 0):
             raise DataError(image_path, "zero-byte file")
+        if "shard" in rec:
+            for kind in rec["members"]:
+                verify_member(root, rec, kind, member_bytes(root, rec, kind))
         pixels = load_record_rgb(root, rec, max_pixels=max_pixels)
     except DataError as err:
         return [(err.path, err.problem)]

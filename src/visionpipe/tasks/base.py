@@ -60,6 +60,7 @@ import torch
 
 from visionpipe.engine.checkpoint import load_weights
 from visionpipe.engine.runtime import Runtime
+from visionpipe.config import flip_tta
 from visionpipe.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -178,6 +179,17 @@ def call_with_model_kwargs(factory: Callable, kwargs: dict[str, Any], where: str
         if not match or match.group(1) not in kwargs:
             raise
         raise reject(match.group(1)) from None
+
+
+class FlipTTA(torch.nn.Module):
+    """``flip_tta`` as a module, so an exported model averages the flips as the torch forward does."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return flip_tta(self.model, images)
 
 
 class Task:
@@ -440,8 +452,11 @@ class Task:
         return None
 
     def export_onnx(self, model: torch.nn.Module, output: Path) -> None:
-        """Export: input ``images`` (N, 3, S, S) normalised as spec.json says; output ``logits``."""
+        """Export: input ``images`` (N, 3, S, S) normalised as spec.json says; output ``logits`` (with
+        ``evaluation.tta``, the flip-averaged logits :meth:`forward` computes)."""
         size = self.spec["image_size"]
+        if (self.spec.get("evaluation") or {}).get("tta"):
+            model = FlipTTA(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(model, (torch.randn(2, 3, size, size),), str(output), input_names=["images"], output_names=["logits"],

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -22,15 +23,16 @@ from mlflow.models import infer_signature
 import visionpipe
 from visionpipe.errors import ConfigError
 from visionpipe.ranking import is_better
-from visionpipe.serving.bundle import save_bundle
+from visionpipe.serving.bundle import ONNX_FILE, save_bundle
+from visionpipe.serving.export import export_bundle
 from visionpipe.serving.predictor import Predictor, encode_png
-from visionpipe.serving.pyfunc import default_params, predictions_frame
+from visionpipe.serving.pyfunc import MODEL_CONFIG_DEFAULTS, default_params, predictions_frame
 from visionpipe.tracking.champion import classes_note, download_bundle
 
 logger = logging.getLogger(__name__)
 
 _REQUIREMENTS = ("torch", "torchvision", "timm", "segmentation-models-pytorch", "albumentations", "safetensors",
-                 "pycocotools", "torchmetrics", "pandas", "pillow", "numpy", "mlflow")
+                 "pycocotools", "torchmetrics", "pandas", "pillow", "numpy", "mlflow", "onnxruntime")
 
 
 def pip_requirements() -> list[str]:
@@ -49,11 +51,25 @@ def example_image(spec: dict[str, Any]) -> str:
     return encode_png(rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8))
 
 
-def log_pyfunc_model(bundle: dict[str, Any], name: str = "model") -> Any:
-    """Log the bundle as a pyfunc model (weights, spec and visionpipe's code inside) to the active run."""
+def log_pyfunc_model(bundle: dict[str, Any], name: str = "model", onnx: bool = True, allow_file_paths: bool = False) -> Any:
+    """Log the bundle as a pyfunc model (weights, spec and visionpipe's code inside) to the active run.
+
+    ``onnx``: the bundle also carries model.onnx (exported and checked against torch), the engine the pyfunc
+    runs on CPU; an export that fails is a warning and the model serves with torch. ``allow_file_paths``: the
+    served model also reads server-local image paths (model_config; off: base64 images only).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "bundle"
         save_bundle(bundle, folder)
+        if onnx:
+            started = time.perf_counter()
+            try:
+                export_bundle(bundle, folder / ONNX_FILE)
+            except Exception as err:  # an export problem must not lose the trained model: it serves with torch
+                logger.warning("No ONNX model in the logged pyfunc (it runs on torch): %s: %s", type(err).__name__,
+                               str(err).splitlines()[0][:300] if str(err) else "")
+            else:
+                logger.debug("ONNX export and check: %.1f s", time.perf_counter() - started)
         example = pd.DataFrame({"image": [example_image(bundle["spec"])]})
         output = predictions_frame(Predictor(bundle), example["image"].tolist())
         params = default_params(bundle["spec"]) or None  # score_threshold, max_detections: MLflow's params schema
@@ -69,6 +85,7 @@ def log_pyfunc_model(bundle: dict[str, Any], name: str = "model") -> Any:
             signature=signature,
             input_example=example,
             pip_requirements=pip_requirements(),
+            model_config={**MODEL_CONFIG_DEFAULTS, "allow_file_paths": bool(allow_file_paths)},
         )
 
 
@@ -247,7 +264,8 @@ def register_and_gate(bundle: dict[str, Any], metrics: dict[str, float], registr
     tags = dict(tags or {})
     if tags:
         mlflow.set_tags(tags)
-    info = log_pyfunc_model(bundle, name=model_label(spec))
+    info = log_pyfunc_model(bundle, name=model_label(spec), onnx=registry_cfg.get("onnx", True),
+                            allow_file_paths=registry_cfg.get("serve_file_paths", False))
     with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Successfully registered..."; our own line says it
         version = mlflow.register_model(info.model_uri, name, tags={
             **tags, f"metric.{metric}": str(new_score), "visionpipe.run_id": run.info.run_id, TAG_STATE: "pending",

@@ -27,7 +27,7 @@ def register_model(model: dict, metrics: dict[str, float], index: dict, params: 
     if mlflow.active_run() is None:
         logger.warning("No active MLflow run (is kedro-mlflow disabled for this pipeline?): %s is not registered", task)
         return {"skipped": "no active MLflow run"}
-    tags = {"visionpipe.task": task, "visionpipe.model": cfg.model.name, **lineage_tags(index)}
+    tags = {"visionpipe.task": task, "visionpipe.model": cfg.model.name, **lineage_tags(index, strict=cfg.data.validation == "strict")}
     if cfg.model.backbone:
         tags["visionpipe.backbone"] = cfg.model.backbone
     from visionpipe.stages import serving_bundle
