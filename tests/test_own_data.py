@@ -158,6 +158,7 @@ def test_own_data_after_the_demo_in_a_fresh_clone(tmp_path):
     _sh(repo, "git", "commit", "-qm", "my data")
     out += _sh(repo, "kedro", "run", "--pipelines=classification", "--params=classification.data.root=data/01_raw/mine")
     assert "telemetry" not in out.lower() and "Heap" not in out
+    assert "weights     from scratch (model.pretrained: auto)" in out  # offline, nothing cached: said in the summary
 
     decision = json.loads((repo / "data/08_reporting/classification/registration.json").read_text())
     assert decision["model_name"] == "visionpipe-classification-mine" and decision["champion_version"] is None
@@ -191,3 +192,82 @@ def test_the_short_experiments_view_keeps_headline_metrics_and_parameters():
     dropped = ["val_loss", "top5", "ap/circle", "iou/background", "val_images", "eval_time_s",
                "data/01_raw/builtin/classification", "data/08_reporting/detection/metrics.json:val_loss"]
     assert not [c for c in kept if drop.search(c)] and all(drop.search(c) for c in dropped)
+
+
+def _hub_cache(tmp_path, monkeypatch, weights: dict | None):
+    """An offline Hugging Face hub cache holding ``weights`` as timm's published resnet10t (or nothing)."""
+    import huggingface_hub.constants as hf
+    import safetensors.torch
+
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    if weights is not None:
+        repo = tmp_path / "hf" / "models--timm--resnet10t.c3_in1k"
+        snapshot = repo / "snapshots" / ("0" * 40)
+        snapshot.mkdir(parents=True)
+        safetensors.torch.save_file(weights, str(snapshot / "model.safetensors"))
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text("0" * 40)
+
+
+def _published(fill: float = 0.5) -> dict:
+    """Weights of timm's resnet10t (1000 classes) with every float tensor set to ``fill``: recognisable once loaded."""
+    import timm
+    import torch
+
+    return {k: torch.full_like(v, fill) if v.is_floating_point() else v
+            for k, v in timm.create_model("resnet10t", pretrained=False).state_dict().items()}
+
+
+def _spec(pretrained, **kwargs):
+    from support import task_params
+    from visionpipe import stages
+    from visionpipe.config import parse_task_config
+
+    cfg = parse_task_config("classification", task_params("classification", model={"pretrained": pretrained, "kwargs": kwargs}))
+    return stages.make_spec("classification", cfg, ["cat", "dog"])
+
+
+def test_pretrained_auto_takes_published_weights_from_the_hub_cache_for_user_data(tmp_path, monkeypatch):
+    from visionpipe import stages
+
+    _hub_cache(tmp_path, monkeypatch, _published())
+    spec = _spec("auto")
+    _, model = stages.build_initial_model("classification", spec, {"root": str(tmp_path / "mine")})
+    assert spec["model"]["pretrained"] is True and "weights_note" not in spec
+    assert (model.conv1[0].weight == 0.5).all() and model.fc.weight.shape == (2, 512)  # body published, head for 2 classes
+    # the built-in data stays offline and deterministic: never the published weights, even when cached
+    spec = _spec("auto")
+    _, model = stages.build_initial_model("classification", spec, {"builtin": True})
+    assert spec["model"]["pretrained"] is False and not (model.conv1[0].weight == 0.5).all()
+
+
+def test_pretrained_auto_without_weights_trains_from_scratch_and_says_how_to_get_them(tmp_path, monkeypatch):
+    from visionpipe import stages
+    from visionpipe.errors import ConfigError
+
+    _hub_cache(tmp_path, monkeypatch, None)  # offline, nothing cached
+    spec = _spec("auto")
+    _, model = stages.build_initial_model("classification", spec, {"root": str(tmp_path / "mine")})
+    assert spec["model"]["pretrained"] is False
+    assert spec["weights_note"].startswith("from scratch (model.pretrained: auto)") and "pretrained_path" in spec["weights_note"]
+    with pytest.raises(ConfigError, match="model.pretrained"):  # asked for explicitly, missing weights stay an error
+        stages.build_initial_model("classification", _spec(True), {"root": str(tmp_path / "mine")})
+
+
+def test_reset_head_always_reinitialises_the_classifier(tmp_path, monkeypatch):
+    from visionpipe.engine.checkpoint import save_weights
+    from visionpipe.tasks.classification import build_classifier
+
+    _hub_cache(tmp_path, monkeypatch, _published())
+    kept = build_classifier({"name": "resnet10t", "pretrained": True}, 1000)  # as many classes as the published head
+    fresh = build_classifier({"name": "resnet10t", "pretrained": True, "kwargs": {"reset_head": True}}, 1000)
+    assert (kept.fc.weight == 0.5).all()
+    assert (fresh.conv1[0].weight == 0.5).all() and not (fresh.fc.weight == 0.5).any()
+    # a 5-class model fine-tuned on 5 new classes: the old head is not kept either
+    five = {k: v for k, v in build_classifier({"name": "resnet10t"}, 5).state_dict().items()}
+    five = {k: v.fill_(0.25) if v.is_floating_point() else v for k, v in five.items()}
+    save_weights(five, tmp_path / "five.safetensors")
+    new = build_classifier({"name": "resnet10t", "pretrained_path": str(tmp_path / "five.safetensors"),
+                            "kwargs": {"reset_head": True}}, 5)
+    assert (new.conv1[0].weight == 0.25).all() and not (new.fc.weight == 0.25).any()

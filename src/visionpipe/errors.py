@@ -11,6 +11,10 @@ class ConfigError(VisionpipeError):
     """A parameter block is invalid."""
 
 
+class WeightsUnavailable(ConfigError):
+    """A library's published weights could not be had (not in the hub cache and no network, or none published)."""
+
+
 class DataError(VisionpipeError):
     """A data file is missing, unreadable or inconsistent."""
 
