@@ -44,12 +44,9 @@ def duplicates(index: dict, signatures: dict[str, list], hash_bits: int = near.H
     return found
 
 
-def statistics(index: dict) -> dict[str, Any]:
-    """Per-split class counts (images per class, from the task's ``record_labels``; objects per class where
+def statistics(task_cls, index: dict) -> dict[str, Any]:
+    """Per-split class counts (images per class, from ``task_cls.record_labels``; objects per class where
     records hold boxes), balance, and for boxes the box-size and objects-per-image distributions."""
-    from visionpipe.tasks import get_task_class
-
-    task_cls = get_task_class(index["task"])
     classes = index["classes"]
     stats: dict[str, Any] = {"splits": {}, "classes": classes}
     for split in sample_splits(index):
