@@ -118,3 +118,22 @@ def test_the_end_of_run_summary_counts_data_warnings_per_kind(tmp_path):
     lines = terminal_lines(collect("classification", "classification", tmp_path, since=time.time() - 60))
     assert any(line.split() == ["data", "warnings", "2", "leakage,", "1", "unscored", "class",
                                 "(data/08_reporting/classification/data_quality.md)"] for line in lines)
+
+
+@pytest.mark.parametrize("task", ["classification", "detection"])
+def test_the_built_in_data_raises_no_data_warning(tmp_path, task):
+    from support import task_params
+    from visionpipe import stages
+    from visionpipe.tasks import parse_task_config
+
+    params = task_params(task, tmp_path)
+    import yaml
+
+    from support import PROJECT
+
+    shipped = yaml.safe_load((PROJECT / "conf" / "base" / f"parameters_{task}.yml").read_text())[task]["data"]["builtin"]
+    params["data"]["builtin"] = {**shipped, "path": params["data"]["builtin"]["path"]}  # what `make run` generates
+    cfg = parse_task_config(task, params)
+    index = stages.ingest(task, cfg)
+    report = stages.validate(task, index, cfg)
+    assert report["warnings"] == [] and report["findings"] == [] and index["problems"] == []
