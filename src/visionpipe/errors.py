@@ -11,6 +11,10 @@ class ConfigError(VisionpipeError):
     """A parameter block is invalid."""
 
 
+class WeightsUnavailable(ConfigError):
+    """A library's published weights could not be had (not in the hub cache and no network, or none published)."""
+
+
 def readable(text: str) -> str:
     """``text`` with the undecodable bytes of non-UTF-8 file names (Python's surrogate escapes) shown as
     ``\\xe9``, so it can be printed, logged and written as UTF-8."""
