@@ -132,7 +132,7 @@ def test_best_point_follows_the_registry_direction_when_greater_is_better_is_nul
 def test_pruning_callback_reports_each_epoch_and_stops_a_hopeless_trial():
     import optuna
 
-    from visionpipe.config import parse_task_config
+    from visionpipe.tasks import parse_task_config
     from visionpipe.experiments.sweep import PRUNER
     from visionpipe.experiments.sweep_point import pruning
     from visionpipe.tracking.callbacks import TrialReporter, tracking_callbacks
@@ -163,7 +163,7 @@ def test_a_worker_records_complete_pruned_and_failed_trials_and_gates_only_the_b
     import mlflow
     import optuna
 
-    from visionpipe.config import parse_task_config
+    from visionpipe.tasks import parse_task_config
     from visionpipe.experiments import sweep, sweep_point
     from visionpipe.tracking.callbacks import TrialReporter, tracking_callbacks
 

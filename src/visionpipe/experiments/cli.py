@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import click
 
-from visionpipe.tasks import TASKS
+from visionpipe.tasks import TASKS, get_task_class
 from visionpipe.errors import VisionpipeError
 
 logger = logging.getLogger(__name__)
@@ -146,3 +148,21 @@ def tracking_server_stop(root: Path | None) -> None:
 
 
 COMMANDS = (dvc_sync, sweep, reproduce, tracking_server)
+
+
+def short_view_drop() -> str:
+    """``dvc exp show --drop`` regex of the short experiments table: every column goes but the experiment, its
+    date, each task's headline metric (``test/`` too) and the parameters (``--only-changed`` keeps the changed ones)."""
+    heads = "|".join(sorted({get_task_class(t).primary_metric for t in TASKS}))
+    return rf"^(?!(Experiment|Created|(.*metrics\.json:)?(test/)?({heads})|({'|'.join(TASKS)})\..*)$)"
+
+
+@click.command("exps", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("dvc_args", nargs=-1, type=click.UNPROCESSED)
+def exps(dvc_args: tuple[str, ...]) -> None:
+    """The experiments at a glance: `dvc exp show` with only the parameters that differ and each task's headline
+    metric (fits 160 columns). Extra arguments go to `dvc exp show` (e.g. -A, --md, --sort-by top1)."""
+    dvc = Path(sys.executable).with_name("dvc")
+    cmd = [str(dvc) if dvc.exists() else "dvc", "exp", "show", "--no-pager", "--only-changed",
+           "--drop", short_view_drop(), *dvc_args]
+    raise SystemExit(subprocess.run(cmd).returncode)

@@ -219,7 +219,7 @@ def set_dotted(block: dict, key: str, value: Any, task: str) -> dict:
 
 def point_overrides(task: str, params: dict, point: dict[str, Any]) -> dict:
     """The task block for ``point``, checked by the task's config model (typos fail before anything runs)."""
-    from visionpipe.config import parse_task_config
+    from visionpipe.tasks import parse_task_config
 
     block = params
     for key, value in point.items():
@@ -462,7 +462,7 @@ class SweepWorker:
     def __init__(self, project: str | Path, task: str, *, trials: int | None, search: list[str], points: list[dict] | None,
                  fixed: dict[str, Any] | None, prune: bool, storage: str | None, name: str | None, env: str | None,
                  heartbeat_s: int, poll_s: float):
-        from visionpipe.config import parse_task_config
+        from visionpipe.tasks import parse_task_config
 
         self.project, self.task, self.env = Path(project).resolve(), task, env
         self.dims, self.points, self.fixed, self.prune = parse_search(search), points, dict(fixed or {}), prune
@@ -557,7 +557,7 @@ class SweepWorker:
 
     def _builtin_data(self) -> None:
         """Generate the shared built-in data once, before the trials (and other workers) read it."""
-        from visionpipe.config import parse_task_config
+        from visionpipe.tasks import parse_task_config
         from visionpipe.experiments.ownership import builtin_data_for_ingestion
 
         keys = [*self.fixed, *self.dims, *(k for p in self.points or [] for k in p)]
