@@ -164,7 +164,7 @@ def test_a_worker_records_complete_pruned_and_failed_trials_and_gates_only_the_b
     import optuna
 
     from visionpipe.tasks import parse_task_config
-    from visionpipe.experiments import sweep, sweep_point
+    from visionpipe.experiments import sweep
     from visionpipe.tracking.callbacks import TrialReporter, tracking_callbacks
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -191,7 +191,7 @@ def test_a_worker_records_complete_pruned_and_failed_trials_and_gates_only_the_b
         (point_dir / "out").mkdir(parents=True)
         (point_dir / "out/metrics.json").write_text(_json.dumps({"top1": curve[-1], "val_loss": 1.0}))
 
-    monkeypatch.setattr(sweep_point, "run_point", fake_run_point)
+    monkeypatch.setattr(sweep, "run_point", fake_run_point)
     summary = sweep.run_sweep(tmp_path, "classification", search=["train.lr=log[1e-4,1e-1]"], trials=5, prune=True,
                               fixed={"train.epochs": 3}, name="s", heartbeat_s=5, poll_s=0.1)
 

@@ -28,6 +28,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+
 from visionpipe.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -41,7 +43,6 @@ PG_PROGRAMS = ("initdb", "pg_ctl", "postgres")
 @dataclass
 class TrackingServer:
     """Where a started server answers: MLflow's URL, and the Optuna storage URL for sweeps."""
-
     root: Path
     pg_port: int
     mlflow_port: int
@@ -199,8 +200,6 @@ def _start_postgres(root: Path, account, state: dict) -> tuple[int, str]:
 
 
 def _ensure_databases(port: int, password: str) -> None:
-    import psycopg
-
     deadline = time.monotonic() + 60
     while True:
         try:

@@ -38,10 +38,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import optuna
+import pandas as pd
 import yaml
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from kedro.io.catalog_config_resolver import CatalogConfigResolver
+from sqlalchemy.engine import make_url
 
-from visionpipe.ranking import is_better
 from visionpipe.errors import ConfigError
+from visionpipe.experiments.integrity import verify_task_data
+from visionpipe.experiments.ownership import builtin_data_for_ingestion
+from visionpipe.experiments.sweep_point import pruning, run_point
+from visionpipe.io import ModelBundleDataset
+from visionpipe.pipelines.registration.nodes import register_model
+from visionpipe.ranking import is_better
+from visionpipe.run_record import create_experiment_once
+from visionpipe.tasks import parse_task_config
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +139,6 @@ def split_params(text: str) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Dimension:
     """One searched parameter: ``kind`` is log, float, int (a range) or choice (a list)."""
-
     key: str
     kind: str
     low: float | int | None = None
@@ -219,8 +232,6 @@ def set_dotted(block: dict, key: str, value: Any, task: str) -> dict:
 
 def point_overrides(task: str, params: dict, point: dict[str, Any]) -> dict:
     """The task block for ``point``, checked by the task's config model (typos fail before anything runs)."""
-    from visionpipe.tasks import parse_task_config
-
     block = params
     for key, value in point.items():
         block = set_dotted(block, key, value, task)
@@ -243,7 +254,6 @@ def _nested(flat: dict[str, Any]) -> dict:
 @dataclass
 class PointResult:
     """What one trial produced: its state (finished, pruned, failed, running), MLflow run, folder and final metrics."""
-
     index: int
     params: dict[str, Any]
     run_id: str
@@ -268,8 +278,6 @@ def pick_best(points: list[PointResult], registry) -> PointResult | None:
 
 def comparison_frame(points: list[PointResult]):
     """One row per point: index, status, run id, the swept parameters and the final metrics."""
-    import pandas as pd
-
     rows = [{"point": p.index, "status": p.status, "run_id": p.run_id, **p.params, **p.metrics,
              **({"error": p.error} if p.error else {})} for p in points]
     return pd.DataFrame(rows)
@@ -280,7 +288,7 @@ _COLOURS = {"finished": "tab:blue", "pruned": "tab:gray"}
 
 def comparison_plot(frame, metric: str, keys: list[str]):
     """A bar per point of the gate's metric (grey: pruned, red: failed, without a bar), labelled with its parameters."""
-    import matplotlib
+    import matplotlib  # seconds to import: only the comparison plot pays it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -302,7 +310,6 @@ def comparison_plot(frame, metric: str, keys: list[str]):
 @dataclass
 class SweepSummary:
     """The study's outcome as this worker saw it: every trial, the best one, and the champion gate's decision."""
-
     task: str
     study: str
     parent_run_id: str
@@ -345,8 +352,6 @@ def default_storage(project: Path) -> str:
 
 def shown_url(url: str) -> str:
     """``url`` with its password masked, for messages and logs."""
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not a URL SQLAlchemy reads: the error about it names it
@@ -356,7 +361,6 @@ def shown_url(url: str) -> str:
 def open_storage(url: str, heartbeat_s: int = DEFAULT_HEARTBEAT_S, on_stale=None):
     """Optuna's RDB storage on ``url`` with heartbeats; ``on_stale(study, trial)`` runs for each trial whose
     worker stopped beating (after Optuna marks it FAILED)."""
-    import optuna
 
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -376,9 +380,6 @@ def open_storage(url: str, heartbeat_s: int = DEFAULT_HEARTBEAT_S, on_stale=None
 # ---------------------------------------------------------------- the worker
 
 def _context(project: Path, env: str | None):
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
     bootstrap_project(project)
     session = KedroSession.create(project_path=project, env=env)
     return session, session.load_context()
@@ -458,11 +459,9 @@ def run_sweep(project: str | Path, task: str, *, trials: int | None = None, sear
 
 class SweepWorker:
     """One worker of a study: everything is checked in the constructor, before a study or run exists."""
-
     def __init__(self, project: str | Path, task: str, *, trials: int | None, search: list[str], points: list[dict] | None,
                  fixed: dict[str, Any] | None, prune: bool, storage: str | None, name: str | None, env: str | None,
                  heartbeat_s: int, poll_s: float):
-        from visionpipe.tasks import parse_task_config
 
         self.project, self.task, self.env = Path(project).resolve(), task, env
         self.dims, self.points, self.fixed, self.prune = parse_search(search), points, dict(fixed or {}), prune
@@ -502,8 +501,6 @@ class SweepWorker:
         self.me = worker_id()
 
     def _load_project(self):
-        from kedro.io.catalog_config_resolver import CatalogConfigResolver
-
         session, context = _context(self.project, self.env)
         with session:
             params = context.params[self.task]
@@ -524,9 +521,6 @@ class SweepWorker:
 
     def run(self) -> SweepSummary:
         """Create or join the study, run trials until it is done, then finish it if this worker holds the best."""
-        import mlflow
-        import optuna
-
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.client = mlflow.MlflowClient()
         study, first = self._open_study()
@@ -536,8 +530,6 @@ class SweepWorker:
         return self._finish(study)
 
     def _open_study(self):
-        import optuna
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
@@ -557,9 +549,6 @@ class SweepWorker:
 
     def _builtin_data(self) -> None:
         """Generate the shared built-in data once, before the trials (and other workers) read it."""
-        from visionpipe.tasks import parse_task_config
-        from visionpipe.experiments.ownership import builtin_data_for_ingestion
-
         keys = [*self.fixed, *self.dims, *(k for p in self.points or [] for k in p)]
         if self.base["data"].get("root") is not None or any(k.startswith("data.builtin") for k in keys):
             return
@@ -569,8 +558,6 @@ class SweepWorker:
 
     def _parent_run(self, study, first: bool) -> tuple[str, str]:
         """The first worker creates the MLflow parent run (tag ``sweep.study``); the others wait for it and attach."""
-        from visionpipe.run_record import create_experiment_once
-
         where = shown_url(self.storage)
         if first:
             experiment_id = create_experiment_once(self.client, self.experiment)
@@ -610,8 +597,6 @@ class SweepWorker:
 
     def _run_trials(self, study) -> None:
         """Trials until the study holds its N; then wait while others' trials run (a dead worker's comes back queued)."""
-        import optuna
-
         while True:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
@@ -644,10 +629,6 @@ class SweepWorker:
         return {self.task: _nested(overrides)}
 
     def _objective(self, trial) -> float:
-        import optuna
-
-        from visionpipe.experiments.sweep_point import pruning, run_point
-
         client, name, metric = self.client, self.name, self.registry.metric
         chosen = self._chosen(trial)
         point_dir = self.sweep_dir / f"trial-{trial.number:03d}"
@@ -737,7 +718,7 @@ def _check_definition(study, definition: dict, name: str, storage: str) -> None:
 
 def finish_parent(client, parent_id: str, results: list[PointResult], metric: str, sweep_dir: Path, keys: list[str]) -> Path:
     """Write and log the comparison table and plot on the parent run; tag it with the trial counts."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # seconds to import: only the comparison plot pays it
 
     frame = comparison_frame(results)
     csv = sweep_dir / "comparison.csv"
@@ -757,11 +738,7 @@ def champion_gate(run_id: str, point_dir: Path, task: str, metrics: dict[str, fl
                   model_path: str, index_path: str) -> dict:
     """The best point through the champion gate, inside its own (child) run: the registration node itself,
     so a sweep's champion is judged exactly as a `kedro run`'s (same data check, re-scoring, gate metric)."""
-    import mlflow
 
-    from visionpipe.experiments.integrity import verify_task_data
-    from visionpipe.io import ModelBundleDataset
-    from visionpipe.pipelines.registration.nodes import register_model
 
     index = json.loads((point_dir / index_path).read_text())
     verify_task_data(index["root"])

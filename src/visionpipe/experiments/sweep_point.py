@@ -14,6 +14,10 @@ import logging
 import os
 from pathlib import Path
 
+import mlflow
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
 from visionpipe.tracking.callbacks import report_to_trial
 
 logger = logging.getLogger(__name__)
@@ -21,10 +25,6 @@ logger = logging.getLogger(__name__)
 
 def run_point(project: Path, point_dir: Path, task: str, run_id: str, runtime_params: dict, env: str | None = None) -> None:
     """Run the pipeline of ``task`` for one trial, inside the MLflow run ``run_id``; errors propagate."""
-    import mlflow
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
     bootstrap_project(project)
     point_dir.mkdir(parents=True, exist_ok=True)
     cwd = Path.cwd()
