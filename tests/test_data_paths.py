@@ -112,3 +112,15 @@ def test_non_utf8_file_names_are_read_and_hashed(tmp_path):
     with pytest.raises(DataError) as info:
         validation.apply_policy(get_task_class("classification"), index, {**report, "leakage": "error"}, "strict")
     assert "train/x/caf\\xe9.png ~ val/x/caf\\xe9.png" in str(info.value) and str(info.value).encode("utf-8")
+
+
+def test_a_coco_annotation_file_outside_the_root_is_an_error_or_hashed_when_allowed(tmp_path):
+    root = tmp_path / "data"
+    _coco(root, [])
+    (tmp_path / "train.json").write_text((root / "annotations" / "instances_train.json").read_text())
+    data = DetectionData(format="coco", train_annotations="../train.json")
+    with pytest.raises(DataError, match=r"train.json: annotation file outside data.root .*data.allow_outside_root: true"):
+        formats.read_dataset(get_task_class("detection"), root, data)
+    index = formats.read_dataset(get_task_class("detection"), root, data.model_copy(update={"allow_outside_root": True}))
+    assert index["outside_root"] == [str(tmp_path / "train.json")]
+    assert lineage_tags(index, project=tmp_path)["data.outside_root_md5"]
