@@ -84,7 +84,10 @@ class ModelConfig(_Strict):
 
     name: str
     backbone: str | None = None  # detection: timm backbone; segmentation: smp encoder (or tu-<timm>)
-    pretrained: bool = False  # the architecture's published weights through timm / smp / torchvision (their hub cache)
+    # the architecture's published weights through timm / smp / torchvision (their hub cache); auto: on for a user's
+    # data when the hub cache has them or they can be downloaded (else from scratch, said in the summary), off for
+    # the built-in data
+    pretrained: bool | Literal["auto"] = False
     pretrained_path: str | None = None  # a local weights file; used instead of the hub when set
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
@@ -234,11 +237,10 @@ def _format_errors(block: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_task_config(block: str, params: dict[str, Any]) -> TaskConfig:
-    """Validate a task's parameter block with that task's config model; ConfigError names every bad key."""
-    from visionpipe.tasks import get_task_class
-
-    task = get_task_class(block)
+def validate_task_params(task, params: dict[str, Any]) -> TaskConfig:
+    """Validate a task's parameter block with the config model of ``task`` (a Task class, handed down by the
+    caller: this module never looks tasks up); ConfigError names every bad key."""
+    block = task.name
     if isinstance(params, task.config_model):
         return params
     try:

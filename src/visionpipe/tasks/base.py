@@ -59,10 +59,16 @@ import numpy as np
 import torch
 
 from visionpipe import models  # noqa: F401  (registers visionpipe's timm backbones, e.g. resnet10t_nano, for every task)
+from visionpipe.config import flip_tta, validate_task_params
+from visionpipe.data import transforms
+from visionpipe.data.builtin import SHAPES
+from visionpipe.data.datasets import IndexDataset
+from visionpipe.data.shards import read_shards
+from visionpipe.data.transforms import compose
 from visionpipe.engine.checkpoint import load_weights
+from visionpipe.engine.recipes import param_groups
 from visionpipe.engine.runtime import Runtime
-from visionpipe.config import flip_tta
-from visionpipe.errors import ConfigError
+from visionpipe.errors import ConfigError, DataError, WeightsUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -129,11 +135,18 @@ def hub_weights(load: Callable[[], Any], where: str, what: str) -> Any:
     except Exception as err:  # each library raises its own (OSError, LocalEntryNotFoundError, URLError, RuntimeError)
         first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
-        raise ConfigError(
+        raise WeightsUnavailable(
             f"{where}: the published weights of {what} could not be loaded{offline}: {type(err).__name__}: {first}. "
             "Run once with network access so the library caches them (HF_HOME / TORCH_HOME), or download the weights file and "
             f"set {where.rsplit('.', 1)[0]}.pretrained_path to it (a local file that can be tracked with DVC)"
         ) from None
+
+
+def wants_hub_weights(model_cfg: dict[str, Any]) -> bool:
+    """Whether a model block asks for the library's published weights: ``pretrained: true`` without a
+    ``pretrained_path`` (``auto`` is resolved before the model is built, see ``stages.build_initial_model``;
+    left unresolved it means no download)."""
+    return model_cfg.get("pretrained") is True and not model_cfg.get("pretrained_path")
 
 
 def pop_reset_head(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -223,10 +236,8 @@ class Task:
     # -------------------------------------------------------------- configuration
     @classmethod
     def parse_config(cls, params: dict[str, Any]):
-        """Validate this task's parameter block (see visionpipe.config.parse_task_config)."""
-        from visionpipe.config import parse_task_config
-
-        return parse_task_config(cls.name, params)
+        """Validate this task's parameter block (:func:`visionpipe.config.validate_task_params`)."""
+        return validate_task_params(cls, params)
 
     @classmethod
     def metric_names(cls, classes: list[str] | None = None) -> list[str]:
@@ -261,11 +272,7 @@ class Task:
     @classmethod
     def read(cls, root: Path, data_cfg) -> dict:
         """Read ``root`` in ``data_cfg.format``: ``{"classes", "train", "val", ["test"], "problems"}``."""
-        from visionpipe.errors import DataError
-
         if data_cfg.format == "shards":  # written by `visionpipe shard`: any task's data, as tar shards
-            from visionpipe.data.shards import read_shards
-
             return read_shards(root, cls.name, data_cfg.classes)
         reader = cls.formats.get(data_cfg.format)
         if reader is None:
@@ -276,8 +283,6 @@ class Task:
     @classmethod
     def builtin_classes(cls, num_classes: int) -> list[str]:
         """Class names of the built-in data."""
-        from visionpipe.data.builtin import SHAPES
-
         return list(SHAPES[:num_classes])
 
     @classmethod
@@ -315,17 +320,12 @@ class Task:
     @classmethod
     def compose(cls, augment: list[dict], image_size: int, mean, std, train: bool):
         """User augmentations (train only), then resize, normalisation and tensor conversion."""
-        from visionpipe.data.transforms import compose
-
         cls.check_mosaic(augment)
         return compose(augment, image_size, mean, std, train=train, block=cls.name)
 
     def datasets(self, index: dict, aug: dict, cfg, eval_split: str = "val"):
         """(the loop's task adapter, train dataset, ``eval_split`` dataset): decoded records through
         ``make_sample`` by default; a task may return another adapter (e.g. decoding on the device)."""
-        from visionpipe.data import transforms
-        from visionpipe.data.datasets import IndexDataset
-
         train_tf, val_tf = transforms.from_dict(aug["train"]), transforms.from_dict(aug["val"])
         max_px = cfg.data.max_image_pixels
         mosaic_epochs = cfg.train.epochs - cfg.train.close_mosaic_epochs  # Mosaic (if in augment) is off from this epoch on
@@ -378,6 +378,11 @@ class Task:
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
 
+    def build_for_weights(self) -> torch.nn.Module:
+        """The architecture with fresh weights, to load a saved state dict into: no published weights are fetched
+        and no ``pretrained_path`` is read (evaluation, serving, re-scoring)."""
+        return type(self)({**self.spec, "model": {**self.spec["model"], "pretrained": False, "pretrained_path": None}}).build_model()
+
     def loss(self, model: torch.nn.Module, batch) -> torch.Tensor | dict[str, torch.Tensor]:
         """The training loss, or a dict of named terms: the trainer sums them, and records each as
         ``train_<term>`` beside ``train_loss`` (history.csv, MLflow)."""
@@ -390,8 +395,6 @@ class Task:
 
     def param_groups(self, model: torch.nn.Module, train_cfg) -> list[dict[str, Any]]:
         """Optimizer parameter groups; each has ``lr`` and ``name`` (``backbone`` or ``head``)."""
-        from visionpipe.engine.recipes import param_groups
-
         return param_groups(model, self.backbone(model), train_cfg)
 
     def train_batch(self, batch, epoch: int):
