@@ -23,7 +23,7 @@ import yaml
 
 from _common import emit
 from visionpipe import stages
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import parse_task_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 

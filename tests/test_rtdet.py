@@ -13,7 +13,7 @@ from torch import nn
 from support import task_params
 from test_geometry import _map_of, write_coco
 from visionpipe import stages
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import parse_task_config
 from visionpipe.errors import ConfigError
 from visionpipe.serving.predictor import Predictor
 from visionpipe.models.rtdet import RTDet, task_aligned_assign
