@@ -281,6 +281,7 @@ def test_segmentation_sliding_window_stitches_windows_and_keeps_the_oracle_exact
         parse_task_config("segmentation", task_params("segmentation", train={"image_size": 64}, evaluation={"tile": {"size": 48}}))
 
 
+@pytest.mark.slow  # trains
 def test_sparse_ids_end_to_end_rescore_with_pycocotools_against_the_users_file(tmp_path):
     """Real training on non-square photos with COCO ids 5/17/90: validation, training, evaluation; the
     written predictions re-score against the user's own instances_val.json to the reported mAP."""

@@ -110,6 +110,7 @@ def trained(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("task", TASKS)
 def test_task_contract_end_to_end(trained, task, tmp_path):
     import pandas as pd
@@ -224,6 +225,7 @@ def test_split_seed_splits_user_data_and_builtin_seed_does_not(tmp_path):
     assert val["base"] != val["split_seed"]
 
 
+@pytest.mark.slow  # trains
 def test_evaluation_settings_are_read_at_evaluation_time(trained):
     t = trained["detection"]
     cfg = t["cfg"]
