@@ -190,6 +190,7 @@ def test_the_onnx_engine_answers_as_the_torch_engine(trained, task, tmp_path):
     assert onnx_engine.predict(images[:1])[0].keys() == torch_engine.predict(images[:1])[0].keys()
 
 
+@pytest.mark.slow  # trains (the trained fixture)
 @pytest.mark.parametrize("task", TASKS)
 def test_a_typo_in_model_kwargs_names_the_key(trained, task):
     spec = dict(trained[task]["bundle"]["spec"])

@@ -51,6 +51,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from visionpipe.config import flip_tta, validate_task_params
 from visionpipe.data import transforms
@@ -231,6 +232,18 @@ class TaskData(abc.ABC):
         return {"task": cls.name, "classes": list(classes), "model": cfg.model.model_dump(), "image_size": cfg.train.image_size,
                 "mean": list(mean), "std": list(std), "evaluation": cfg.evaluation.model_dump()}
 
+    @classmethod
+    def evaluation_settings(cls, spec: dict[str, Any]):
+        """``spec["evaluation"]`` as this task's evaluation model (``config_model``'s ``evaluation`` field): what
+        training stored, or what ``stages.serving_bundle`` put there at evaluation; a ConfigError names a bad key."""
+        model = cls.config_model.model_fields["evaluation"].annotation
+        try:
+            return model.model_validate(spec.get("evaluation") or {})
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+            raise ConfigError(f"{cls.name} model spec: evaluation settings do not validate ({problems}); pass them under "
+                              f"{cls.name}.evaluation, or re-run training to write the spec again") from None
+
     # data
     @classmethod
     def default_format(cls) -> str:
@@ -393,8 +406,8 @@ class TaskEvaluation(abc.ABC):
     per_class_logits: ClassVar[bool] = False
 
 
-    def configure(self, model: torch.nn.Module, evaluation_cfg: dict[str, Any]) -> None:
-        """Apply evaluation-time settings (thresholds...) to a built model."""
+    def configure(self, model: torch.nn.Module, evaluation) -> None:
+        """Apply evaluation-time settings (the task's typed evaluation model: thresholds...) to a built model."""
 
     @abc.abstractmethod
     def evaluator(self, runtime: Runtime, records: list[dict], keep_predictions: bool = False):
@@ -462,7 +475,7 @@ class TaskServing:
         """Export: input ``images`` (N, 3, S, S) normalised as spec.json says; output ``logits`` (with
         ``evaluation.tta``, the flip-averaged logits :meth:`forward` computes)."""
         size = self.spec["image_size"]
-        if (self.spec.get("evaluation") or {}).get("tta"):
+        if getattr(self.evaluation, "tta", False):  # the tasks whose evaluation model is a TTAEvaluationConfig
             model = FlipTTA(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -484,6 +497,9 @@ class Task(TaskData, TaskSamples, TaskModel, TaskEvaluation, TaskServing):
     def __init__(self, spec: dict[str, Any]):
         self.spec = spec
         self.classes: list[str] = list(spec["classes"])
+        # the evaluation and serving settings as the task's typed model, validated again on load: code reads
+        # attributes (``self.evaluation.tile``), never ``spec["evaluation"][...]`` with a default repeated by hand
+        self.evaluation = type(self).evaluation_settings(spec)
 
     @classmethod
     def missing(cls) -> list[str]:
