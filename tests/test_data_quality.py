@@ -140,7 +140,8 @@ def test_markdown_and_plot(tmp_path):
     report = {**validation.validate_index(get_task_class(index["task"]), index), "leakage": "warn"}
     text = quality.markdown(report)
     assert "# Data quality: classification" in text and "Leakage (same or nearly the same image in two splits): 2" in text
-    assert "| x | 2 |" in text and "[leakage] train/val `train/x/t1.png`" in text
+    assert "| x | 2 |" in text and "| leakage (exact) | train | `train/x/t1.png` | val | `val/x/v1.png` | 0 | 0.000 |" in text
+    assert "| duplicate (exact) | train | `train/y/t3.png` | train | `train/y/t3_copy.png` |" in text
     fig = quality.plot(report)
     assert [a.get_title() for a in fig.axes] == ["Images per class"]
 
@@ -151,3 +152,16 @@ def test_unknown_registry_metric_and_leakage_values_fail_at_parsing():
     assert parse_task_config("segmentation", task_params("segmentation", registry={"metric": "iou/background"})).registry.metric
     with pytest.raises(ConfigError, match="data.leakage"):
         parse_task_config("classification", task_params("classification", data={"leakage": "ignore"}))
+    with pytest.raises(ConfigError, match="near_duplicates"):
+        parse_task_config("classification", task_params("classification", data={"near_duplicates": {"bits": 3}}))
+
+
+def test_near_duplicate_parameters_are_honoured(tmp_path):
+    index = _leaky_index(tmp_path)
+    task_cls = get_task_class("classification")
+    cfg = parse_task_config("classification", task_params("classification")).data
+    near = lambda **k: [d for d in validation.validate_index(task_cls, index, cfg.model_copy(  # noqa: E731
+        update={"near_duplicates": cfg.near_duplicates.model_copy(update=k)}))["quality"]["duplicates"] if d["kind"] == "near"]
+    assert len(near()) == 1  # the resized copy v2 of t2
+    assert near(max_pixel_difference=0.0) == []  # no pixel may differ: only exact copies are left
+    assert cfg.near_duplicates.hash_bits == 4 and cfg.allow_outside_root is False

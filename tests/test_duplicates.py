@@ -49,6 +49,9 @@ def test_copies_of_every_kind_are_confirmed_and_distinct_glyphs_are_not():
     # another glyph drawn through nearby points: the same "class", not the same picture
     other = _sig(np.roll(_digit(1), 0, axis=0) // 2 + _digit(2) // 2)
     assert duplicates.pixel_difference(original, other) > duplicates.MAX_PIXEL_DIFFERENCE
+    grey, black = np.full((28, 28), 128, np.uint8), np.zeros((28, 28), np.uint8)  # blank pages: their level is their content
+    assert duplicates.pixel_difference(_sig(grey), _sig(black)) > duplicates.MAX_PIXEL_DIFFERENCE
+    assert duplicates.pixel_difference(_sig(grey), _sig(grey, "JPEG", quality=75)) <= duplicates.MAX_PIXEL_DIFFERENCE
     found = duplicates.find([original, _sig(copies["resized"]), None, other, _sig(base)])
     assert [(d["i"], d["j"], d["kind"]) for d in found] == [(0, 1, "near"), (0, 4, "exact"), (1, 4, "near")]
 
@@ -104,3 +107,36 @@ def test_a_class_without_val_images_is_a_warning(tmp_path):
     warnings = validation.validate_index(get_task_class(index["task"]), index)["warnings"]
     assert [(w["kind"], w["split"]) for w in warnings if w["kind"] == "unscored_class"] == [("unscored_class", "val")]
     assert "class 'y' has 1 training image(s) but none in the val split" in warnings[-1]["problem"]
+
+
+def test_the_end_of_run_summary_counts_data_warnings_per_kind(tmp_path):
+    import time
+
+    from visionpipe.tracking.summary import collect, terminal_lines
+
+    report = tmp_path / "data/08_reporting/classification"
+    report.mkdir(parents=True)
+    warnings = [{"kind": "leakage"}, {"kind": "leakage"}, {"kind": "unscored_class"}]
+    (report / "validation.json").write_text(__import__("json").dumps({"warnings": warnings, "findings": []}))
+    lines = terminal_lines(collect("classification", "classification", tmp_path, since=time.time() - 60))
+    assert any(line.split() == ["data", "warnings", "2", "leakage,", "1", "unscored", "class",
+                                "(data/08_reporting/classification/data_quality.md)"] for line in lines)
+
+
+@pytest.mark.parametrize("task", ["classification", "detection"])
+def test_the_built_in_data_raises_no_data_warning(tmp_path, task):
+    from support import task_params
+    from visionpipe import stages
+    from visionpipe.tasks import parse_task_config
+
+    params = task_params(task, tmp_path)
+    import yaml
+
+    from support import PROJECT
+
+    shipped = yaml.safe_load((PROJECT / "conf" / "base" / f"parameters_{task}.yml").read_text())[task]["data"]["builtin"]
+    params["data"]["builtin"] = {**shipped, "path": params["data"]["builtin"]["path"]}  # what `make run` generates
+    cfg = parse_task_config(task, params)
+    index = stages.ingest(task, cfg)
+    report = stages.validate(task, index, cfg)
+    assert report["warnings"] == [] and report["findings"] == [] and index["problems"] == []

@@ -12,8 +12,11 @@ from typing import Any
 import numpy as np
 
 from visionpipe.data import duplicates as near
+from visionpipe.errors import readable
 
 logger = logging.getLogger(__name__)
+
+MARKDOWN_PAIRS = 1000  # duplicate pairs listed in data_quality.md (validation.json has every one)
 
 def sample_splits(index: dict) -> list[str]:
     """Every key of the index that holds samples (train, val, test, or any other), in a stable order
@@ -131,11 +134,21 @@ def markdown(report: dict) -> str:
                       f"Box size sqrt(area) px: median {box.get('median', 0):.1f} "
                       f"(small {entry['box_size_bins']['small']}, medium {entry['box_size_bins']['medium']}, "
                       f"large {entry['box_size_bins']['large']})", ""]
-    if warns:
-        lines += ["## Warnings", ""] + [f"- [{w['kind']}] {w['split']} `{w['file']}`: {w['problem']}" for w in warns[:200]]
-        if len(warns) > 200:
-            lines.append(f"- ... and {len(warns) - 200} more (validation.json lists them all)")
-    return "\n".join(lines) + "\n"
+    if dups:
+        shown = sorted(dups, key=lambda d: not d["leakage"])[:MARKDOWN_PAIRS]  # leakage first
+        lines += ["## Duplicate pairs", "", "| kind | split | image | split | image | hash bits | pixel difference |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {'leakage' if d['leakage'] else 'duplicate'} ({d['kind']}) | {d['a']['split']} | `{d['a']['image']}` | "
+                  f"{d['b']['split']} | `{d['b']['image']}` | {d['distance']} | {d.get('difference', 0):.3f} |" for d in shown]
+        if len(dups) > MARKDOWN_PAIRS:
+            lines.append(f"\n... and {len(dups) - MARKDOWN_PAIRS} more pairs (validation.json lists them all)")
+        lines.append("")
+    others = [w for w in warns if w["kind"] not in ("leakage", "duplicate")]
+    if others:
+        lines += ["## Warnings", ""] + [f"- [{w['kind']}] {w['split']} `{w['file']}`: {w['problem']}" for w in others[:200]]
+        if len(others) > 200:
+            lines.append(f"- ... and {len(others) - 200} more (validation.json lists them all)")
+    return readable("\n".join(lines) + "\n")
 
 
 def plot(report: dict):
