@@ -12,7 +12,8 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run exps serve test test-fast test-viz clean-data viz viz-build notebook notebook-html mlflow-ui repro plots help
+.PHONY: install run exps serve test test-fast test-viz clean-data viz viz-build notebook notebook-html mlflow-ui repro plots help \
+	tracking-server tracking-server-stop
 
 help:
 	@echo "make run     - set up .venv if needed, then visionpipe run (kedro run on every task, quiet, with a summary)"
@@ -20,6 +21,7 @@ help:
 	@echo "make install - (re)create the virtual environment"
 	@echo "make mlflow-ui - browse runs, models and plots (http://127.0.0.1:5000)"
 	@echo "make serve TASK=detection [PORT=5001] [MODEL=models:/<name>@champion] - REST scoring server (README, Serving)"
+	@echo "make tracking-server - a team's MLflow server on PostgreSQL (data/server/), in the background; make tracking-server-stop"
 	@echo "make viz      - kedro-viz: the stage and task pipelines (pick one in the left panel)"
 	@echo "make notebook - JupyterLab on notebooks/compare_champions.ipynb; make notebook-html renders it"
 	@echo "make repro / make plots - dvc repro; dvc plots show, rendered offline"
@@ -113,6 +115,15 @@ plots: install $(DVC_PLOTS_TEMPLATE)
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
+
+# PostgreSQL (this machine's server binaries; cluster, 0600 password, logs under data/server/) and `mlflow server
+# --serve-artifacts` on it, loopback only, in the background; a second start reuses the data. The last two lines
+# printed are what clients export (README, "For a team").
+tracking-server: install
+	@$(BIN)/visionpipe tracking-server start
+
+tracking-server-stop: install
+	@$(BIN)/visionpipe tracking-server stop
 
 repro: install
 	source $(BIN)/activate && dvc repro

@@ -160,7 +160,10 @@ def test_sweep_of_nested_runs_gates_only_the_best(tmp_path):
     assert "finished" in comparison and "failed" in comparison and "unknown timm model" in comparison
     versions = c.search_model_versions("name='visionpipe-classification'")
     assert [v.run_id for v in versions] == [good.info.run_id]  # only the best point went through the gate
-    assert parent.data.tags["visionpipe.sweep.best_run_id"] == good.info.run_id
-    # each point wrote its own outputs
-    assert (project / "data/sweeps/classification/s1/point-00/data/06_models/classification/model").is_dir()
+    assert parent.data.tags["sweep.best_run_id"] == good.info.run_id and parent.data.tags["sweep.study"] == "s1"
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.failed"] == "1"
+    # each trial wrote its own outputs
+    trial = good.data.tags["sweep.trial"]
+    assert (project / f"data/sweeps/classification/s1/trial-{int(trial):03d}/data/06_models/classification/model").is_dir()
+    assert (project / "data/sweeps/optuna.db").is_file()  # the study: the project's own SQLite file
     assert not (project / "data/06_models/classification/model").exists()
