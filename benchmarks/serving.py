@@ -30,7 +30,7 @@ def untrained_bundle(task: str, image_size: int | None) -> dict:
     from support import task_params
 
     from visionpipe import stages
-    from visionpipe.config import parse_task_config
+    from visionpipe.tasks import parse_task_config
     from visionpipe.tasks import get_task
 
     override = {"train": {"image_size": image_size}} if image_size else {}

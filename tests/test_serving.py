@@ -12,7 +12,7 @@ from support import task_params
 @pytest.fixture(scope="module")
 def bundle():
     from visionpipe import stages
-    from visionpipe.config import parse_task_config
+    from visionpipe.tasks import parse_task_config
     from visionpipe.tasks import get_task
 
     cfg = parse_task_config("classification", task_params("classification"))

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 from visionpipe import stages
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import get_task_class
 
 
 # val_loss is the val/loss curve at the best epoch; val_images is in the dataset input's profile
@@ -35,7 +35,8 @@ def mlflow_metrics(metrics: dict[str, Any], timings: dict[str, float] | None = N
 def evaluate_model(model: dict, index: dict, augmentation: dict, params: dict[str, Any], task: str) -> dict[str, Any]:
     """The task's metrics on the validation split, their timings (own file), and what the task writes beside
     them (predictions...)."""
-    metrics, evaluator, task_obj = stages.evaluate(task, index, augmentation, model, parse_task_config(task, params))
+    task_cls = get_task_class(task)
+    metrics, evaluator, task_obj = stages.evaluate(task_cls, index, augmentation, model, task_cls.parse_config(params))
     metrics, timings = split_timings(metrics)
     return {"metrics": metrics, "evaluation_timings": timings, "mlflow_metrics": mlflow_metrics(metrics, timings),
             **task_obj.prediction_outputs(index, evaluator)}
@@ -43,8 +44,6 @@ def evaluate_model(model: dict, index: dict, augmentation: dict, params: dict[st
 
 def plot_evaluation(index: dict, history: pd.DataFrame, *outputs, task: str) -> dict[str, Any]:
     """The task's figures from the evaluation outputs (``outputs`` in the task's ``output_datasets`` order)."""
-    from visionpipe.tasks import get_task_class
-
     task_cls = get_task_class(task)
     figures = task_cls.plots(dict(zip(task_cls.output_datasets, outputs)), index, history)
     return {f"plot_{name}": figures[name] for name in task_cls.plot_names}

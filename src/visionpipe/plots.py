@@ -85,12 +85,10 @@ def loss_curves(history: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def pr_curves(predictions: list[dict], ground_truth: dict, classes: list[str]) -> plt.Figure:
-    from visionpipe.tasks.detection import coco_evaluate
-
-    _, ev = coco_evaluate(ground_truth, predictions, classes)
+def pr_curves(ev, names: dict[int, str], title: str = "Precision-recall at IoU 0.5") -> plt.Figure:
+    """Per-class precision-recall at IoU 0.5 from an evaluated COCOeval ``ev`` (None: no predictions), each class
+    labelled ``names[category_id]`` (the user's category ids, which may be sparse) with its AP50."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    names = {c["id"]: c["name"] for c in ground_truth["categories"]}  # the user's category ids
     if ev is not None:
         recall = ev.params.recThrs
         for k, cat_id in enumerate(ev.params.catIds):
@@ -101,7 +99,7 @@ def pr_curves(predictions: list[dict], ground_truth: dict, classes: list[str]) -
                 ax.plot(recall, np.clip(precision, 0, None), label=f"{names.get(cat_id, str(cat_id))} (AP50 {ap50:.3f})")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, title="class (AP at IoU 0.5)", title_fontsize=7)
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall at IoU 0.5")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     fig.tight_layout()
     return fig
 
