@@ -33,6 +33,7 @@ THUMB_SIDE = 48  # longest side of the grey thumbnail kept per image for the pix
 HASH_BITS = 4  # candidate pairs: pHash distance at most this many bits (of 64)
 MAX_PIXEL_DIFFERENCE = 0.09  # confirmed: no pixel of the aligned, normalised thumbnails differs by more (0..1)
 MIN_CROP_SHARE = 0.8  # a crop keeps at least this share of each side of the original
+FLAT_SPAN = 16.0  # grey levels between the 1st and 99th percentile below which an image is blank
 RESAMPLED_SCALE = 0.75  # images of different sizes are also compared at 3/4 of the smaller one's size
 
 
@@ -147,7 +148,9 @@ def _normalise(a: np.ndarray) -> np.ndarray:
     k = (int(0.01 * (flat.size - 1)), int(0.99 * (flat.size - 1)))
     lo, hi = np.partition(flat, k)[list(k)]  # np.percentile costs 10x more, and this runs for every candidate pair
     span = float(hi - lo)
-    return (a - lo) / span if span > 1e-3 else a - lo
+    if span < FLAT_SPAN:  # a blank image has no contrast to normalise: its level itself is what it shows
+        return a / 255.0
+    return (a - lo) / span
 
 
 def _prepared(a: np.ndarray) -> np.ndarray:

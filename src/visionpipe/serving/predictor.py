@@ -107,7 +107,7 @@ class Predictor:
         if onnx is not None:
             self.session = onnx_session(onnx)
         else:
-            self.model = self.task.build_model()
+            self.model = self.task.build_for_weights()
             self.model.load_state_dict(bundle["state_dict"])
             self.task.configure(self.model, self.spec["evaluation"])
             self.model.to(self.device).eval()

@@ -67,7 +67,7 @@ from visionpipe.data.transforms import compose
 from visionpipe.engine.checkpoint import load_weights
 from visionpipe.engine.recipes import param_groups
 from visionpipe.engine.runtime import Runtime
-from visionpipe.errors import ConfigError, DataError
+from visionpipe.errors import ConfigError, DataError, WeightsUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -134,11 +134,18 @@ def hub_weights(load: Callable[[], Any], where: str, what: str) -> Any:
     except Exception as err:  # each library raises its own (OSError, LocalEntryNotFoundError, URLError, RuntimeError)
         first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
-        raise ConfigError(
+        raise WeightsUnavailable(
             f"{where}: the published weights of {what} could not be loaded{offline}: {type(err).__name__}: {first}. "
             "Run once with network access so the library caches them (HF_HOME / TORCH_HOME), or download the weights file and "
             f"set {where.rsplit('.', 1)[0]}.pretrained_path to it (a local file that can be tracked with DVC)"
         ) from None
+
+
+def wants_hub_weights(model_cfg: dict[str, Any]) -> bool:
+    """Whether a model block asks for the library's published weights: ``pretrained: true`` without a
+    ``pretrained_path`` (``auto`` is resolved before the model is built, see ``stages.build_initial_model``;
+    left unresolved it means no download)."""
+    return model_cfg.get("pretrained") is True and not model_cfg.get("pretrained_path")
 
 
 def pop_reset_head(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -369,6 +376,11 @@ class Task:
     # -------------------------------------------------------------- model
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
+
+    def build_for_weights(self) -> torch.nn.Module:
+        """The architecture with fresh weights, to load a saved state dict into: no published weights are fetched
+        and no ``pretrained_path`` is read (evaluation, serving, re-scoring)."""
+        return type(self)({**self.spec, "model": {**self.spec["model"], "pretrained": False, "pretrained_path": None}}).build_model()
 
     def loss(self, model: torch.nn.Module, batch) -> torch.Tensor | dict[str, torch.Tensor]:
         """The training loss, or a dict of named terms: the trainer sums them, and records each as

@@ -23,7 +23,8 @@ from visionpipe.data.validation import check_annotated_size, check_boxes
 from visionpipe.engine import distributed
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
-from visionpipe.tasks.base import Task, call_with_model_kwargs, close_matches, hub_weights, load_pretrained, pop_reset_head, signature_keys, timm_normalization
+from visionpipe.tasks.base import (Task, call_with_model_kwargs, close_matches, hub_weights, load_pretrained, pop_reset_head,
+                                   signature_keys, timm_normalization, wants_hub_weights)
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
                 raise ConfigError(f"{where}.anchor_sizes/anchor_aspect_ratios: only for fasterrcnn/retinanet models, not '{name}'")
             extra.update(_builder_anchors(name, kwargs))
         # pretrained: the builder's ImageNet backbone weights (its COCO heads are sized for COCO's 91 classes)
-        hub = bool(model_cfg.get("pretrained")) and not model_cfg.get("pretrained_path")
+        hub = wants_hub_weights(model_cfg)
 
         def create():
             return call_with_model_kwargs(torchvision.models.get_model, kwargs, where, name=name, weights=None,
@@ -190,7 +191,7 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
             raise ConfigError(f"detection.model.name: with a timm backbone the detector is one of {list(TIMM_ARCHS)}, got '{name}'."
                               f"{close_matches(name, list(TIMM_ARCHS))}")
         body = TimmFPN(backbone, out_channels, out_indices=out_indices, extra="pool" if name == "fasterrcnn" else "p6p7",
-                       pretrained=bool(model_cfg.get("pretrained")) and not model_cfg.get("pretrained_path"))
+                       pretrained=wants_hub_weights(model_cfg))
         common = dict(**sizes, image_mean=list(mean), image_std=list(std))
         if name == "fcos":
             if out_channels % 32:  # FCOS's head normalises with GroupNorm(32 groups)

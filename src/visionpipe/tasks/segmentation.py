@@ -36,6 +36,7 @@ from visionpipe.tasks.base import (
     pop_reset_head,
     signature_keys,
     timm_normalization,
+    wants_hub_weights,
 )
 
 
@@ -120,7 +121,7 @@ def build_segmenter(spec: dict[str, Any]) -> nn.Module:
     model_cfg = spec["model"]
     kwargs, reset_head = pop_reset_head(model_cfg.get("kwargs") or {})
     encoder = model_cfg.get("backbone") or "resnet18"
-    weights = _encoder_weights(encoder) if model_cfg.get("pretrained") and not model_cfg.get("pretrained_path") else None
+    weights = _encoder_weights(encoder) if wants_hub_weights(model_cfg) else None
 
     def create():
         return call_with_model_kwargs(smp.create_model, kwargs, "segmentation.model.kwargs", arch=model_cfg["name"], encoder_name=encoder,
