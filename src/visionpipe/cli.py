@@ -1,5 +1,5 @@
 """Command line: ``kedro run`` runs each task in its own session (one MLflow run per task), and the
-``visionpipe`` script adds ``predict`` and ``export-onnx``."""
+``visionpipe`` script adds ``predict`` (torch or ONNX Runtime engine), ``serve`` (MLflow's scoring server) and ``export-onnx``."""
 
 from __future__ import annotations
 
