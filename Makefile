@@ -44,7 +44,8 @@ run: install
 	@if git rev-parse --git-dir >/dev/null 2>&1 && [ -d .dvc ]; then \
 	  if ls conf/local/parameters* >/dev/null 2>&1; then \
 	    echo "dvc.lock not updated: conf/local/ overrides parameters dvc.yaml does not track (dvc repro runs and records)"; \
-	  else $(BIN)/dvc commit --force --quiet && echo "dvc.lock records this run (dvc status: up to date)"; fi; fi
+	  elif $(BIN)/dvc commit --force; then echo "dvc.lock records this run (dvc status: up to date)"; \
+	  else echo "dvc.lock not updated: dvc commit failed (above); the run itself succeeded"; fi; fi
 
 # the experiments at a glance: changed parameters and each task's headline metric (dvc exp show, 160 columns)
 exps: install

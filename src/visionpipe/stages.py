@@ -173,7 +173,7 @@ def evaluate(task, index: dict, aug: dict, bundle: dict, cfg: TaskConfig,
     if model is None:
         model = task_obj.build_for_weights()
         model.load_state_dict(bundle["state_dict"])
-    task_obj.configure(model, bundle["spec"]["evaluation"])
+    task_obj.configure(model, task_obj.evaluation)
     runtime = resolve_runtime(cfg.train, cfg.data)
     adapter, _, val_ds = task_obj.datasets(index, aug, cfg)
     trainer = Trainer(adapter, model, cfg.train.model_copy(update={"batch_size": cfg.evaluation.batch_size}), runtime, records=index["val"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import math
 from collections import OrderedDict
@@ -21,6 +19,7 @@ from visionpipe.data import builtin, formats
 from visionpipe.data.transforms import box_params, compose, tile_starts
 from visionpipe.data.validation import check_annotated_size, check_boxes
 from visionpipe.engine import distributed
+from visionpipe.engine.coco import coco_evaluate, coco_ground_truth
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
 from visionpipe.models.rtdet import RTDet
@@ -246,8 +245,8 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
             model_cfg = {**model_cfg, "pretrained_path": None}
     if model_cfg.get("pretrained_path"):
         load_pretrained(model, model_cfg["pretrained_path"], reset_head, "detection")
-    ev = spec["evaluation"]
-    set_postprocess(model, ev["score_threshold"], ev["nms_threshold"], ev["max_detections"])
+    ev = DetectionEvaluation.model_validate(spec["evaluation"])
+    set_postprocess(model, ev.score_threshold, ev.nms_threshold, ev.max_detections)
     return model
 
 
@@ -282,74 +281,6 @@ def limit_detections(result: dict[str, Any], score_threshold: float | None = Non
     return {**result, **{k: [result[k][i] for i in keep] for k in ("boxes", "labels", "scores")}}
 
 
-def coco_categories(classes: list[str], category_ids: list[int] | None = None) -> list[dict]:
-    """COCO ``categories`` for the classes: the user's own ids (COCO data), else 1..K in class order (VOC, YOLO)."""
-    ids = category_ids or list(range(1, len(classes) + 1))
-    return [{"id": int(i), "name": n, "supercategory": "object"} for i, n in zip(ids, classes)]
-
-
-def coco_ground_truth(records: list[dict], classes: list[str], category_ids: list[int] | None = None) -> dict:
-    """The COCO ground truth of ``records`` with the user's image ids and category ids (``category_ids[label]``)."""
-    ids = category_ids or list(range(1, len(classes) + 1))
-    images, annotations = [], []
-    for rec in records:
-        images.append({"id": rec["image_id"], "file_name": rec["image"], "width": rec["width"], "height": rec["height"]})
-        for box, label, crowd in zip(rec["boxes"], rec["labels"], rec["iscrowd"]):
-            x0, y0, x1, y1 = box
-            annotations.append({"id": len(annotations) + 1, "image_id": rec["image_id"], "category_id": int(ids[label]),
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": crowd})
-    return {"images": images, "annotations": annotations, "categories": coco_categories(classes, ids)}
-
-
-def coco_backend(name: str = "auto"):
-    """(COCO, COCOeval) classes: faster-coco-eval's drop-in when installed (``auto``), else pycocotools."""
-    if name in ("auto", "faster_coco_eval"):
-        try:
-            from faster_coco_eval import COCO, COCOeval_faster
-
-            return COCO, COCOeval_faster
-        except ImportError:
-            if name == "faster_coco_eval":
-                raise
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    return COCO, COCOeval
-
-
-def coco_evaluate(ground_truth: dict, predictions: list[dict], classes: list[str], max_detections: int = 100,
-                  backend: str = "auto", iou_type: str = "bbox") -> tuple[dict, Any]:
-    """COCO evaluation, ``iou_type`` bbox or segm (faster-coco-eval or pycocotools, same numbers); returns
-    (metrics, the COCOeval object).
-
-    Per-class AP is keyed by the category names of ``ground_truth``.
-    """
-    coco_cls, eval_cls = coco_backend(backend)
-    names = {c["id"]: c["name"] for c in ground_truth["categories"]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        if not predictions:
-            metrics = {"map": 0.0, "map_50": 0.0, "map_75": 0.0}
-            metrics.update({f"ap/{c}": 0.0 for c in classes})
-            return metrics, None
-        gt = coco_cls()
-        gt.dataset = ground_truth
-        gt.createIndex()
-        dt = gt.loadRes([dict(p) for p in predictions])  # loadRes adds keys to the dicts it is given
-        ev = eval_cls(gt, dt, iou_type)
-        ev.params.maxDets = [1, 10, max_detections]
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    metric_names = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large"]
-    metrics = {n: float(v) for n, v in zip(metric_names, ev.stats[:6]) if v >= 0}  # -1: no object of that size
-    precision = ev.eval["precision"]  # [iou thresholds, recall points, classes, areas, max dets]
-    for k, cat_id in enumerate(ev.params.catIds):
-        p = precision[:, :, k, 0, -1]
-        p = p[p > -1]
-        metrics[f"ap/{names[cat_id]}"] = float(p.mean()) if p.size else float("nan")
-    return metrics, ev
-
-
 class DetectionEvaluator:
     """Collects COCO results over a split; ``compute`` scores them against the split's COCO ground truth."""
 
@@ -370,7 +301,7 @@ class DetectionEvaluator:
     def compute(self) -> dict[str, float]:
         results = [r for part in distributed.all_gather_objects(self.results) for r in part]
         self.ground_truth = coco_ground_truth(self.records, self.task.classes, self.task.category_ids)
-        metrics, self.last_eval = coco_evaluate(self.ground_truth, results, self.task.classes, self.task.spec["evaluation"]["max_detections"])
+        metrics, self.last_eval = coco_evaluate(self.ground_truth, results, self.task.classes, self.task.evaluation.max_detections)
         self.results = results
         return metrics
 
@@ -481,8 +412,8 @@ class DetectionTask(Task):
         backbone = getattr(model, "backbone", None)
         return getattr(backbone, "body", backbone)
 
-    def configure(self, model: nn.Module, evaluation_cfg: dict[str, Any]) -> None:
-        set_postprocess(model, evaluation_cfg["score_threshold"], evaluation_cfg["nms_threshold"], evaluation_cfg["max_detections"])
+    def configure(self, model: nn.Module, evaluation: DetectionEvaluation) -> None:
+        set_postprocess(model, evaluation.score_threshold, evaluation.nms_threshold, evaluation.max_detections)
 
     @staticmethod
     def _usable_boxes(record: dict, h: int, w: int) -> tuple[np.ndarray, list[int]]:
@@ -543,11 +474,11 @@ class DetectionTask(Task):
     def _tiled(self, run, images: list[torch.Tensor]) -> list[dict]:
         """``run`` (a list of images to raw detections) on whole images, or with ``evaluation.tile`` on each
         image's tiles and the whole image, merged per image."""
-        ev = self.spec.get("evaluation", {})
-        tile = ev.get("tile")
-        if not tile:
+        ev = self.evaluation
+        tile = getattr(ev, "tile", None)  # instance segmentation's evaluation model offers no tiling
+        if tile is None:
             return run(images)
-        return [tiled_detections(run, image, tile["size"], tile["overlap"], ev["nms_threshold"], ev["max_detections"]) for image in images]
+        return [tiled_detections(run, image, tile.size, tile.overlap, ev.nms_threshold, ev.max_detections) for image in images]
 
     def evaluator(self, runtime: Runtime, records: list[dict], keep_predictions: bool = False) -> DetectionEvaluator:
         return DetectionEvaluator(self, records, keep_predictions)
@@ -560,13 +491,13 @@ class DetectionTask(Task):
         """
         from torchvision.ops import nms
 
-        ev = self.spec["evaluation"]
+        ev = self.evaluation
         results = []
         for det, (h, w) in zip(outputs, original_sizes):
             boxes, scores, labels = det["boxes"].float().cpu(), det["scores"].float().cpu(), det["labels"].cpu() - 1
             boxes = boxes.clamp(min=0).minimum(torch.tensor([w, h, w, h], dtype=boxes.dtype))
-            if ev.get("class_agnostic_nms") and len(boxes):
-                keep = nms(boxes, scores, ev["nms_threshold"])
+            if getattr(ev, "class_agnostic_nms", False) and len(boxes):  # instance segmentation has no such key
+                keep = nms(boxes, scores, ev.nms_threshold)
                 boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             results.append({"boxes": boxes, "labels": labels, "scores": scores})
         return results
@@ -588,8 +519,8 @@ class DetectionTask(Task):
     @classmethod
     def inference_params(cls, spec):
         # the model already dropped what is below the run's own settings: a call can raise the threshold, lower the cap
-        ev = spec.get("evaluation") or {}
-        return {"score_threshold": float(ev.get("score_threshold", 0.05)), "max_detections": int(ev.get("max_detections", 100))}
+        ev = cls.evaluation_settings(spec)
+        return {"score_threshold": ev.score_threshold, "max_detections": ev.max_detections}
 
     @classmethod
     def apply_params(cls, row, params):

@@ -23,7 +23,9 @@ from pydantic import Field, field_validator
 
 from visionpipe.config import CocoFilesMixin, DataConfig, EvaluationConfig, TaskConfig
 from visionpipe.data import builtin, formats
+from visionpipe.data.images import load_rgb
 from visionpipe.engine import distributed
+from visionpipe.engine.coco import coco_evaluate, coco_ground_truth
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
 from visionpipe.tasks.base import call_with_model_kwargs, close_matches, load_pretrained, pop_reset_head
@@ -34,12 +36,9 @@ from visionpipe.tasks.detection import (
     TimmFPN,
     _builder_keys,
     _class_keys,
-    coco_evaluate,
-    coco_ground_truth,
     detector_sizes,
     set_postprocess,
 )
-from visionpipe.data.images import load_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -192,8 +191,8 @@ def build_mask_rcnn(spec: dict[str, Any]) -> nn.Module:
             model_cfg = {**model_cfg, "pretrained_path": None}
     if model_cfg.get("pretrained_path"):
         load_pretrained(model, model_cfg["pretrained_path"], reset_head, BLOCK)
-    ev = spec["evaluation"]
-    set_postprocess(model, ev["score_threshold"], ev["nms_threshold"], ev["max_detections"])
+    ev = InstanceSegmentationEvaluation.model_validate(spec["evaluation"])
+    set_postprocess(model, ev.score_threshold, ev.nms_threshold, ev.max_detections)
     return model
 
 
@@ -242,7 +241,7 @@ class InstanceSegmentationEvaluator(DetectionEvaluator):
     def compute(self) -> dict[str, float]:
         results = [r for part in distributed.all_gather_objects(self.results) for r in part]
         self.ground_truth = instances_ground_truth(self.records, self.task.classes, self.task.category_ids)
-        metrics, self.last_eval = instance_metrics(self.ground_truth, results, self.task.classes, self.task.spec["evaluation"]["max_detections"])
+        metrics, self.last_eval = instance_metrics(self.ground_truth, results, self.task.classes, self.task.evaluation.max_detections)
         self.results = results
         return metrics
 
