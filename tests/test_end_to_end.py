@@ -113,8 +113,9 @@ def test_metrics_have_one_name_and_timings_their_own_file(project, client):
         from visionpipe.tasks import get_task_class
 
         curve = "val/loss" if "val_loss" in get_task_class(task).metrics else f"val/{get_task_class(task).primary_metric}"
-        assert {curve, "process/epoch_time_s", "process/data_wait_fraction",
-                "process/rss_gb", "process/eval_time_s"} <= set(metrics)
+        assert {curve, "system/process/epoch_time_s", "system/process/data_wait_fraction",
+                "system/process/rss_gb", "system/process/eval_time_s"} <= set(metrics)
+        assert not [k for k in metrics if k.startswith("val/train")], sorted(metrics)  # loss terms are train/loss_<term>
         report = project / "data/08_reporting" / task
         assert "eval_time_s" not in json.loads((report / "metrics.json").read_text())
         history = pd.read_csv(report / "history.csv")

@@ -95,8 +95,9 @@ def test_final_metrics_have_one_name_and_timings_leave_metrics_json():
     assert timings == {"eval_time_s": 2.0, "eval_images_per_s": 5.0}
     logged = mlflow_metrics(metrics, timings)
     # val_loss is the val/loss curve at the best epoch, val_images the dataset input's profile
-    assert logged == {"top1": {"value": 0.5, "step": 0}, "process/eval_time_s": {"value": 2.0, "step": 0},
-                      "process/eval_images_per_s": {"value": 5.0, "step": 0}}
+    assert logged == {"top1": {"value": 0.5, "step": 0}, "system/process/eval_time_s": {"value": 2.0, "step": 0},
+                      "system/process/eval_images_per_s": {"value": 5.0, "step": 0}}
+    assert mlflow_metrics({"ap/circle": 0.25})["ap_circle"]["value"] == 0.25  # a final metric opens no section of its own
 
 
 def test_epoch_history_splits_into_learning_curves_and_timings():
@@ -108,9 +109,12 @@ def test_epoch_history_splits_into_learning_curves_and_timings():
     assert learning == [{"train_loss": 1.0, "lr": 0.1, "val_loss": 0.9, "top1": 0.4, "epoch": 1}]
     assert timings == [{"epoch": 1, "epoch_time_s": 3.0, "images_per_s": 9.0, "data_wait_fraction": 0.2, "rss_gb": 1.5}]
     names = {k: epoch_metric_name(k) for k in history[0] if k != "epoch"}
-    assert names == {"train_loss": "train/loss", "lr": "train/lr", "epoch_time_s": "process/epoch_time_s",
-                     "images_per_s": "process/images_per_s", "data_wait_fraction": "process/data_wait_fraction",
-                     "rss_gb": "process/rss_gb", "val_loss": "val/loss", "top1": "val/top1"}
+    assert names == {"train_loss": "train/loss", "lr": "train/lr", "epoch_time_s": "system/process/epoch_time_s",
+                     "images_per_s": "system/process/images_per_s", "data_wait_fraction": "system/process/data_wait_fraction",
+                     "rss_gb": "system/process/rss_gb", "val_loss": "val/loss", "top1": "val/top1"}
+    # a task's loss terms are training curves (MLflow's train section), per-class curves sort below val/
+    assert [epoch_metric_name(k) for k in ("train_classification", "train_loss_mask", "ap/circle", "early_stop_epoch")] == \
+        ["train/loss_classification", "train/loss_mask", "val_per_class/ap/circle", "train/stopped_epoch"]
     assert best_epoch_tag(5, 8) == "6/8"
 
 

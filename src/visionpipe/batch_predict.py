@@ -12,6 +12,7 @@ from typing import Any, Iterable, Iterator, Literal
 
 from tqdm.auto import tqdm
 
+from visionpipe import console
 from visionpipe.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def predict_folder(predictor, files: list[Path], root: Path, output: Path, batch
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")
     summary = PredictSummary(output=output)
-    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not (progress and console.interactive()), dynamic_ncols=True)
     try:
         with open(partial, "w") as fh:
             for chunk in batches(files, batch_size):

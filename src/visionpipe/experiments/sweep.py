@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from visionpipe.errors import ConfigError
+from visionpipe.run_state import task_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ def run_sweep(project: str | Path, task: str, points: list[dict[str, Any]], jobs
     blocks = [point_overrides(task, params, point) for point in points]  # every point checked before any runs
     registry = parse_task_config(task, params).registry
     uri = mlflow.get_tracking_uri() or default_tracking_uri()
-    mlflow.set_experiment(experiment)
+    mlflow.set_experiment(task_experiment(experiment, task))  # beside the task's own runs
     name = name or f"sweep-{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir = project / SWEEPS_DIR / task / name
     if sweep_dir.exists():

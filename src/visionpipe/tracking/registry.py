@@ -23,6 +23,7 @@ import visionpipe
 from visionpipe.comparison import is_better
 from visionpipe.errors import ConfigError
 from visionpipe.inference import Predictor, encode_png, save_bundle
+from visionpipe.tracking.callbacks import final_metric_name
 from visionpipe.tracking.champion import download_bundle
 from visionpipe.tracking.pyfunc import default_params, predictions_frame
 
@@ -128,7 +129,10 @@ def _recorded_score(client: MlflowClient, version, metric: str) -> float | None:
     tagged = version.tags.get(f"metric.{metric}")
     if tagged is not None:
         return float(tagged)
-    return client.get_run(version.run_id).data.metrics.get(metric) if version.run_id else None
+    if not version.run_id:
+        return None
+    logged = client.get_run(version.run_id).data.metrics
+    return logged.get(final_metric_name(metric), logged.get(metric))  # runs logged before per-class names lost "/"
 
 
 def gate(client: MlflowClient, champion, metric: str, new_score: float, greater_is_better: bool, fingerprint: str | None,

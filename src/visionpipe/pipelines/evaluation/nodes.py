@@ -8,6 +8,7 @@ import pandas as pd
 
 from visionpipe import stages
 from visionpipe.config import parse_task_config
+from visionpipe.tracking.callbacks import PROCESS_PREFIX, final_metric_name
 
 
 # val_loss is the val/loss curve at the best epoch; val_images is in the dataset input's profile
@@ -24,11 +25,11 @@ def split_timings(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, fl
 
 
 def mlflow_metrics(metrics: dict[str, Any], timings: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
-    """kedro-mlflow's metrics format: one value at step 0 per numeric final metric (plain names: top1, map, miou),
-    timings under process/ beside the per-epoch process figures."""
-    out = {k: {"value": float(v), "step": 0} for k, v in metrics.items()
+    """kedro-mlflow's metrics format: one value at step 0 per numeric final metric (plain names: top1, map, miou,
+    ap_circle), timings under system/process/ beside the per-epoch process figures."""
+    out = {final_metric_name(k): {"value": float(v), "step": 0} for k, v in metrics.items()
            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _NOT_LOGGED_AS_FINAL}
-    out.update({f"process/{k}": {"value": float(v), "step": 0} for k, v in (timings or {}).items()})
+    out.update({f"{PROCESS_PREFIX}{k}": {"value": float(v), "step": 0} for k, v in (timings or {}).items()})
     return out
 
 
