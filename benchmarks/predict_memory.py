@@ -1,6 +1,6 @@
 """Peak memory of `visionpipe predict`'s streaming loop on large photographs (run by hand, never in CI).
 
-Writes N JPEGs of WxH into a scratch folder (kept between runs), then runs visionpipe.batch_predict over
+Writes N JPEGs of WxH into a scratch folder (kept between runs), then runs visionpipe.serving.batch over
 them with an untrained classifier, sampling the process RSS every 50 ms. Reports the peak RSS after the
 first 10 % of the images and at the end: a flat loop has the same peak at both points.
 
@@ -57,8 +57,8 @@ def main() -> None:
     parser.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "visionpipe_predict_bench"))
     args = parser.parse_args()
 
-    from visionpipe.batch_predict import predict_folder
-    from visionpipe.inference import Predictor
+    from visionpipe.serving.batch import predict_folder
+    from visionpipe.serving.predictor import Predictor
     from visionpipe.tasks import get_task
 
     folder = Path(args.folder) / f"{args.width}x{args.height}"

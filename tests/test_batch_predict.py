@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from support import save_image
-from visionpipe.batch_predict import find_images, predict_folder
+from visionpipe.serving.batch import find_images, predict_folder
 from visionpipe.cli import resolve_store
 from visionpipe.errors import DataError
 

@@ -196,7 +196,7 @@ def test_champion_gate_keeps_the_alias_for_a_worse_model(project, client):
 
 
 def test_pyfunc_champion_predicts_like_the_in_process_model(project):
-    from visionpipe.inference import Predictor
+    from visionpipe.serving.predictor import Predictor
 
     images = sorted((project / "data/01_raw/builtin/classification/val").rglob("*.png"))[:5]
     script = (
@@ -270,7 +270,7 @@ def test_predict_command_and_onnx_export(project, tmp_path):
     assert (mask == written).mean() > 0.99  # the registered model reproduces the evaluation's masks
 
     pytest.importorskip("onnxruntime")
-    from visionpipe.export import export_onnx
+    from visionpipe.serving.export import export_onnx
 
     for task in TASKS:
         assert export_onnx(project / f"data/06_models/{task}/model", tmp_path / f"{task}.onnx").is_file()

@@ -253,10 +253,10 @@ def test_generated_stages_follow_the_catalog_and_parameters():
     deps = stage["deps"]
     for required in ("data/01_raw/builtin/classification", "conf/base/mlflow.yml", "conf/base/catalog.yml",
                      "src/visionpipe/config.py", "src/visionpipe/tasks/__init__.py", "src/visionpipe/io/datasets.py",
-                     "src/visionpipe/inference.py", "src/visionpipe/tracking/registry.py", "src/visionpipe/settings.py",
+                     "src/visionpipe/serving/predictor.py", "src/visionpipe/tracking/registry.py", "src/visionpipe/settings.py",
                      "src/visionpipe/hooks/mlflow_runs.py"):
         assert required in deps, required
-    assert "src/visionpipe/export.py" not in deps  # only `visionpipe export-onnx` imports it
+    assert "src/visionpipe/serving/export.py" not in deps  # only `visionpipe export-onnx` imports it
     assert stage["params"] == [{"conf/base/parameters_classification.yml": ["classification"]}]
     assert "data/06_models/classification/model" in stage["outs"]
     assert stage["metrics"] == [{"data/08_reporting/classification/metrics.json": {"cache": False}}]

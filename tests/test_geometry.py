@@ -23,7 +23,7 @@ from support import task_params
 from visionpipe import stages
 from visionpipe.config import parse_task_config
 from visionpipe.errors import ConfigError
-from visionpipe.inference import Predictor
+from visionpipe.serving.predictor import Predictor
 from visionpipe.tasks import get_task
 from visionpipe.tasks.detection import DetectionTask, coco_evaluate
 from visionpipe.tasks.segmentation import SegmentationTask

@@ -360,6 +360,6 @@ def test_kedro_run_writes_rescorable_outputs_and_registers_the_model(tmp_path):
     # torchvision's Mask R-CNN exports (preprocessing, NMS and mask pasting inside); export_onnx checks it
     # against torch through the task's postprocess with onnxruntime
     pytest.importorskip("onnxruntime")
-    from visionpipe.export import export_onnx
+    from visionpipe.serving.export import export_onnx
 
     assert export_onnx(project / f"data/06_models/{TASK}/model", tmp_path / "model.onnx").is_file()

@@ -32,7 +32,7 @@ def test_model_bundle_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
     ds.save(first)
     assert torch.equal(ds.load()["state_dict"]["w"], torch.ones(2))
 
-    import visionpipe.inference as inference
+    import visionpipe.serving.predictor as inference
 
     def fail(bundle, folder):
         (folder / "model.safetensors").write_bytes(b"partial")

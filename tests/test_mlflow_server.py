@@ -64,7 +64,7 @@ def server(tmp_path):
 def test_a_run_logs_registers_and_serves_through_a_tracking_server(tmp_path, server):
     import mlflow
 
-    from visionpipe.inference import Predictor
+    from visionpipe.serving.predictor import Predictor
 
     url, store = server
     (tmp_path / "project").mkdir()

@@ -159,19 +159,25 @@ def test_kill_during_registration_then_a_clean_run(project):
 
 
 def test_resume_continues_the_same_mlflow_run(project):
-    params = f"{tiny_params((TASK,))},{TASK}.train.epochs=3,{TASK}.train.resume=true"
+    # the natural flow after a crash: the first run had resume=false, the restart sets it (and other run-control
+    # keys such as log_every_n_steps); none of them is a changed parameter
+    params = f"{tiny_params((TASK,))},{TASK}.train.epochs=3"
     ckpt = project / f"data/06_models/{TASK}/checkpoints/last.pt"
     ckpt.unlink(missing_ok=True)
-    _killed_run(project, "epoch-1", "run", f"--pipelines={TASK}", f"--params={params}")
+    _killed_run(project, "epoch-1", "run", f"--pipelines={TASK}", f"--params={params},{TASK}.train.resume=false")
     killed = _manifest(project)["mlflow_run_id"]
     assert killed
 
-    _run(project, "run", f"--pipelines={TASK}", f"--params={params}")
+    proc = _run(project, "run", f"--pipelines={TASK}",
+                f"--params={params},{TASK}.train.resume=true,{TASK}.train.log_every_n_steps=7")
+    assert "new MLflow run" not in proc.stdout + proc.stderr
     manifest = _manifest(project)
     assert manifest["mlflow_run_id"] == killed and manifest["status"] == "finished"
     client = _client(project)
     run = client.get_run(killed)
     assert run.info.status == "FINISHED"
+    assert f"{TASK}.train.resume" not in run.data.params and run.data.tags[f"{TASK}.train.resume"] == "True"
+    assert run.data.params[f"{TASK}.train.epochs"] == "3"
     steps = sorted(m.step for m in client.get_metric_history(killed, "train/loss"))
     assert steps == [1, 2, 3]  # from the first epoch (1-based, as the console and history.csv count), no gap, no repeat
     import pandas as pd

@@ -13,7 +13,7 @@ import torch
 from kedro.io import DataCatalog
 from kedro.pipeline import Node, Pipeline
 
-from visionpipe import run_state as rs
+from visionpipe import run_record as rs
 from visionpipe.engine.checkpoint import save_checkpoint
 from visionpipe.hooks.run_state import RunStateHook, output_paths, pipeline_tasks
 from visionpipe.io import AtomicJSONDataset

@@ -89,7 +89,7 @@ def trained(tmp_path_factory):
 def test_task_contract_end_to_end(trained, task, tmp_path):
     import pandas as pd
 
-    from visionpipe.inference import Predictor
+    from visionpipe.serving.predictor import Predictor
 
     t = trained[task]
     task_obj, index = t["task"], t["index"]

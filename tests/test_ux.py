@@ -257,7 +257,7 @@ def test_help_and_pyfunc_import_print_no_log_line_or_warning(tmp_path):
     proc = subprocess.run([str(BIN / "visionpipe"), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("Usage: visionpipe")
     assert proc.stderr == "" and "INFO" not in proc.stdout
-    proc = subprocess.run([sys.executable, "-W", "always", "-c", "import visionpipe.tracking.pyfunc"], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-W", "always", "-c", "import visionpipe.serving.pyfunc"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "type hints" not in proc.stderr, proc.stderr
 
@@ -330,7 +330,7 @@ def test_detection_results_are_limited_by_score_and_count():
 def test_pyfunc_params_schema_and_keyword_arguments():
     from mlflow.models import infer_signature
 
-    from visionpipe.tracking.pyfunc import VisionPipeModel, default_params
+    from visionpipe.serving.pyfunc import VisionPipeModel, default_params
 
     spec = {"task": "detection", "evaluation": {"score_threshold": 0.05, "max_detections": 100}}
     assert default_params(spec) == {"score_threshold": 0.05, "max_detections": 100}

@@ -136,7 +136,7 @@ cli.add_command(shard)
 def resolve_store(tracking_uri: str | None, cwd: Path | None = None) -> str:
     """The tracking store ``predict`` reads: ``--tracking-uri``, MLFLOW_TRACKING_URI, or the ``mlflow.db`` of
     the project at or above ``cwd``. A missing SQLite store is an error, never created."""
-    from visionpipe.run_state import find_project_root
+    from visionpipe.run_record import find_project_root
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
@@ -172,7 +172,7 @@ def predict(task: str, images_dir: Path, output: Path, model_uri: str | None, tr
     """Run a registered model (the champion by default) on a folder of images, batch by batch."""
     import mlflow
 
-    from visionpipe.batch_predict import find_images, predict_folder
+    from visionpipe.serving.batch import find_images, predict_folder
 
     uri = resolve_store(tracking_uri)
     mlflow.set_tracking_uri(uri)
@@ -227,7 +227,7 @@ def builtin_data(task: str, env: str | None) -> None:
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def export_onnx_command(model_dir: Path, output: Path) -> None:
     """Export a trained model to ONNX (checked against torch with onnxruntime when installed)."""
-    from visionpipe.export import export_onnx
+    from visionpipe.serving.export import export_onnx
 
     export_onnx(model_dir, output)
     click.echo(f"ONNX model written to {output}")

@@ -7,7 +7,15 @@ from pathlib import Path
 
 from kedro.config import OmegaConfigLoader
 
-from visionpipe.hooks import CacheIntegrityHook, DistributedHook, DvcExperimentHook, MlflowRunHook, RunStateHook, SystemMetricsHook
+from visionpipe.hooks import (
+    CacheIntegrityHook,
+    DistributedHook,
+    DvcExperimentHook,
+    MlflowRunHook,
+    ProjectMlflowHook,
+    RunStateHook,
+    SystemMetricsHook,
+)
 
 
 def project_root() -> Path:
@@ -39,10 +47,15 @@ def artifact_root() -> str | None:
     return None if os.environ.get("MLFLOW_TRACKING_URI") else (project_root() / "mlartifacts").as_uri()
 
 
-HOOKS = (DistributedHook(), SystemMetricsHook(), MlflowRunHook(), RunStateHook(), DvcExperimentHook(), CacheIntegrityHook())
+_MAIN_RANK = int(os.environ.get("RANK", "0")) == 0
 
-# Under torchrun, ranks other than 0 must not open MLflow runs: kedro-mlflow is off for them.
-DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow") if int(os.environ.get("RANK", "0")) > 0 else ()
+# kedro-mlflow's plugin hook is replaced by the project's subclass (run-control keys are tags, not params); it is
+# registered last so that, as the plugin's would, it runs before the project's hooks. Under torchrun, ranks other
+# than 0 must not open MLflow runs: they get no MLflow hook at all.
+HOOKS = (DistributedHook(), SystemMetricsHook(), MlflowRunHook(), RunStateHook(), DvcExperimentHook(), CacheIntegrityHook(),
+         *((ProjectMlflowHook(),) if _MAIN_RANK else ()))
+
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -118,7 +118,7 @@ def train(task: str, index: dict, aug: dict, cfg: TaskConfig, callbacks: list[Ca
     logger.info("Training %s (%s) on %s: %d train / %d val images, AMP %s, channels_last %s, %d workers",
                 task, spec["model"]["name"], runtime.device, len(train_ds), len(val_ds), runtime.amp_name, runtime.channels_last,
                 runtime.num_workers)
-    from visionpipe.run_state import checkpoint_extra
+    from visionpipe.run_record import checkpoint_extra
 
     trainer = Trainer(adapter, model, tc, runtime, ckpt_dir, list(callbacks or []), signature, records=index["val"],
                       selection=(cfg.registry.metric.removeprefix("test/"), cfg.registry.greater),

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from visionpipe.errors import ConfigError, TrainingError
-from visionpipe.io.files import normal_permissions
+from visionpipe.files import normal_permissions
 
 
 def atomic_write(path: Path, write) -> None:

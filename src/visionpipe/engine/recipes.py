@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from visionpipe.comparison import is_better
+from visionpipe.ranking import is_better
 from visionpipe.errors import ConfigError
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from visionpipe.data.datasets import BalancedSampler, EpochSampler, ShardSampler
 from visionpipe.data.sampling import GroupedBatchSampler, train_groups
 from visionpipe import console
-from visionpipe.comparison import is_better
+from visionpipe.ranking import is_better
 from visionpipe.engine import distributed, recipes
 from visionpipe.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from visionpipe.engine.runtime import Runtime

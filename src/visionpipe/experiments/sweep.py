@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from visionpipe.errors import ConfigError
-from visionpipe.run_state import task_experiment
+from visionpipe.run_record import task_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def run_sweep(project: str | Path, task: str, points: list[dict[str, Any]], jobs
     import mlflow
     from kedro.io.catalog_config_resolver import CatalogConfigResolver
 
-    from visionpipe.comparison import is_better
+    from visionpipe.ranking import is_better
     from visionpipe.config import parse_task_config
     from visionpipe.settings import tracking_uri as default_tracking_uri
 

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
+from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
 from visionpipe.engine import distributed
 
@@ -15,6 +16,30 @@ logger = logging.getLogger(__name__)
 # kedro-mlflow copies Kedro's run_params into tags: "runner" is a Python object repr and "run_id" repeats
 # kedro.run_id under a name that reads like MLflow's own run id.
 _NOISE_TAGS = ("run_id",)
+
+
+# How a run is run, not what it trains: never MLflow params (a param cannot change, and a run killed and restarted
+# with train.resume=true, another device or fewer workers must continue the same run). Logged as tags instead.
+RUN_CONTROL_KEYS = ("train.resume", "train.device", "train.checkpoint_dir", "train.progress_bar", "train.log_every_n_steps",
+                    "data.num_workers")
+
+
+def is_run_control(name: str) -> bool:
+    """Whether a flattened parameter name (``classification.train.resume``) is a run-control key."""
+    return any(name == key or name.endswith(f".{key}") for key in RUN_CONTROL_KEYS)
+
+
+class ProjectMlflowHook(MlflowHook):
+    """kedro-mlflow's hook, with run-control keys (RUN_CONTROL_KEYS) logged as tags rather than params, so
+    resuming, switching device or worker count never meets MLflow's "changing param values is not allowed"."""
+
+    def _log_param(self, name: str, value: Any) -> None:
+        if is_run_control(name):
+            import mlflow
+
+            mlflow.set_tag(name, str(value))
+            return None
+        return super()._log_param(name, value)
 
 
 def model_label(params: dict[str, Any]) -> str:

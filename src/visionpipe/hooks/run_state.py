@@ -12,8 +12,9 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from visionpipe import TASKS
-from visionpipe import run_state as rs
+from visionpipe import run_record as rs
 from visionpipe.engine import distributed
+from visionpipe.hooks.mlflow_runs import is_run_control
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ def output_paths(catalog, names) -> list[Path]:
 
 def changed_params(logged: dict[str, str], task: str, block: dict) -> list[str]:
     """Parameters of ``block`` whose value differs from the one logged to a run (kedro-mlflow's flattened
-    ``<task>.a.b`` names; values longer than MLflow's limit are not compared)."""
+    ``<task>.a.b`` names; values longer than MLflow's limit are not compared). Run-control keys (resume,
+    device, workers...: ``mlflow_runs.RUN_CONTROL_KEYS``) never count."""
 
     def flat(prefix: str, value):
         if isinstance(value, dict):
@@ -49,7 +51,7 @@ def changed_params(logged: dict[str, str], task: str, block: dict) -> list[str]:
         else:
             yield prefix, str(value)
 
-    return [k for k, v in flat(task, block) if k in logged and len(v) <= 250 and logged[k] != v]
+    return [k for k, v in flat(task, block) if k in logged and len(v) <= 250 and logged[k] != v and not is_run_control(k)]
 
 
 class RunStateHook:

@@ -12,7 +12,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from visionpipe.io.files import normal_permissions
+from visionpipe.files import normal_permissions
 
 
 def _clean(value: Any) -> Any:
@@ -70,14 +70,14 @@ class ModelBundleDataset(AbstractDataset[dict, dict]):
         self.metadata = metadata
 
     def load(self) -> dict:
-        from visionpipe.inference import load_bundle
+        from visionpipe.serving.predictor import load_bundle
 
         if not self._exists():
             raise DatasetError(f"{self._path}: no trained model here; run the training pipeline first")
         return load_bundle(self._path)
 
     def save(self, data: dict) -> None:
-        from visionpipe.inference import save_bundle
+        from visionpipe.serving.predictor import save_bundle
 
         self._path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{self._path.name}.", dir=self._path.parent))

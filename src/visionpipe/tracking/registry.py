@@ -20,12 +20,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 import visionpipe
-from visionpipe.comparison import is_better
 from visionpipe.errors import ConfigError
-from visionpipe.inference import Predictor, encode_png, save_bundle
+from visionpipe.ranking import is_better
+from visionpipe.serving.predictor import Predictor, encode_png, save_bundle
+from visionpipe.serving.pyfunc import default_params, predictions_frame
 from visionpipe.tracking.callbacks import final_metric_name
 from visionpipe.tracking.champion import download_bundle
-from visionpipe.tracking.pyfunc import default_params, predictions_frame
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def log_pyfunc_model(bundle: dict[str, Any], name: str = "model") -> Any:
             signature = infer_signature(example, params=params)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # models-from-code: nothing pickled
+            python_model=str(Path(visionpipe.__file__).parent / "serving" / "pyfunc_entry.py"),  # models-from-code: nothing pickled
             artifacts={"bundle": str(folder)},
             code_paths=[str(Path(visionpipe.__file__).parent)],
             signature=signature,

@@ -20,7 +20,7 @@ def predictions_frame(predictor, images, **params) -> pd.DataFrame:
     ``<key>_png``. ``params`` (see :func:`default_params`) go to ``Predictor.predict`` as keyword arguments."""
     import numpy as np
 
-    from visionpipe.inference import encode_png
+    from visionpipe.serving.predictor import encode_png
 
     results = predictor.predict(images, **{k: v for k, v in params.items() if v is not None})
     rows = [{(f"{k}_png" if isinstance(v, np.ndarray) else k): (encode_png(v) if isinstance(v, np.ndarray) else v) for k, v in r.items()}
@@ -46,7 +46,7 @@ class VisionPipeModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from visionpipe.inference import Predictor
+        from visionpipe.serving.predictor import Predictor
 
         self.predictor = Predictor.from_folder(context.artifacts["bundle"], device="cuda" if torch.cuda.is_available() else "cpu")
 

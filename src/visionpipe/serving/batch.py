@@ -51,7 +51,7 @@ def predict_folder(predictor, files: list[Path], root: Path, output: Path, batch
     Lines go to ``.<output>.partial`` as they are made; the file takes its final name once complete.
     """
     from visionpipe.data.images import load_rgb
-    from visionpipe.tracking.pyfunc import predictions_frame
+    from visionpipe.serving.pyfunc import predictions_frame
 
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")

@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from visionpipe.tracking.pyfunc import VisionPipeModel
+from visionpipe.serving.pyfunc import VisionPipeModel
 
 set_model(VisionPipeModel())

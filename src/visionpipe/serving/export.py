@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from visionpipe.inference import Predictor, load_bundle
+from visionpipe.serving.predictor import Predictor, load_bundle
 
 logger = logging.getLogger(__name__)
 
