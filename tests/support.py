@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 import visionpipe
+from visionpipe.tasks import task_names
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +94,7 @@ def dvc_project(root: Path) -> Path:
     return root
 
 
-TASKS = tuple(visionpipe.TASKS)
+TASKS = tuple(task_names())
 
 
 def _flatten(prefix: str, value) -> list[str]:

@@ -46,14 +46,14 @@ def test_skip_lists_bad_files_and_writes_every_good_one(folder, tmp_path):
     assert "cannot decode image" in by_image["broken.png"]["error"]
     assert by_image["a1.png"]["label"] == "bright" and by_image["a0.png"]["label"] == "dark" and by_image["sub/b.png"]["label"] == "bright"
     assert max(predictor.batches) <= 2  # never more than one batch decoded at once
-    assert not list(out.parent.glob(".*partial"))
+    assert not list(out.parent.glob(".*tmp*"))
 
 
 def test_fail_stops_at_the_bad_file_and_leaves_no_output(folder, tmp_path):
     out = tmp_path / "p.jsonl"
     with pytest.raises(DataError, match="broken.png: cannot be read"):
         predict_folder(FakePredictor(), find_images(folder), folder, out, batch_size=2, on_error="fail", progress=False)
-    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+    assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
 
 
 def test_outside_a_project_no_store_is_created(tmp_path, monkeypatch):

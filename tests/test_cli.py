@@ -1,6 +1,6 @@
 """`kedro run` splits work into one session (one MLflow run) per task."""
 
-from visionpipe import TASKS
+from visionpipe.tasks import TASKS
 from visionpipe.cli import _expand, _scopes
 
 

@@ -91,7 +91,8 @@ def test_parallel_points_never_share_a_gpu():
 
 
 def test_store_is_the_repository_s_not_the_experiment_copy(tmp_path, monkeypatch):
-    from visionpipe.settings import artifact_root, project_root, tracking_uri
+    from visionpipe.project import project_root
+    from visionpipe.settings import artifact_root, tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
@@ -244,7 +245,7 @@ def test_module_closure_follows_imports_inside_functions(tmp_path):
 
 
 def test_generated_stages_follow_the_catalog_and_parameters():
-    from visionpipe import TASKS
+    from visionpipe.tasks import TASKS
     from visionpipe.experiments.dvc_sync import build_dvc_yaml
 
     content = build_dvc_yaml(PROJECT)

@@ -83,7 +83,7 @@ def test_fake_safetensors_is_a_config_error(tmp_path):
 
 def test_a_damaged_model_folder_is_a_message_naming_the_file(tmp_path):
     from visionpipe.errors import DataError
-    from visionpipe.serving.predictor import load_bundle
+    from visionpipe.serving.bundle import load_bundle
 
     (tmp_path / "spec.json").write_text('{"task": "classification"}')
     (tmp_path / "model.safetensors").write_bytes(b"this is not a safetensors file")

@@ -32,13 +32,13 @@ def test_model_bundle_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
     ds.save(first)
     assert torch.equal(ds.load()["state_dict"]["w"], torch.ones(2))
 
-    import visionpipe.serving.predictor as inference
+    import visionpipe.io.datasets as datasets
 
     def fail(bundle, folder):
         (folder / "model.safetensors").write_bytes(b"partial")
         raise RuntimeError("killed mid-write")
 
-    monkeypatch.setattr(inference, "save_bundle", fail)
+    monkeypatch.setattr(datasets, "save_bundle", fail)
     with pytest.raises(DatasetError, match="killed mid-write"):
         ds.save({"spec": {"task": "classification", "v": 2}, "state_dict": {"w": torch.zeros(2)}})
     loaded = ds.load()

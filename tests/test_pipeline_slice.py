@@ -29,7 +29,7 @@ def test_classification_ingest_to_evaluation_in_memory(in_tmp):
 
 
 def test_stage_and_task_pipelines_are_registered():
-    from visionpipe import TASKS
+    from visionpipe.tasks import TASKS
 
     pipelines = register_pipelines()
     assert set(TASKS) >= {"classification", "detection", "segmentation", "instance_segmentation"}

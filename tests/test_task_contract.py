@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from visionpipe import TASKS, stages
+from visionpipe import stages
+from visionpipe.tasks import TASKS
 from visionpipe.config import parse_task_config
 from visionpipe.errors import ConfigError
 from visionpipe.tasks import get_task, get_task_class

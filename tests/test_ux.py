@@ -118,14 +118,16 @@ def test_epoch_history_splits_into_learning_curves_and_timings():
     assert best_epoch_tag(5, 8) == "6/8"
 
 
-def test_trainer_history_counts_epochs_from_one_and_measures_data_wait(in_tmp):
+def test_trainer_history_counts_epochs_from_one_and_measures_data_wait(in_tmp, capfd):
     from support import task_params
     from visionpipe import stages
     from visionpipe.config import parse_task_config
 
-    cfg = parse_task_config("classification", task_params("classification", in_tmp, train={"epochs": 2}))
+    cfg = parse_task_config("classification", task_params("classification", in_tmp, train={"epochs": 2, "progress_bar": True}))
     index = stages.ingest("classification", cfg)
     bundle, history = stages.train("classification", index, stages.augmentation("classification", cfg), cfg, callbacks=[])
+    bars = capfd.readouterr()
+    assert "it/s" not in bars.err + bars.out and "\r" not in bars.err  # not a terminal: no tqdm bar, even when asked for
     assert [h["epoch"] for h in history] == [1, 2]
     assert 1 <= bundle["spec"]["best_epoch"] <= 2
     assert all(0.0 <= h["data_wait_fraction"] <= 1.0 for h in history)
@@ -221,6 +223,7 @@ def test_verbose_brings_the_details_back(monkeypatch):
     from visionpipe import console
 
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    monkeypatch.setattr(console, "interactive", lambda: True)  # download bars only where a person watches
     assert console.verbose_requested(True) and not console.verbose_requested(False)
     monkeypatch.setenv(console.VERBOSE_ENV, "1")
     assert console.verbose_requested(False)
@@ -238,6 +241,36 @@ def test_verbose_brings_the_details_back(monkeypatch):
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
         logging.getLogger("py.warnings").addFilter(console.clean_warning)
+
+
+def test_a_log_that_is_not_a_terminal_gets_whole_plain_lines(monkeypatch, capsys):
+    """`make run > run.log`, CI: Rich's 80-column wrapping would split an epoch line over several lines."""
+    from kedro.logging import RichHandler
+
+    from visionpipe import console
+
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    monkeypatch.setattr(console, "interactive", lambda: False)
+    rich_handler = RichHandler(level=logging.INFO)
+    root.handlers = [rich_handler]
+    try:
+        console.plain_logs_when_piped()
+        (plain,) = root.handlers
+        assert type(plain) is logging.StreamHandler and plain.level == logging.INFO
+        line = "epoch 3/8 " + " ".join(f"term{i}=0.{i:04d}" for i in range(20))
+        logging.getLogger("visionpipe.engine.trainer").warning(line)
+        out = capsys.readouterr().out
+        assert out.count("\n") == 1 and out.rstrip().endswith(line) and "WARNING" in out, out
+    finally:
+        root.handlers = saved
+    monkeypatch.setattr(console, "interactive", lambda: True)
+    root.handlers = [rich_handler]
+    try:
+        console.plain_logs_when_piped()  # a terminal keeps Rich (and its live progress bars)
+        assert root.handlers == [rich_handler]
+    finally:
+        root.handlers = saved
 
 
 def test_warnings_lose_colour_codes_and_the_type_hint_nag():

@@ -12,12 +12,3 @@ from visionpipe import console  # noqa: E402
 console.install_defaults()  # quiet logs unless VISIONPIPE_VERBOSE=1 (README, "What the terminal shows")
 
 __version__ = "0.1.0"
-
-
-def __getattr__(name: str):
-    # TASKS is derived from the task modules (visionpipe/tasks/), computed on first use
-    if name == "TASKS":
-        from visionpipe.tasks import task_names
-
-        return task_names()
-    raise AttributeError(name)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from visionpipe import TASKS, console  # the package's import set the quiet defaults (visionpipe/console.py)
+from visionpipe import console  # the package's import set the quiet defaults (visionpipe/console.py)
 
 # Importing Kedro's CLI configures logging and says so at INFO; outside a project (no conf/logging.yml),
 # Kedro's default config would print that line even for `visionpipe --help`.
@@ -23,6 +23,8 @@ finally:
 from kedro.io import DatasetError
 
 from visionpipe.errors import VisionpipeError
+from visionpipe.project import find_project_root, load_task_params
+from visionpipe.tasks import TASKS
 from visionpipe.shard_command import shard
 
 logger = logging.getLogger(__name__)
@@ -136,8 +138,6 @@ cli.add_command(shard)
 def resolve_store(tracking_uri: str | None, cwd: Path | None = None) -> str:
     """The tracking store ``predict`` reads: ``--tracking-uri``, MLFLOW_TRACKING_URI, or the ``mlflow.db`` of
     the project at or above ``cwd``. A missing SQLite store is an error, never created."""
-    from visionpipe.run_record import find_project_root
-
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         cwd = Path(cwd or Path.cwd())
@@ -196,16 +196,6 @@ def predict(task: str, images_dir: Path, output: Path, model_uri: str | None, tr
         click.echo(f"{len(summary.failed)} file(s) could not be read (listed in {output} with their error):", err=True)
         for item in summary.failed[:20]:
             click.echo(f"  {item['image']}: {item['error']}", err=True)
-
-
-def load_task_params(task: str, env: str | None = None) -> dict:
-    """The task's parameter block as Kedro's config loader resolves it (base + local)."""
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
-    bootstrap_project(Path.cwd())
-    with KedroSession.create(project_path=Path.cwd(), env=env) as session:
-        return session.load_context().params[task]
 
 
 @cli.command("builtin-data")

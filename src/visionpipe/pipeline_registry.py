@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from visionpipe import TASKS
 from visionpipe.pipelines import augmentation, evaluation, ingestion, registration, training, validation
+from visionpipe.tasks import TASKS
 
 STAGES = {
     "ingestion": ingestion,

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 from filelock import FileLock, Timeout
 
 from visionpipe.errors import TrainingError, VisionpipeError
+from visionpipe.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +34,6 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def find_project_root(start: Path | None = None) -> Path | None:
-    """The nearest folder at or above ``start`` holding a Kedro project (pyproject.toml and conf/base)."""
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "conf" / "base").is_dir():
-            return folder
-    return None
-
-
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -56,9 +48,7 @@ def pid_alive(pid: int) -> bool:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and rename, with the umask's normal permissions."""
-    from visionpipe.engine.checkpoint import atomic_write
-
-    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=str)))
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def manifest_path(task: str, project: Path) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from kedro.config import OmegaConfigLoader
 
@@ -16,25 +15,7 @@ from visionpipe.hooks import (
     RunStateHook,
     SystemMetricsHook,
 )
-
-
-def project_root() -> Path:
-    """The project whose store a run logs to: DVC_ROOT when DVC runs the command (``dvc exp run`` in a
-    temporary copy under ``.dvc/tmp/exps`` sets it to the real repository), else the nearest folder
-    above the working directory holding a Kedro ``pyproject.toml``, else the working directory."""
-    dvc_root = os.environ.get("DVC_ROOT")
-    if dvc_root and Path(dvc_root).is_dir():
-        return Path(dvc_root).resolve()
-    cwd = Path.cwd().resolve()
-    for folder in (cwd, *cwd.parents):
-        # a temporary experiment copy is itself a project: skip to the repository holding .dvc/tmp/exps
-        if folder.name == "exps" and folder.parent.name == "tmp" and folder.parent.parent.name == ".dvc":
-            return folder.parent.parent.parent
-    for folder in (cwd, *cwd.parents):
-        pyproject = folder / "pyproject.toml"
-        if pyproject.is_file() and "[tool.kedro]" in pyproject.read_text(errors="ignore"):
-            return folder
-    return cwd
+from visionpipe.project import project_root
 
 
 def tracking_uri() -> str:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from visionpipe import TASKS
+from visionpipe.tasks import TASKS
 from visionpipe.errors import VisionpipeError
+from visionpipe.project import load_task_params
 
 
 @click.command("shard")
@@ -24,7 +25,6 @@ from visionpipe.errors import VisionpipeError
 def shard(task: str, src: Path, out: Path, shard_size: int, fmt: str | None, validation: str | None, overwrite: bool,
           env: str | None) -> None:
     """Read, validate and write SRC as tar shards; train on them with <task>.data.format: shards, data.root: OUT."""
-    from visionpipe.cli import load_task_params
     from visionpipe.config import parse_task_config
     from visionpipe.data.shards import shard_dataset
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from visionpipe.files import atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -190,16 +190,10 @@ def ensure_builtin_dataset(root: str | os.PathLike, task: str, cfg: dict) -> Pat
     if _already_built(root, fingerprint):
         return root
     logger.info("Generating built-in %s data in %s (%s)", task, root, cfg)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
-        rng = np.random.default_rng(cfg["seed"])
-        task_cls.write_builtin(tmp, cfg, rng)
+
+    def write(tmp: Path) -> None:
+        task_cls.write_builtin(tmp, cfg, np.random.default_rng(cfg["seed"]))
         (tmp / _MARKER).write_text(json.dumps(fingerprint))
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_folder(root, write)
     return root

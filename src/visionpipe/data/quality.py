@@ -17,8 +17,9 @@ logger = logging.getLogger(__name__)
 NEAR_DUPLICATE_BITS = 4  # dHash bits (of 64) two images may differ by and still count as the same picture
 
 
-def splits_of(index: dict) -> list[str]:
-    """Every split the index holds (train, val, and test or others when present), in a stable order."""
+def sample_splits(index: dict) -> list[str]:
+    """Every key of the index that holds samples (train, val, test, or any other), in a stable order
+    (``formats.splits_of`` gives only the known splits present)."""
     names = [k for k, v in index.items() if k != "problems" and isinstance(v, list) and v and isinstance(v[0], dict)
              and "image" in v[0] and "problem" not in v[0]]
     order = {"train": 0, "val": 1, "test": 2}
@@ -86,7 +87,7 @@ def statistics(index: dict) -> dict[str, Any]:
     task_cls = get_task_class(index["task"])
     classes = index["classes"]
     stats: dict[str, Any] = {"splits": {}, "classes": classes}
-    for split in splits_of(index):
+    for split in sample_splits(index):
         recs = index[split]
         entry: dict[str, Any] = {"images": len(recs)}
         labels = [task_cls.record_labels(r) for r in recs]

@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 from visionpipe.data.formats import SPLITS
 from visionpipe.data.images import load_mask, load_rgb
 from visionpipe.errors import DataError
+from visionpipe.files import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -93,20 +93,20 @@ def _sample_members(key: str, record: dict, root: Path, task: str) -> list[tuple
 
 def _write_shard(path: Path, samples: list[tuple[str, dict]], root: Path, task: str) -> dict:
     """Write one shard through a temporary name; return its manifest entry once it reads back whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        for key, record in samples:
-            for name, data in _sample_members(key, record, root, task):
-                _add(tar, name, data)
-    keys = {_key(m.name) for m in _scan(tmp)[0]}  # the shard is read back before it is given its real name
-    if keys != {key for key, _ in samples}:
-        tmp.unlink()
-        raise DataError(path, f"shard read back with {len(keys)} samples instead of {len(samples)}", "Check the disk and retry")
+    def write(tmp: Path) -> None:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            for key, record in samples:
+                for name, data in _sample_members(key, record, root, task):
+                    _add(tar, name, data)
+        keys = {_key(m.name) for m in _scan(tmp)[0]}  # the shard is read back before it is given its real name
+        if keys != {key for key, _ in samples}:
+            raise DataError(path, f"shard read back with {len(keys)} samples instead of {len(samples)}", "Check the disk and retry")
+
+    atomic_write(path, write)
     digest = hashlib.sha256()
-    with open(tmp, "rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    os.replace(tmp, path)
     return {"name": path.name, "count": len(samples), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
@@ -123,7 +123,7 @@ def write_shards(index: dict, out: str | Path, shard_size: int = 1000, overwrite
     if old and not overwrite:
         raise DataError(out, f"already holds shards ({len(old)} files)", "Pass --overwrite to replace them, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    for path in [*old, *out.glob(".*.tmp")]:  # the old manifest goes first: half-replaced shards must never look complete
+    for path in [*old, *out.glob(".*.tmp*")]:  # the old manifest goes first: half-replaced shards must never look complete
         path.unlink()
     splits: dict[str, Any] = {}
     for split in SPLITS:
@@ -137,9 +137,7 @@ def write_shards(index: dict, out: str | Path, shard_size: int = 1000, overwrite
     manifest = {"layout": LAYOUT, "task": task, "classes": index["classes"], "shard_size": shard_size,
                 "source": {"root": str(root), "format": index["format"], "fingerprint": index.get("fingerprint")},
                 "validation": validation_summary, "splits": splits}
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / MANIFEST)
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
 
 

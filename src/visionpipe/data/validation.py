@@ -99,7 +99,7 @@ def validate_index(index: dict, data_cfg=None, workers: int | None = None, max_p
     findings = [dict(p) for p in index.get("problems", [])]
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     checked, signatures = {}, {}
-    for split in dict.fromkeys([*SPLITS, *quality.splits_of(index)]):  # train, val, and test or others when present
+    for split in dict.fromkeys([*SPLITS, *quality.sample_splits(index)]):  # train, val, and test or others when present
         records = index.get(split) or []
         checked[split] = len(records)
         signatures[split] = []
@@ -138,7 +138,7 @@ def _drop_untrained_classes(clean: dict) -> list[str]:
     if not removed:
         return []
     new_index = {old: new for new, old in enumerate(i for i in range(len(classes)) if i in seen)}
-    for split in quality.splits_of(clean) or SPLITS:
+    for split in quality.sample_splits(clean) or SPLITS:
         clean[split] = [r for r in (task_cls.relabel(rec, new_index) for rec in clean[split]) if r is not None]
     clean["classes"] = [c for i, c in enumerate(classes) if i in seen]
     return removed

@@ -12,23 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from visionpipe.errors import ConfigError, TrainingError
-from visionpipe.files import normal_permissions
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` then rename: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        normal_permissions(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+from visionpipe.files import atomic_write
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:

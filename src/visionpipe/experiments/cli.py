@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from visionpipe import TASKS
+from visionpipe.tasks import TASKS
 from visionpipe.errors import VisionpipeError
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def sweep(task, grids, sweep_file, jobs, gpus, env, name) -> None:
 def reproduce(model_uri: str, tracking_uri: str | None, keep: bool, tolerance: float | None) -> None:
     """Re-run the training of a registered version (models:/<name>/<version>) from its commit and data."""
     from visionpipe.experiments.reproduce import reproduce_version
-    from visionpipe.settings import project_root
+    from visionpipe.project import project_root
 
     result = reproduce_version(model_uri, project=project_root(), tracking_uri=tracking_uri, keep=keep, tolerance=tolerance)
     click.echo(result.table())

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from visionpipe.errors import ConfigError
+from visionpipe.files import atomic_write_text
 from visionpipe.tasks import get_task_class
 
 GENERATED_HEADER = (
@@ -181,7 +182,7 @@ def build_dvc_yaml(project: str | Path) -> dict[str, Any]:
     from kedro.config import OmegaConfigLoader
     from kedro.io.catalog_config_resolver import CatalogConfigResolver
 
-    from visionpipe import TASKS
+    from visionpipe.tasks import TASKS
     from visionpipe.pipeline_registry import register_pipelines
 
     project = Path(project).resolve()
@@ -250,9 +251,7 @@ def sync(project: str | Path, check: bool = False) -> tuple[bool, str]:
     if not diff:
         return True, ""
     if not check:
-        tmp = path.with_name(".dvc.yaml.tmp")
-        tmp.write_text(expected)
-        tmp.replace(path)
+        atomic_write_text(path, expected)
     return False, diff
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from visionpipe.errors import DataError
+from visionpipe.project import project_root
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +137,6 @@ def verify_paths(paths, project: str | Path) -> list[TrackedPath]:
 
 def verify_task_data(data_root: str | Path, project: str | Path | None = None) -> TrackedPath | None:
     """Before registering: the data the task read must hash to the md5 DVC recorded for it."""
-    from visionpipe.settings import project_root
-
     project = Path(project or project_root()).resolve()
     checked = verify_paths([Path(data_root) if Path(data_root).is_absolute() else project / data_root], project)
     if checked:

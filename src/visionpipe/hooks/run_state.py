@@ -11,7 +11,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from visionpipe import TASKS
+from visionpipe.tasks import TASKS
 from visionpipe import run_record as rs
 from visionpipe.engine import distributed
 from visionpipe.hooks.mlflow_runs import is_run_control

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from visionpipe.files import normal_permissions
+from visionpipe.files import atomic_folder, atomic_write
+from visionpipe.serving.bundle import load_bundle, save_bundle
 
 
 def _clean(value: Any) -> Any:
@@ -41,18 +39,11 @@ class AtomicJSONDataset(AbstractDataset[Any, Any]):
             raise DatasetError(f"{self._filepath} does not exist; run the pipeline that produces it first") from None
 
     def save(self, data: Any) -> None:
-        self._filepath.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self._filepath.name}.", dir=self._filepath.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
+        def write(tmp: Path) -> None:
+            with open(tmp, "w") as fh:
                 json.dump(_clean(data), fh, indent=self._indent, allow_nan=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            normal_permissions(Path(tmp))  # mkstemp makes 0600 files
-            os.replace(tmp, self._filepath)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+
+        atomic_write(self._filepath, write)
 
     def _exists(self) -> bool:
         return self._filepath.is_file()
@@ -70,30 +61,12 @@ class ModelBundleDataset(AbstractDataset[dict, dict]):
         self.metadata = metadata
 
     def load(self) -> dict:
-        from visionpipe.serving.predictor import load_bundle
-
         if not self._exists():
             raise DatasetError(f"{self._path}: no trained model here; run the training pipeline first")
         return load_bundle(self._path)
 
     def save(self, data: dict) -> None:
-        from visionpipe.serving.predictor import save_bundle
-
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self._path.name}.", dir=self._path.parent))
-        old = self._path.with_name(f".{self._path.name}.old")
-        try:
-            save_bundle(data, tmp)
-            normal_permissions(tmp, directory=True)  # mkdtemp makes 0700 folders
-            for child in tmp.rglob("*"):
-                normal_permissions(child, directory=child.is_dir())
-            if self._path.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(self._path, old)
-            os.replace(tmp, self._path)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        atomic_folder(self._path, lambda tmp: save_bundle(data, tmp))
 
     def _exists(self) -> bool:
         return (self._path / "spec.json").is_file() and (self._path / "model.safetensors").is_file()

@@ -11,7 +11,7 @@ from typing import Callable
 
 from kedro.pipeline import Node, Pipeline
 
-from visionpipe import TASKS
+from visionpipe.tasks import TASKS
 
 
 def for_task(func: Callable, task: str) -> Callable:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
@@ -13,7 +12,10 @@ from typing import Any, Iterable, Iterator, Literal
 from tqdm.auto import tqdm
 
 from visionpipe import console
+from visionpipe.data.images import is_image_file, load_rgb
 from visionpipe.errors import DataError
+from visionpipe.files import atomic_write
+from visionpipe.serving.pyfunc import predictions_frame
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +40,6 @@ def batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 def find_images(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursively), in a stable order."""
-    from visionpipe.data.images import is_image_file
-
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
 
 
@@ -48,17 +48,13 @@ def predict_folder(predictor, files: list[Path], root: Path, output: Path, batch
     """Write one JSON line per image to ``output``: the prediction, or ``{"image", "error"}`` for a file that
     cannot be read (``on_error: skip``). ``fail`` stops at the first bad file with a DataError naming it.
 
-    Lines go to ``.<output>.partial`` as they are made; the file takes its final name once complete.
+    Lines go to a temporary file beside ``output`` as they are made; the file takes its final name once complete.
     """
-    from visionpipe.data.images import load_rgb
-    from visionpipe.serving.pyfunc import predictions_frame
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.partial")
     summary = PredictSummary(output=output)
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not (progress and console.interactive()), dynamic_ncols=True)
-    try:
-        with open(partial, "w") as fh:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as fh:
             for chunk in batches(files, batch_size):
                 arrays, names = [], []
                 for path in chunk:
@@ -80,11 +76,9 @@ def predict_folder(predictor, files: list[Path], root: Path, output: Path, batch
                 fh.flush()
                 bar.update(len(chunk))
                 del arrays  # the decoded batch is the only images held at once
-            os.fsync(fh.fileno())
-        os.replace(partial, output)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+
+    try:
+        atomic_write(output, write)  # lines are streamed to a temporary file; the output appears whole or not at all
     finally:
         bar.close()
     return summary

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from visionpipe.serving.predictor import Predictor, load_bundle
+from visionpipe.serving.bundle import load_bundle
+from visionpipe.serving.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -13,42 +12,8 @@ import torch
 from PIL import Image
 
 from visionpipe.data.images import load_rgb, to_rgb
+from visionpipe.serving.bundle import load_bundle
 from visionpipe.tasks import get_task
-
-SPEC_FILE = "spec.json"
-WEIGHTS_FILE = "model.safetensors"
-
-
-def save_bundle(bundle: dict[str, Any], folder: Path) -> None:
-    """Write spec.json + model.safetensors into ``folder`` (created)."""
-    from visionpipe.engine.checkpoint import save_weights
-
-    folder.mkdir(parents=True, exist_ok=True)
-    save_weights(bundle["state_dict"], folder / WEIGHTS_FILE, metadata={"task": bundle["spec"]["task"]})
-    (folder / SPEC_FILE).write_text(json.dumps(bundle["spec"], indent=2))
-
-
-def load_bundle(folder: str | Path) -> dict[str, Any]:
-    """A trained model folder (spec.json + model.safetensors); a missing or damaged file is a DataError naming it."""
-    from safetensors.torch import load_file
-
-    from visionpipe.errors import DataError
-
-    folder = Path(folder)
-    fix = "Re-run the training pipeline to write the model again, or restore the folder (dvc checkout / dvc pull)"
-    try:
-        spec = json.loads((folder / SPEC_FILE).read_text())
-    except FileNotFoundError:
-        raise DataError(folder / SPEC_FILE, "model spec not found", fix) from None
-    except json.JSONDecodeError as err:
-        raise DataError(folder / SPEC_FILE, f"not valid JSON ({err})", fix) from None
-    try:
-        state_dict = load_file(str(folder / WEIGHTS_FILE))
-    except FileNotFoundError:
-        raise DataError(folder / WEIGHTS_FILE, "model weights not found", fix) from None
-    except Exception as err:  # safetensors raises its own SafetensorError (or OSError) for a damaged file
-        raise DataError(folder / WEIGHTS_FILE, f"not a valid safetensors file ({str(err).splitlines()[0][:200]})", fix) from None
-    return {"spec": spec, "state_dict": state_dict}
 
 
 def decode_image(item: Any) -> np.ndarray:

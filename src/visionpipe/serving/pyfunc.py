@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
+import torch
+
+from visionpipe.serving.predictor import Predictor, encode_png
+from visionpipe.tasks import get_task_class
 
 
 def default_params(spec: dict) -> dict:
     """The pyfunc's inference parameters and their defaults (the task's ``inference_params``), logged as the
     signature's params schema, so callers can pass e.g. ``params={"score_threshold": 0.5, "max_detections": 10}``
     to ``predict`` or a serving endpoint."""
-    from visionpipe.tasks import get_task_class
-
     return get_task_class(spec["task"]).inference_params(spec)
 
 
 def predictions_frame(predictor, images, **params) -> pd.DataFrame:
     """The pyfunc's output for ``images``: one row per image; array values (masks) as base64 PNG under
     ``<key>_png``. ``params`` (see :func:`default_params`) go to ``Predictor.predict`` as keyword arguments."""
-    import numpy as np
-
-    from visionpipe.serving.predictor import encode_png
-
     results = predictor.predict(images, **{k: v for k, v in params.items() if v is not None})
     rows = [{(f"{k}_png" if isinstance(v, np.ndarray) else k): (encode_png(v) if isinstance(v, np.ndarray) else v) for k, v in r.items()}
             for r in results]
@@ -44,10 +43,6 @@ class VisionPipeModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        import torch
-
-        from visionpipe.serving.predictor import Predictor
-
         self.predictor = Predictor.from_folder(context.artifacts["bundle"], device="cuda" if torch.cuda.is_available() else "cpu")
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would treat them as a schema

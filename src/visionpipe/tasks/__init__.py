@@ -22,6 +22,7 @@ def task_names() -> tuple[str, ...]:
 
 
 _ORDER = {"classification": 0, "detection": 1, "segmentation": 2}  # the historical order first; new tasks after, by name
+TASKS = task_names()  # a folder listing: importing this package imports no task module
 
 
 @cache

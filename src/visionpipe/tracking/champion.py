@@ -120,7 +120,7 @@ def download_bundle(model_uri: str) -> dict[str, Any]:
 
     import mlflow
 
-    from visionpipe.serving.predictor import SPEC_FILE, load_bundle
+    from visionpipe.serving.bundle import SPEC_FILE, load_bundle
 
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))

@@ -22,7 +22,8 @@ from mlflow.models import infer_signature
 import visionpipe
 from visionpipe.errors import ConfigError
 from visionpipe.ranking import is_better
-from visionpipe.serving.predictor import Predictor, encode_png, save_bundle
+from visionpipe.serving.bundle import save_bundle
+from visionpipe.serving.predictor import Predictor, encode_png
 from visionpipe.serving.pyfunc import default_params, predictions_frame
 from visionpipe.tracking.callbacks import final_metric_name
 from visionpipe.tracking.champion import download_bundle
