@@ -90,9 +90,10 @@ def test_data_is_logged_as_an_mlflow_dataset_input(tmp_path):
 def test_final_metrics_have_one_name_and_timings_leave_metrics_json():
     from visionpipe.pipelines.evaluation.nodes import mlflow_metrics, split_timings
 
-    metrics, timings = split_timings({"val_loss": 1.2, "top1": 0.5, "eval_time_s": 2.0, "val_images": 10})
-    assert metrics == {"val_loss": 1.2, "top1": 0.5, "val_images": 10}
-    assert timings == {"eval_time_s": 2.0, "eval_images_per_s": 5.0}
+    metrics, timings = split_timings({"val_loss": 1.2, "top1": 0.5, "eval_time_s": 2.0, "val_images": 10,
+                                      "evaluation": {"batch_size": 8}})
+    assert metrics == {"val_loss": 1.2, "top1": 0.5}  # metrics.json: `dvc metrics show` lists results only
+    assert timings == {"evaluation": {"batch_size": 8}, "val_images": 10, "eval_time_s": 2.0, "eval_images_per_s": 5.0}
     logged = mlflow_metrics(metrics, timings)
     # val_loss is the val/loss curve at the best epoch, val_images the dataset input's profile
     assert logged == {"top1": {"value": 0.5, "step": 0}, "system/process/eval_time_s": {"value": 2.0, "step": 0},
@@ -337,17 +338,75 @@ def test_pr_curves_put_each_class_ap_in_the_legend(tmp_path):
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["circle (AP50 1.000)", "square (AP50 0.000)"]
     grid = box_grid(preds, gt, {"root": str(tmp_path)}, min_score=0.85)
-    assert [t.get_text() for t in grid.axes[0].texts] == ["circle 0.90"]
+    # true boxes labelled with their class, predictions with class and score; one colour per class
+    assert [t.get_text() for t in grid.axes[0].texts] == ["circle", "square", "circle 0.90"]
+    true_circle, true_square, found_circle = grid.axes[0].patches
+    assert true_circle.get_edgecolor() == found_circle.get_edgecolor() != true_square.get_edgecolor()
+    assert true_circle.get_linestyle() == "solid" and found_circle.get_linestyle() != "solid"
+    assert [t.get_text() for t in grid.legends[0].get_texts()][:2] == ["circle", "square"]
+
+
+def test_detection_confusion_matrix_counts_misses_and_false_positives_as_background(tmp_path):
+    from visionpipe.tasks.detection import detection_confusion
+
+    gt, preds = _coco(tmp_path)
+    preds += [{"image_id": 1, "category_id": 1, "bbox": [16, 16, 8, 8], "score": 0.7},  # the square, called a circle
+              {"image_id": 1, "category_id": 2, "bbox": [2, 2, 10, 10], "score": 0.1}]  # under the score threshold
+    # rows true (circle, square, background), columns predicted; the square at [0, 0, 4, 4] overlaps the circle
+    # by IoU 4/112: a false positive
+    assert detection_confusion(preds, gt).tolist() == [[1, 0, 0], [1, 0, 0], [0, 1, 0]]
+    assert detection_confusion(preds[:1], gt).tolist() == [[1, 0, 0], [0, 0, 1], [0, 0, 0]]  # the square missed
+
+
+def _smallest_text_px(fig) -> float:
+    import matplotlib.text
+
+    sizes = [t.get_fontsize() * fig.dpi / 72 for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+    return min(sizes)
+
+
+def test_every_figure_reads_at_its_saved_size(tmp_path):
+    """Text at least 12 px in the saved PNG (MatplotlibDataset saves at the figure's dpi); results.png has a
+    panel per curve, per-class curves coloured by class."""
+    import pandas as pd
+
+    from visionpipe.tasks.detection import detection_confusion
+    from visionpipe.tracking import plots
+
+    gt, preds = _coco(tmp_path)
+    history = pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.0], "train_classification": [1.0, 0.5], "lr": [0.1, 0.0],
+                            "map": [0.1, 0.3], "ap/circle": [0.1, 0.4], "ap/square": [0.1, 0.2]})
+    classes = ["circle", "square"]
+    predictions = pd.DataFrame({"target": [0, 1, 1], "top1": [0, 1, 0]})
+    figures = {"results": plots.results(history), "pr": plots.pr_curves(preds, gt, classes),
+               "boxes": plots.box_grid(preds, gt, {"root": str(tmp_path)}),
+               "confusion": plots.detection_confusion_matrix(detection_confusion(preds, gt), classes, 0.25, 0.45),
+               "classification": plots.confusion_matrix(predictions, [0, 1]), "accuracy": plots.per_class_accuracy(predictions, [0, 1])}
+    for name, fig in figures.items():
+        assert _smallest_text_px(fig) >= plots.MIN_TEXT_PX, name
+        fig.savefig(tmp_path / f"{name}.png")
+        with Image.open(tmp_path / f"{name}.png") as png:
+            assert 300 <= png.width <= 2000 and png.size == tuple((fig.get_size_inches() * plots.DPI).round().astype(int)), name
+    titles = [ax.get_title() for ax in figures["results"].axes if ax.has_data()]
+    assert titles == ["loss", "train classification", "learning rate", "map", "ap per class"]
+    per_class = figures["results"].axes[4].get_lines()
+    assert [line.get_label() for line in per_class] == classes and len({tuple(line.get_color()) for line in per_class}) == 2
 
 
 def test_segmentation_overlays_have_a_class_legend(tmp_path):
-    from visionpipe.tracking.plots import mask_overlays
+    from visionpipe.tracking.plots import class_colours, mask_overlays
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     Image.fromarray(np.ones((8, 8), np.uint8)).save(tmp_path / "a_mask.png")
     index = {"root": str(tmp_path), "classes": ["background", "cat", "dog"], "val": [{"image": "a.png", "mask": "a_mask.png"}]}
-    fig = mask_overlays({"a": np.full((8, 8), 2, np.uint8)}, index)
+    predicted = np.zeros((8, 8), np.uint8)
+    predicted[2:6, 2:6] = 2
+    fig = mask_overlays({"a": predicted}, index)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["background", "cat", "dog"]
+    # each class region outlined in its own colour (over a black stroke), not only tinted
+    outlines = [c for ax in fig.axes for c in ax.collections if c.get_path_effects()]
+    assert len(outlines) == 2 and {tuple(np.round(c.get_edgecolor()[0][:3], 3)) for c in outlines} == \
+        {tuple(np.round(class_colours(3)[k], 3)) for k in (1, 2)}
 
 
 # ---------------------------------------------------------------- pyfunc params

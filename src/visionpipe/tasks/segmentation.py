@@ -273,7 +273,7 @@ class SegmentationTask(Task):
     per_class_metric = "iou"
     primary_metric = "miou"
     output_datasets = ("predicted_masks",)
-    plot_names = ("val_overlays", "loss_curves")
+    plot_names = ("results", "val_overlays")
     history_plots = {"loss": ["train_loss", "val_loss"], "miou": ["miou", "pixel_accuracy"]}
 
     def __init__(self, spec: dict[str, Any]):
@@ -443,4 +443,4 @@ class SegmentationTask(Task):
     def plots(cls, outputs, index, history):
         from visionpipe.tracking import plots
 
-        return {"val_overlays": plots.mask_overlays(outputs["predicted_masks"], index), "loss_curves": plots.loss_curves(history)}
+        return {"val_overlays": plots.mask_overlays(outputs["predicted_masks"], index), "results": plots.results(history)}
