@@ -257,7 +257,7 @@ def test_generated_stages_follow_the_catalog_and_parameters():
                      "src/visionpipe/serving/predictor.py", "src/visionpipe/tracking/registry.py", "src/visionpipe/settings.py",
                      "src/visionpipe/hooks/mlflow_runs.py"):
         assert required in deps, required
-    assert "src/visionpipe/serving/export.py" not in deps  # only `visionpipe export-onnx` imports it
+    assert "src/visionpipe/serving/export.py" in deps  # registration exports the ONNX model the pyfunc carries
     assert stage["params"] == [{"conf/base/parameters_classification.yml": ["classification"]}]
     assert "data/06_models/classification/model" in stage["outs"]
     assert stage["metrics"] == [{"data/08_reporting/classification/metrics.json": {"cache": False}}]

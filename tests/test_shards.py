@@ -31,7 +31,7 @@ def _source(task: str, tmp: Path):
 
 
 def _strip(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("shard", "members")} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("shard", "members", "sha256")} for r in records]
 
 
 @pytest.mark.parametrize("task", ["classification", "detection", "segmentation"])
@@ -159,14 +159,21 @@ def test_a_corrupt_member_is_reported_by_validation_with_its_shard(tmp_path):
     root, cfg = _source("classification", tmp_path)
     shards.shard_dataset("classification", cfg, root, tmp_path / "shards", shard_size=100)
     index = formats.read_dataset("classification", tmp_path / "shards", cfg.data.model_copy(update={"format": "shards"}))
-    rec = index["val"][0]
-    offset, size = rec["members"]["image"]
-    with open(tmp_path / "shards" / rec["shard"], "r+b") as f:  # overwrite the PNG's bytes in place
+    rec, other = index["val"][0], index["val"][1]
+    offset, size, member = rec["members"]["image"]
+    with open(tmp_path / "shards" / rec["shard"], "r+b") as f:  # one byte flipped in place: same size, same offsets
+        f.seek(offset + size - 20)
+        byte = f.read(1)
+        f.seek(offset + size - 20)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    offset, size, _ = other["members"]["image"]
+    with open(tmp_path / "shards" / other["shard"], "r+b") as f:  # the whole PNG overwritten
         f.seek(offset)
         f.write(b"\0" * size)
     report = validation.validate_index(index)
-    assert [(f["file"], f["image"]) for f in report["findings"]] == [(str(tmp_path / "shards" / rec["shard"] / rec["image"]), rec["image"])]
-    assert "cannot decode image" in report["findings"][0]["problem"]
+    assert [(f["file"], f["image"]) for f in report["findings"]] == [(str(tmp_path / "shards" / rec["shard"]), rec["image"]),
+                                                                     (str(tmp_path / "shards" / other["shard"]), other["image"])]
+    assert report["findings"][0]["problem"].startswith(f"member {member} does not match the sha256 recorded in manifest.json")
 
 
 def test_shard_command_writes_shards_and_reports_user_errors_in_one_line(tmp_path, monkeypatch):

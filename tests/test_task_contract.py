@@ -127,6 +127,44 @@ def test_task_contract_end_to_end(trained, task, tmp_path):
         parse_task_config(task, params)
 
 
+@pytest.mark.slow  # exports four models
+@pytest.mark.parametrize("task", TASKS)
+def test_the_onnx_engine_answers_as_the_torch_engine(trained, task, tmp_path):
+    """Every task exports; ONNX Runtime's outputs go through the task's one postprocess, so `predict --engine onnx`
+    and the served pyfunc give the torch engine's boxes, labels, scores and masks (TTA on where a task has it)."""
+    import copy
+
+    from visionpipe.data.images import load_rgb
+    from visionpipe.serving.bundle import ONNX_FILE, save_bundle
+    from visionpipe.serving.export import export_bundle
+    from visionpipe.serving.predictor import Predictor
+
+    t = trained[task]
+    bundle = copy.deepcopy(t["bundle"])
+    ev = bundle["spec"]["evaluation"]
+    if "tta" in ev:
+        ev["tta"] = True
+    if "score_threshold" in ev:
+        ev["score_threshold"] = 0.01  # one tiny epoch: keep its low-confidence detections so there is something to compare
+    folder = tmp_path / "bundle"
+    save_bundle(bundle, folder)
+    export_bundle(bundle, folder / ONNX_FILE, check=False)
+    root = Path(t["index"]["root"])
+    images = [load_rgb(root / rec["image"]) for rec in t["index"]["val"][:3]]
+    images.append(np.random.default_rng(0).integers(0, 256, size=(37, 53, 3), dtype=np.uint8))  # odd size
+    torch_engine = Predictor.from_folder(folder, engine="torch", batch_size=1)
+    onnx_engine = Predictor.from_folder(folder, engine="auto", batch_size=1)
+    assert (torch_engine.engine, onnx_engine.engine, onnx_engine.model) == ("torch", "onnx", None)  # auto on CPU: ONNX
+    compared = 0
+    for image in images:
+        want, got = torch_engine.predict_arrays([image])[0], onnx_engine.predict_arrays([image])[0]
+        assert set(want) == set(got)
+        assert t["task"].compare_results(want, got) is None
+        compared += len(want.get("scores", [1]))
+    assert compared > 0
+    assert onnx_engine.predict(images[:1])[0].keys() == torch_engine.predict(images[:1])[0].keys()
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_a_typo_in_model_kwargs_names_the_key(trained, task):
     spec = dict(trained[task]["bundle"]["spec"])

@@ -422,6 +422,7 @@ def test_detection_results_are_limited_by_score_and_count():
 def test_pyfunc_params_schema_and_keyword_arguments():
     from mlflow.models import infer_signature
 
+    from visionpipe.serving.predictor import encode_png
     from visionpipe.serving.pyfunc import VisionPipeModel, default_params
 
     spec = {"task": "detection", "evaluation": {"score_threshold": 0.05, "max_detections": 100}}
@@ -433,6 +434,7 @@ def test_pyfunc_params_schema_and_keyword_arguments():
 
     class Recorder:
         spec = {"task": "detection"}
+        allow_paths = False
 
         def predict(self, images, **params):
             self.called = (images, params)
@@ -440,8 +442,39 @@ def test_pyfunc_params_schema_and_keyword_arguments():
 
     model = VisionPipeModel()
     model.predictor = Recorder()
-    model.predict(None, pd.DataFrame({"image": ["a.png"]}), params={"score_threshold": 0.5, "max_detections": 3})
-    assert model.predictor.called == (["a.png"], {"score_threshold": 0.5, "max_detections": 3})
+    image = encode_png(np.zeros((5, 7, 3), dtype=np.uint8))
+    model.predict(None, pd.DataFrame({"image": [image]}), params={"score_threshold": 0.5, "max_detections": 3})
+    (decoded,), params = model.predictor.called
+    assert decoded.shape == (5, 7, 3) and params == {"score_threshold": 0.5, "max_detections": 3}
+
+
+def test_a_served_model_reads_no_server_files_unless_logged_to(tmp_path):
+    from mlflow.exceptions import MlflowException
+
+    from visionpipe.serving.predictor import decode_image, encode_png
+    from visionpipe.serving.pyfunc import VisionPipeModel
+
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (4, 4)).save(secret)
+
+    class Recorder:
+        allow_paths = False
+
+        def predict(self, images, **params):
+            return [{"label": "a"} for _ in images]
+
+    model = VisionPipeModel()
+    model.predictor = Recorder()
+    answers = []
+    for path in (str(secret), str(tmp_path / "missing.png"), "/etc/hostname"):  # the same answer, whether the file exists or not
+        with pytest.raises(MlflowException) as err:
+            model.predict(None, pd.DataFrame({"image": [path]}))
+        answers.append(str(err.value.message).replace(path[:80], "PATH"))
+        assert err.value.get_http_status_code() == 400
+    assert len(set(answers)) == 1 and "registry.serve_file_paths: true" in answers[0], answers
+    model.predictor.allow_paths = True  # logged with registry.serve_file_paths: true
+    assert model.predict(None, pd.DataFrame({"image": [str(secret)]}))["label"].tolist() == ["a"]
+    assert decode_image(encode_png(np.zeros((3, 2, 3), dtype=np.uint8)), allow_paths=False).shape == (3, 2, 3)
 
 
 # ---------------------------------------------------------------- dvc plots offline

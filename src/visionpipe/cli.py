@@ -154,48 +154,125 @@ def resolve_store(tracking_uri: str | None, cwd: Path | None = None) -> str:
     return uri
 
 
+MODEL_URI_HELP = "Default: the champion of the registered TASK model a run updated last (the data you trained on latest)."
+
+
+def _model_uri(task: str, model_uri: str | None, tracking_uri: str | None) -> str:
+    """``model_uri``, or the champion of the data trained on last (``registry.default_model_uri``); sets the store."""
+    import mlflow
+
+    uri = resolve_store(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    if model_uri is None:
+        from visionpipe.tracking.registry import default_model_uri  # imports MLflow's registry: slow, only here
+
+        model_uri = default_model_uri(task, mlflow.MlflowClient(tracking_uri=uri))
+        click.echo(f"model: {model_uri} (the champion of the {task} data trained on last; --model-uri to choose)", err=True)
+    return model_uri
+
+
+def _load_predictor(task: str, model_uri: str, engine: str, workdir: Path):
+    """The registered model's predictor (its bundle, downloaded into ``workdir``) on ``engine``."""
+    import mlflow
+
+    from visionpipe.serving.bundle import SPEC_FILE
+    from visionpipe.serving.pyfunc import load_predictor
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(workdir)))
+    except Exception as err:  # MlflowException for a missing model or alias
+        raise click.ClickException(f"cannot load {model_uri} from {mlflow.get_tracking_uri()}: {str(err).splitlines()[0]}. "
+                                   f"Run `kedro run --pipelines={task}` first, or pass --model-uri/--tracking-uri") from None
+    specs = sorted(local.rglob(SPEC_FILE))
+    if not specs:
+        raise click.ClickException(f"{model_uri} is not a visionpipe model (no {SPEC_FILE} inside): pass the model a "
+                                   "visionpipe run registered")
+    try:
+        return load_predictor(specs[0].parent, {"engine": engine})
+    except VisionpipeError as err:
+        raise click.ClickException(str(err)) from None
+
+
+ENGINE_HELP = ("auto: ONNX Runtime on CPU when the model carries model.onnx (models registered by visionpipe do), torch on a "
+               "GPU; torch; onnx (a model logged without one is exported first).")
+
+
 @cli.command()
 @click.option("--task", type=click.Choice(TASKS), required=True)
 @click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Folder of images (searched recursively).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="JSON Lines file to write: one line per image, written as it goes.")
-@click.option("--model-uri", default=None, help="Default: models:/visionpipe-<task>@champion.")
+@click.option("--model-uri", default=None, help=MODEL_URI_HELP)
 @click.option("--tracking-uri", default=None,
               help="Default: MLFLOW_TRACKING_URI, else the mlflow.db of the project at or above the current folder.")
+@click.option("--engine", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True, help=ENGINE_HELP)
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Images decoded and run at once.")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
               help="skip: list an unreadable image in the output with its error and go on; fail: stop at it.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def predict(task: str, images_dir: Path, output: Path, model_uri: str | None, tracking_uri: str | None, batch_size: int,
-            on_error: str, progress: bool) -> None:
+def predict(task: str, images_dir: Path, output: Path, model_uri: str | None, tracking_uri: str | None, engine: str,
+            batch_size: int, on_error: str, progress: bool) -> None:
     """Run a registered model (the champion by default) on a folder of images, batch by batch."""
-    import mlflow
+    import tempfile
 
     from visionpipe.serving.batch import find_images, predict_folder
 
-    uri = resolve_store(tracking_uri)
-    mlflow.set_tracking_uri(uri)
-    model_uri = model_uri or f"models:/visionpipe-{task}@champion"
+    model_uri = _model_uri(task, model_uri, tracking_uri)
     files = find_images(images_dir)
     if not files:
         raise click.ClickException(f"{images_dir}: no images found")
-    try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except Exception as err:  # MlflowException for a missing model or alias
-        raise click.ClickException(f"cannot load {model_uri} from {uri}: {str(err).splitlines()[0]}. "
-                                   f"Run `kedro run --pipelines={task}` first, or pass --model-uri/--tracking-uri") from None
-    predictor = model.unwrap_python_model().predictor
-    predictor.batch_size = batch_size
-    try:
-        summary = predict_folder(predictor, files, images_dir, output, batch_size, on_error, progress)
-    except VisionpipeError as err:
-        raise click.ClickException(str(err)) from None
-    click.echo(f"{summary.written} predictions from {model_uri} written to {output}")
+    with tempfile.TemporaryDirectory(prefix="visionpipe-predict-") as tmp:
+        predictor = _load_predictor(task, model_uri, engine, Path(tmp))
+        predictor.batch_size = batch_size
+        try:
+            summary = predict_folder(predictor, files, images_dir, output, batch_size, on_error, progress)
+        except VisionpipeError as err:
+            raise click.ClickException(str(err)) from None
+    click.echo(f"{summary.written} predictions from {model_uri} ({predictor.engine} engine) written to {output}")
     if summary.failed:
         click.echo(f"{len(summary.failed)} file(s) could not be read (listed in {output} with their error):", err=True)
         for item in summary.failed[:20]:
             click.echo(f"  {item['image']}: {item['error']}", err=True)
+
+
+@cli.command()
+@click.option("--task", type=click.Choice(TASKS), required=True)
+@click.option("--model-uri", default=None, help=MODEL_URI_HELP)
+@click.option("--tracking-uri", default=None,
+              help="Default: MLFLOW_TRACKING_URI, else the mlflow.db of the project at or above the current folder.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to listen on every interface.")
+@click.option("--port", default=5001, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Server processes.")
+@click.option("--engine", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True, help=ENGINE_HELP)
+def serve(task: str, model_uri: str | None, tracking_uri: str | None, host: str, port: int, workers: int, engine: str) -> None:
+    """Serve a registered model over HTTP: `mlflow models serve --env-manager local` in this environment
+    (POST base64 images to http://HOST:PORT/invocations; README, "Serving")."""
+    import json
+    import shutil
+
+    import mlflow
+
+    model_uri = _model_uri(task, model_uri, tracking_uri)
+    try:
+        mlflow.models.get_model_info(model_uri)  # reads only its MLmodel file: a missing model is one line, not a traceback
+    except Exception as err:
+        raise click.ClickException(f"cannot load {model_uri} from {mlflow.get_tracking_uri()}: {str(err).splitlines()[0]}. "
+                                   f"Run `kedro run --pipelines={task}` first, or pass --model-uri/--tracking-uri") from None
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+           # MLflow starts the scoring server as `uvicorn ...`: this environment's, also when it is not activated
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    if engine != "auto":
+        env["SERVING_MODEL_CONFIG"] = json.dumps({"engine": engine})  # MLflow's scoring server passes it as model_config
+    mlflow_cli = shutil.which("mlflow", path=bin_dir) or shutil.which("mlflow", path=env["PATH"])
+    if mlflow_cli is None:
+        raise click.ClickException(f"no `mlflow` program in {bin_dir} or on PATH: reinstall the environment (make install)")
+    args = [mlflow_cli, "models", "serve", "-m", model_uri, "--env-manager", "local", "--host", host, "--port", str(port),
+            "--workers", str(workers)]
+    click.echo(f"serving {model_uri} on http://{host}:{port}/invocations (Ctrl+C stops)", err=True)
+    sys.stderr.flush()
+    os.execve(mlflow_cli, args, env)
 
 
 @cli.command("builtin-data")

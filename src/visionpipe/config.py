@@ -37,6 +37,13 @@ class BuiltinDataConfig(_Strict):
         return self
 
 
+class NearDuplicateConfig(_Strict):
+    """Near-duplicate search (visionpipe.data.duplicates): perceptual-hash candidates, confirmed by pixels."""
+
+    hash_bits: int = Field(4, ge=0, le=16)  # candidates: pHashes at most this many bits (of 64) apart
+    max_pixel_difference: float = Field(0.09, ge=0.0, le=1.0)  # confirmed: aligned thumbnails nowhere further apart (0..1)
+
+
 class DataConfig(_Strict):
     """What every task's ``data`` block has; tasks narrow ``format`` and add their own keys."""
 
@@ -53,6 +60,9 @@ class DataConfig(_Strict):
     max_image_pixels: int = Field(89_478_485, ge=1)
     # the same or nearly the same image in two splits: a warning finding, or fatal with "error"
     leakage: Literal["warn", "error"] = "warn"
+    near_duplicates: NearDuplicateConfig = NearDuplicateConfig()
+    # files named by annotations/lists that resolve outside data.root: a finding, unless allowed (then hashed into the lineage)
+    allow_outside_root: bool = False
     num_workers: int | Literal["auto"] = "auto"
     # random: shuffle; balanced: draw images with probability inverse to their class frequency (DDP-aware)
     sampler: Literal["random", "balanced"] = "random"
@@ -176,11 +186,14 @@ def flip_tta(model, images):
 
 
 class RegistryConfig(_Strict):
-    model_name: str
+    # null: visionpipe-<task> for the built-in data, visionpipe-<task>-<data folder name> for a user's data
+    model_name: str | None = None
     alias: str = "champion"
     metric: str  # also the metric that chooses the best epoch
     greater_is_better: bool | None = None  # null: lower is better for losses, higher for everything else
     enabled: bool = True
+    onnx: bool = True  # the logged pyfunc carries model.onnx: ONNX Runtime is its CPU engine
+    serve_file_paths: bool = False  # the served model also reads server-local image paths (off: base64 images only)
 
     @property
     def greater(self) -> bool:

@@ -17,7 +17,7 @@ QUIET_LOGGERS = ("kedro", "kedro.io.data_catalog", "kedro.runner", "kedro.pipeli
                  "kedro_mlflow", "mlflow", "alembic")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # kedro-mlflow's own PythonModel subclass makes MLflow warn at import, inside MLflow's catch_warnings block
-# (so no warnings filter reaches it); our pyfunc opts out of type-hint validation instead (tracking/pyfunc.py).
+# (so no warnings filter reaches it); our pyfunc opts out of type-hint validation instead (serving/pyfunc.py).
 DROPPED_WARNINGS = ("Add type hints to the `predict` method",)
 
 

@@ -137,14 +137,17 @@ def serving_bundle(bundle: dict, cfg: TaskConfig) -> dict:
     return {**bundle, "spec": {**bundle["spec"], "evaluation": cfg.evaluation.model_dump()}}
 
 
-def evaluate(task: str, index: dict, aug: dict, bundle: dict, cfg: TaskConfig) -> tuple[dict[str, Any], Any, Any]:
+def evaluate(task: str, index: dict, aug: dict, bundle: dict, cfg: TaskConfig,
+             model: torch.nn.Module | None = None) -> tuple[dict[str, Any], Any, Any]:
     """Run the model on the whole val split with the evaluation settings in ``cfg`` (read now, not at
     training); return (metrics, evaluator with predictions, task object). When the data has a test
-    split, its metrics are added with a ``test/`` prefix (the val split chose the epoch; test did not)."""
+    split, its metrics are added with a ``test/`` prefix (the val split chose the epoch; test did not).
+    ``model``: an already loaded model answering over ``bundle``'s classes (the bundle's weights are then unused)."""
     bundle = serving_bundle(bundle, cfg)
     task_obj = get_task(bundle["spec"])
-    model = task_obj.build_model()
-    model.load_state_dict(bundle["state_dict"])
+    if model is None:
+        model = task_obj.build_model()
+        model.load_state_dict(bundle["state_dict"])
     task_obj.configure(model, bundle["spec"]["evaluation"])
     runtime = resolve_runtime(cfg.train, cfg.data)
     adapter, _, val_ds = task_obj.datasets(index, aug, cfg)

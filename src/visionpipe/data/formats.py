@@ -21,8 +21,10 @@ naming the file) for the validation stage to report or fail on.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import logging
 import random
 import xml.etree.ElementTree as ET
@@ -51,7 +53,67 @@ def _problem(split: str, file: str, problem: str, image: str | None = None) -> d
 
 
 def _rel(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
+    """``path`` relative to ``root`` (posix) when it lies under it as written, else its absolute normalised
+    form: :func:`confine` then reports (or, when allowed, keeps) every record that resolves outside the root."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return os.path.normpath(path)
+
+
+def _escape_problem(split: str, path: Path, root: Path, allow_key: str) -> dict | None:
+    """A problem when ``path`` is a symbolic link loop, or resolves outside ``root`` (a ``..``, an absolute
+    name, or a symbolic link escaping) and ``allow_key`` does not allow it; else None."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return _problem(split, os.fsdecode(path), "symbolic link loop: the file cannot be read or hashed")
+        # a missing file is the validation stage's finding, unless its name already leads out of the root
+    real = Path(os.path.realpath(path))
+    if real == root or root in real.parents:
+        return None
+    return _problem(split, os.fsdecode(path), f"resolves to {real}, outside data.root {root}; keep the data under "
+                    f"data.root, or set {allow_key}: true to read it from there (it is then hashed into the lineage)")
+
+
+def confine(index: dict, root: Path, allow_outside: bool, allow_key: str = "data.allow_outside_root") -> None:
+    """Drop, as problems naming the file and the root, the records whose image or mask is a symbolic link
+    loop or resolves outside ``root``; with ``allow_outside`` those outside are kept and listed in
+    ``index["outside_root"]`` (absolute paths) for the lineage to hash. Also reports every symbolic link
+    loop anywhere under ``root`` (DVC cannot hash a folder that holds one)."""
+    root = Path(root)
+    outside: list[str] = []
+    for split in splits_of(index):
+        kept = []
+        for rec in index[split]:
+            bad = None
+            for key in ("image", "mask"):
+                if key not in rec or "shard" in rec:
+                    continue
+                path = root / rec[key]
+                problem = _escape_problem(split, path, root, allow_key)
+                if problem and "outside data.root" in problem["problem"] and allow_outside:
+                    outside.append(os.path.realpath(path))
+                    continue
+                bad = bad or problem
+            if bad:
+                index["problems"].append(bad)
+            else:
+                kept.append(rec)
+        index[split] = kept
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            if path.is_symlink() and not path.exists():
+                try:
+                    os.stat(path)
+                except OSError as err:
+                    if err.errno == errno.ELOOP and not any(p["file"] == os.fsdecode(path) for p in index["problems"]):
+                        index["problems"].append(_problem("train", os.fsdecode(path),
+                                                          "symbolic link loop: DVC cannot hash the data folder; remove the link"))
+    if outside:
+        index["outside_root"] = sorted(set(outside))
 
 
 def _require_dir(path: Path, what: str, fix: str) -> None:
@@ -336,7 +398,7 @@ def _yolo_split_images(root: Path, yaml_path: Path | None, content: dict, split:
     for item in entries:
         if item.is_file() and item.suffix == ".txt":  # one image path a line, relative to the list's folder
             lines = [line.strip() for line in item.read_text().splitlines() if line.strip()]
-            files.extend(Path(line) if Path(line).is_absolute() else (item.parent / line).resolve() for line in lines)
+            files.extend(Path(os.path.normpath(Path(line) if Path(line).is_absolute() else item.parent / line)) for line in lines)
         elif item.is_dir():
             files.extend(sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p)))
         else:
@@ -370,10 +432,7 @@ def read_yolo(root: Path, classes: list[str] | None) -> dict:
             continue
         records = []
         for img_path, label_path in pairs:
-            try:
-                rel = _rel(img_path, root)
-            except ValueError:
-                raise DataError(img_path, f"{split} image outside data.root {root}", "Keep the images under data.root (data.yaml 'path')") from None
+            rel = _rel(img_path, root)  # outside data.root: confine() reports it
             try:
                 width, height = image_size(img_path)
             except DataError as err:
@@ -442,6 +501,7 @@ def read_dataset(task: str, root: str | Path, data_cfg) -> dict:
         raise DataError(root, "data root does not exist", f"Create it or fix {task}.data.root (null uses the built-in data)")
     task_cls = get_task_class(task)
     index = task_cls.read(root, data_cfg)
+    confine(index, root, getattr(data_cfg, "allow_outside_root", False), f"{task}.data.allow_outside_root")
     hold_out_test(index, data_cfg, task_cls.record_labels)
     index.update(task=task, format=data_cfg.format, root=str(root))
     index["fingerprint"] = fingerprint(root, index)
@@ -483,4 +543,4 @@ def hash_records(h, root: Path, records: list[dict]) -> None:
         for key in ("image", "mask"):
             if key in rec:
                 p = root / rec[key]
-                h.update(f"{rec[key]}:{p.stat().st_size if p.exists() else -1}".encode())
+                h.update(f"{rec[key]}:{p.stat().st_size if p.exists() else -1}".encode("utf-8", "surrogateescape"))  # bytes-safe names

@@ -10,12 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from visionpipe.data import duplicates as near
 
 logger = logging.getLogger(__name__)
-
-NEAR_DUPLICATE_BITS = 4  # dHash bits (of 64) two images may differ by and still count as the same picture
-
 
 def sample_splits(index: dict) -> list[str]:
     """Every key of the index that holds samples (train, val, test, or any other), in a stable order
@@ -31,51 +29,18 @@ def pixels_hash(pixels: np.ndarray) -> str:
     return hashlib.md5(np.ascontiguousarray(pixels).tobytes()).hexdigest()
 
 
-def content_hash(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def dhash(pixels: np.ndarray, size: int = 8) -> int:
-    """Difference hash (Krawetz): grey image shrunk to (size+1) x size, one bit per horizontal gradient sign.
-    Robust to re-encoding, resizing and small brightness changes."""
-    grey = Image.fromarray(pixels).convert("L").resize((size + 1, size), Image.Resampling.LANCZOS)
-    a = np.asarray(grey, dtype=np.int16)
-    bits = (a[:, 1:] > a[:, :-1]).ravel()
-    return int(np.packbits(bits).view(">u8")[0]) if size == 8 else int("".join("1" if b else "0" for b in bits), 2)
-
-
-def hamming(a: np.ndarray, b: int) -> np.ndarray:
-    """Bit distances between every 64-bit hash of ``a`` and ``b``."""
-    x = np.bitwise_xor(a.astype(np.uint64), np.uint64(b))
-    return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
-
-
-def duplicates(index: dict, signatures: dict[str, list], near_bits: int = NEAR_DUPLICATE_BITS) -> list[dict[str, Any]]:
-    """Exact (same bytes) and near (dHash within ``near_bits``) duplicates. Pairs across splits are leakage."""
+def duplicates(index: dict, signatures: dict[str, list], hash_bits: int = near.HASH_BITS,
+               max_pixel_difference: float = near.MAX_PIXEL_DIFFERENCE, workers: int = 2) -> list[dict[str, Any]]:
+    """Exact (same bytes) and near duplicates (perceptual-hash candidates confirmed at the pixel level, see
+    visionpipe.data.duplicates) among the images of every split; pairs across splits are leakage.
+    ``signatures[split]`` holds each record's Signature (None for an unreadable image)."""
+    entries = [(split, rec["image"]) for split in signatures for rec in index[split]]
+    sigs = [sig for split in signatures for sig in signatures[split]]
     found = []
-    entries = [(split, rec["image"], sig) for split in signatures for rec, sig in zip(index[split], signatures[split]) if sig]
-    by_md5: dict[str, list[tuple[str, str]]] = {}
-    for split, image, (md5, _) in entries:
-        by_md5.setdefault(md5, []).append((split, image))
-    exact_pairs = set()
-    for group in by_md5.values():
-        for (s1, i1), (s2, i2) in zip(group, group[1:]):
-            exact_pairs.add((i1, i2))
-            found.append({"kind": "exact", "leakage": s1 != s2, "a": {"split": s1, "image": i1}, "b": {"split": s2, "image": i2},
-                          "distance": 0})
-    hashes = np.array([sig[1] for _, _, sig in entries], dtype=np.uint64)
-    for i, (s1, i1, sig) in enumerate(entries[:-1]):
-        dist = hamming(hashes[i + 1:], sig[1])
-        for j in np.nonzero(dist <= near_bits)[0]:
-            s2, i2, sig2 = entries[i + 1 + j]
-            if sig2[0] == sig[0]:
-                continue  # already an exact duplicate
-            found.append({"kind": "near", "leakage": s1 != s2, "a": {"split": s1, "image": i1}, "b": {"split": s2, "image": i2},
-                          "distance": int(dist[j])})
+    for d in near.find(sigs, hash_bits, max_pixel_difference, workers=workers):
+        (s1, i1), (s2, i2) = entries[d["i"]], entries[d["j"]]
+        found.append({"kind": d["kind"], "leakage": s1 != s2, "a": {"split": s1, "image": i1}, "b": {"split": s2, "image": i2},
+                      "distance": d["bits"], "difference": d["difference"]})
     return found
 
 
@@ -123,15 +88,25 @@ def warnings_for(index: dict, stats: dict, dups: list[dict]) -> list[dict[str, A
     out = []
     for d in dups:
         a, b = d["a"], d["b"]
-        what = "identical" if d["kind"] == "exact" else f"nearly identical (dHash distance {d['distance']})"
+        what = "identical" if d["kind"] == "exact" else (f"nearly identical (perceptual hash {d['distance']} bits apart, "
+                                                         f"pixels at most {d.get('difference', 0):.3f} of the range apart)")
         kind = "leakage" if d["leakage"] else "duplicate"
-        out.append({"kind": kind, "split": f"{a['split']}/{b['split']}", "file": a["image"], "image": None,
+        out.append({"kind": kind, "split": f"{a['split']}/{b['split']}", "file": a["image"], "other": b["image"], "image": None,
                     "problem": f"{what} to {b['image']} ({b['split']} split)"})
     train = stats["splits"].get("train", {}).get("images_per_class") or {}
     for name, count in train.items():
         if 0 < count < 2:
             out.append({"kind": "rare_class", "split": "train", "file": index["root"], "image": None,
                         "problem": f"class '{name}' has {count} training image; at least 2 are needed to learn and check it"})
+    for split in (s for s in sample_splits(index) if s != "train"):
+        held = stats["splits"].get(split, {}).get("images_per_class")
+        if held is None:
+            continue
+        for name, count in train.items():
+            if count > 0 and held.get(name, 0) == 0:
+                out.append({"kind": "unscored_class", "split": split, "file": index["root"], "image": None,
+                            "problem": f"class '{name}' has {count} training image(s) but none in the {split} split, "
+                                       f"so {split} metrics say nothing about it; move some of its images into {split}"})
     return out
 
 

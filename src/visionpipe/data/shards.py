@@ -53,7 +53,7 @@ def _read_bytes(path: Path, offset: int, size: int) -> bytes:
 
 def member_bytes(root: Path, record: dict, kind: str) -> bytes:
     """The bytes of a record's ``image`` or ``mask`` member, read from its shard by offset."""
-    offset, size = record["members"][kind]
+    offset, size = record["members"][kind][:2]
     return _read_bytes(Path(root) / record["shard"], offset, size)
 
 
@@ -93,11 +93,14 @@ def _sample_members(key: str, record: dict, root: Path, task: str) -> list[tuple
 
 def _write_shard(path: Path, samples: list[tuple[str, dict]], root: Path, task: str) -> dict:
     """Write one shard through a temporary name; return its manifest entry once it reads back whole."""
+    members: dict[str, str] = {}  # member name -> sha256: validation checks each sample's bytes against it
+
     def write(tmp: Path) -> None:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
             for key, record in samples:
                 for name, data in _sample_members(key, record, root, task):
                     _add(tar, name, data)
+                    members[name] = hashlib.sha256(data).hexdigest()
         keys = {_key(m.name) for m in _scan(tmp)[0]}  # the shard is read back before it is given its real name
         if keys != {key for key, _ in samples}:
             raise DataError(path, f"shard read back with {len(keys)} samples instead of {len(samples)}", "Check the disk and retry")
@@ -107,7 +110,7 @@ def _write_shard(path: Path, samples: list[tuple[str, dict]], root: Path, task: 
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return {"name": path.name, "count": len(samples), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"name": path.name, "count": len(samples), "bytes": path.stat().st_size, "sha256": digest.hexdigest(), "members": members}
 
 
 def write_shards(index: dict, out: str | Path, shard_size: int = 1000, overwrite: bool = False,
@@ -166,7 +169,16 @@ def _scan(path: Path, read: tuple[str, ...] = ()) -> tuple[list[tarfile.TarInfo]
         raise DataError(path, f"cannot read shard ({err})", _FIX_REWRITE) from None
 
 
-def _read_shard(path: Path) -> list[dict]:
+def verify_member(root: Path, record: dict, kind: str, data: bytes) -> None:
+    """A DataError naming the shard and the member when ``data`` (a record's ``image`` or ``mask`` bytes)
+    differ from the sha256 ``visionpipe shard`` recorded for it (shards written before member checksums pass)."""
+    expected = (record.get("sha256") or {}).get(kind)
+    if expected and hashlib.sha256(data).hexdigest() != expected:
+        raise DataError(Path(root) / record["shard"], f"member {record['members'][kind][2]} does not match the sha256 recorded "
+                        "in manifest.json (the shard was changed or damaged after it was written)", _FIX_REWRITE)
+
+
+def _read_shard(path: Path, checksums: dict[str, str] | None = None) -> list[dict]:
     samples: dict[str, dict] = {}
     found, contents = _scan(path, read=(".json",))
     for m in found:
@@ -183,12 +195,14 @@ def _read_shard(path: Path) -> list[dict]:
         if len(image) != 1:
             raise DataError(path, f"sample {key} has {len(image)} image members, expected 1", _FIX_REWRITE)
         record["shard"] = path.name
-        record["members"] = {"image": [image[0].offset_data, image[0].size]}
+        record["members"] = {"image": [image[0].offset_data, image[0].size, image[0].name]}
         mask = [m for kind, m in members.items() if kind.startswith("mask.")]
         if "mask" in record:
             if not mask:
                 raise DataError(path, f"sample {key} lists mask {record['mask']} but the shard has no {key}.mask member", _FIX_REWRITE)
-            record["members"]["mask"] = [mask[0].offset_data, mask[0].size]
+            record["members"]["mask"] = [mask[0].offset_data, mask[0].size, mask[0].name]
+        if checksums:
+            record["sha256"] = {kind: checksums.get(entry[2]) for kind, entry in record["members"].items()}
         records.append(record)
     return records
 
@@ -215,7 +229,7 @@ def read_shards(root: str | Path, task: str, classes: list[str] | None = None) -
         entry = manifest["splits"][split]
         records = []
         for shard in entry["shards"]:
-            found = _read_shard(root / shard["name"])
+            found = _read_shard(root / shard["name"], shard.get("members"))
             if len(found) != shard["count"]:
                 raise DataError(root / shard["name"], f"holds {len(found)} samples, the manifest says {shard['count']}", _FIX_REWRITE)
             records += found

@@ -8,9 +8,9 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from visionpipe.data import quality
+from visionpipe.data import duplicates, quality
 from visionpipe.data.formats import ALL_SPLITS, SPLITS, splits_of
-from visionpipe.data.shards import load_record_mask, load_record_rgb
+from visionpipe.data.shards import load_record_mask, load_record_rgb, member_bytes, verify_member
 from visionpipe.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def check_mask_file(root: Path, rec: dict, width: int, height: int, classes: lis
 
 
 def _check_and_sign(task_cls, root: Path, rec: dict, classes: list[str], data_cfg, max_pixels: int):
-    """(problems, (content md5, dHash) or None): the image is decoded once for both."""
+    """(problems, duplicate-search Signature or None): the image is decoded once for both."""
     sig: list = []
     problems = _check_record(task_cls, root, rec, classes, data_cfg, max_pixels, sig)
     return problems, (sig[0] if sig else None)
@@ -66,19 +66,22 @@ def _check_and_sign(task_cls, root: Path, rec: dict, classes: list[str], data_cf
 def _check_record(task_cls, root: Path, rec: dict, classes: list[str], data_cfg, max_pixels: int,
                   signature: list | None = None) -> list[tuple[str, str]]:
     """Return (file, problem) pairs for one record; an empty list means it is usable. A readable image's
-    (content md5, dHash) is appended to ``signature`` when given."""
+    duplicate-search signature (content md5, perceptual hashes, thumbnail) is appended to ``signature`` when given."""
     image_path = root / rec["shard"] / rec["image"] if "shard" in rec else root / rec["image"]
     try:
         if "shard" not in rec and not image_path.is_file():
             raise DataError(image_path, "image file not found")
         if ("shard" in rec and rec["members"]["image"][1] == 0) or ("shard" not in rec and image_path.stat().st_size == 0):
             raise DataError(image_path, "zero-byte file")
+        if "shard" in rec:
+            for kind in rec["members"]:
+                verify_member(root, rec, kind, member_bytes(root, rec, kind))
         pixels = load_record_rgb(root, rec, max_pixels=max_pixels)
     except DataError as err:
         return [(err.path, err.problem)]
     if signature is not None:
-        digest = quality.content_hash(image_path) if "shard" not in rec else quality.pixels_hash(pixels)
-        signature.append((digest, quality.dhash(pixels)))
+        digest = duplicates.file_md5(image_path) if "shard" not in rec else quality.pixels_hash(pixels)
+        signature.append(duplicates.signature(pixels, digest))
     height, width = pixels.shape[:2]
     return task_cls.check_record(root, rec, width, height, classes, data_cfg)
 
@@ -116,7 +119,8 @@ def validate_index(index: dict, data_cfg=None, workers: int | None = None, max_p
         for i, name in enumerate(classes):
             if counts[i] == 0:
                 findings.append({"split": "train", "file": str(root), "image": None, "problem": f"class '{name}' has no training images"})
-    dups = quality.duplicates(index, signatures)
+    near = getattr(data_cfg, "near_duplicates", None)
+    dups = quality.duplicates(index, signatures, **(near.model_dump() if near is not None else {}), workers=workers)
     stats = quality.statistics(index)
     warnings = quality.warnings_for(index, stats, dups)
     return {"task": task, "root": str(root), "format": index["format"], "checked": checked, "findings": findings,
@@ -144,26 +148,46 @@ def _drop_untrained_classes(clean: dict) -> list[str]:
     return removed
 
 
+def report_path(task: str) -> str:
+    """Where the readable data-quality report of ``task`` is written (the catalog's ``{task}.data_quality``)."""
+    return f"data/08_reporting/{task}/data_quality.md"
+
+
+def summary_lines(warnings: list[dict], where: str) -> list[str]:
+    """One line per warning kind: how many, an example, and the report that lists them all."""
+    by_kind: dict[str, list[dict]] = {}
+    for w in warnings:
+        by_kind.setdefault(w["kind"], []).append(w)
+    lines = []
+    for kind, items in by_kind.items():
+        first = items[0]
+        lines.append(f"{len(items)} {kind.replace('_', ' ')} finding(s) (first: {first['file']}: {first['problem']}); "
+                     f"all are listed in {where}")
+    return lines
+
+
 def apply_policy(index: dict, report: dict, policy: str) -> tuple[dict, dict]:
     """``strict``: raise on any finding. ``skip``: drop records with findings, then classes left without
     training images. Leakage warnings are fatal when the report says ``leakage: error``. Returns (index, summary)."""
     findings = report["findings"]
+    task = index["task"]
+    where = report_path(task)
     leaks = [w for w in report.get("warnings", []) if w["kind"] == "leakage"]
     if leaks and report.get("leakage") == "error":
-        shown = "\n".join(f"  [{w['split']}] {w['file']}: {w['problem']}" for w in leaks[:20])
-        raise DataError(report["root"], f"{len(leaks)} image(s) appear in more than one split:\n{shown}\n",
-                        f"Remove the copies so no split sees another's images, or set {index['task']}.data.leakage: warn "
-                        f"(the list is in data/08_reporting/{index['task']}/validation.json)")
-    for w in report.get("warnings", []):
-        logger.warning("Data warning (%s) [%s] %s: %s", w["kind"], w["split"], w["file"], w["problem"])
+        shown = "; ".join(f"{w['file']} ~ {w['other']}" if w.get("other") else f"{w['file']}: {w['problem']}" for w in leaks[:3])
+        raise DataError(report["root"], f"{len(leaks)} image pair(s) leak between splits (first: {shown}{'; ...' if len(leaks) > 3 else ''})",
+                        f"Remove the copies so no split sees another's images, or set {task}.data.leakage: warn "
+                        f"(every pair is listed in {where})")
+    for line in summary_lines(report.get("warnings", []), where):
+        logger.warning("Data warning: %s", line)
     if findings and policy == "strict":
         shown = "\n".join(f"  [{f['split']}] {f['file']}: {f['problem']}" for f in findings[:20])
         more = f"\n  ... and {len(findings) - 20} more" if len(findings) > 20 else ""
         raise DataError(
             report["root"],
             f"{len(findings)} data problem(s) found:\n{shown}{more}\n",
-            f"Fix the files, or set {index['task']}.data.validation: skip to drop them (the full list is in "
-            f"data/08_reporting/{index['task']}/validation.json)",
+            f"Fix the files, or set {task}.data.validation: skip to drop them (the full list is in "
+            f"data/08_reporting/{task}/validation.json)",
         )
     bad = {(f["split"], f["image"]) for f in findings if f["image"]}
     clean = {k: v for k, v in index.items() if k not in (*ALL_SPLITS, "problems")}
@@ -174,8 +198,10 @@ def apply_policy(index: dict, report: dict, policy: str) -> tuple[dict, dict]:
         if not clean[split]:
             raise DataError(report["root"], f"no usable {split} images left after validation", "See the validation report for what is wrong")
     clean["problems"] = []
-    for f in findings:
-        logger.warning("Skipped [%s] %s: %s", f["split"], f["file"], f["problem"])
+    if findings:
+        first = findings[0]
+        logger.warning("Skipped %d data problem(s) (first: %s: %s); each is listed in %s", len(findings), first["file"],
+                       first["problem"], f"data/08_reporting/{task}/validation.json")
     removed = _drop_untrained_classes(clean) if policy == "skip" else []
     if removed:
         logger.warning("Removed class(es) %s: no training image left after validation (their validation images are "

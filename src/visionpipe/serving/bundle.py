@@ -1,5 +1,5 @@
 """The trained-model folder (a "bundle"): ``spec.json`` (task, classes, model and evaluation settings,
-preprocessing) beside ``model.safetensors``. Training writes it, evaluation, serving and the registry read it."""
+preprocessing) beside ``model.safetensors`` (and, in a registered pyfunc, ``model.onnx``). Training writes it, evaluation, serving and the registry read it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from visionpipe.errors import DataError
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"  # in a logged pyfunc's bundle: the model for the ONNX Runtime engine (serving.export)
 
 
 def save_bundle(bundle: dict[str, Any], folder: Path) -> None:

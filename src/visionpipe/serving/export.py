@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from visionpipe.serving.bundle import load_bundle
-from visionpipe.serving.predictor import Predictor
+from visionpipe.serving.predictor import Predictor, has_onnxruntime
 
 logger = logging.getLogger(__name__)
 
@@ -19,20 +22,33 @@ def export_onnx(model_dir: str | Path, output: str | Path, check: bool = True) -
     The check runs the same images through the torch model and the ONNX model with the task's own
     pre- and post-processing (``Predictor``) and compares the results.
     """
-    bundle = load_bundle(model_dir)
+    return export_bundle(load_bundle(model_dir), output, check)
+
+
+def export_bundle(bundle: dict[str, Any], output: str | Path, check: bool = True) -> Path:
+    """Export a model bundle (spec + state dict) to ``output``; see :func:`export_onnx`. The file appears
+    complete or not at all (written beside, then renamed)."""
     predictor = Predictor(bundle)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    predictor.task.export_onnx(predictor.model.eval(), output)
-    if check:
-        _check(output, bundle, predictor)
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        with warnings.catch_warnings():
+            # the tracer's notes on data-dependent shapes and torchvision's tensor copies: the graph handles them
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            predictor.task.export_onnx(predictor.model.eval(), partial)
+        if check:
+            _check(partial, bundle, predictor)
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
     return output
 
 
 def _check(output: Path, bundle: dict, predictor: Predictor) -> None:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
+    if not has_onnxruntime():
         logger.info("onnxruntime not installed: %s exported without a numerical check", output)
         return
     rng = np.random.default_rng(0)

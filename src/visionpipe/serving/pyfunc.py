@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import tempfile
+from pathlib import Path
+
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from visionpipe.serving.predictor import Predictor, encode_png
+from visionpipe.errors import DataError
+from visionpipe.serving.bundle import ONNX_FILE, load_bundle
+from visionpipe.serving.export import export_bundle
+from visionpipe.serving.predictor import Predictor, decode_image, encode_png, resolve_engine
 from visionpipe.tasks import get_task_class
+
+logger = logging.getLogger(__name__)
 
 
 def default_params(spec: dict) -> dict:
@@ -27,14 +38,38 @@ def predictions_frame(predictor, images, **params) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# model_config of the logged pyfunc: ``engine`` (auto: ONNX Runtime on CPU when the model carries model.onnx,
+# torch on a GPU), ``allow_file_paths`` (read server-local image paths: off unless logged with
+# registry.serve_file_paths). A caller overrides them at load time: ``load_model(uri, model_config={...})``.
+MODEL_CONFIG_DEFAULTS = {"engine": "auto", "allow_file_paths": False}
+
+
+def load_predictor(bundle_dir: str | Path, model_config: dict | None = None):
+    """The pyfunc's Predictor on the engine ``model_config`` asks for (see MODEL_CONFIG_DEFAULTS)."""
+    config = {**MODEL_CONFIG_DEFAULTS, **(model_config or {})}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    onnx = Path(bundle_dir) / ONNX_FILE
+    engine = resolve_engine(str(config["engine"]), onnx, device)
+    if engine == "onnx" and not onnx.is_file():  # a version logged before models carried an ONNX model
+        onnx = Path(tempfile.mkdtemp(prefix="visionpipe-onnx-")) / ONNX_FILE
+        logger.warning("%s was logged without %s: exporting it now for the onnx engine", bundle_dir, ONNX_FILE)
+        export_bundle(load_bundle(bundle_dir), onnx)
+    predictor = Predictor.from_folder(bundle_dir, engine=engine, onnx=onnx, device=device)
+    predictor.allow_paths = bool(config["allow_file_paths"])
+    return predictor
+
+
 class VisionPipeModel(mlflow.pyfunc.PythonModel):
-    """Input: a DataFrame with an ``image`` column (file paths or base64-encoded image bytes).
+    """Input: a DataFrame with an ``image`` column of base64-encoded image bytes (file paths too when the
+    model was logged with ``registry.serve_file_paths: true``, or loaded with
+    ``model_config={"allow_file_paths": True}``).
 
     Output, one row per image: classification ``label, score, top_labels, top_scores``; detection
     ``boxes [[x0, y0, x1, y1]], labels, scores`` (after NMS, original pixel coordinates); segmentation
     ``mask_png``: the class-index mask at the image's size, as base64 PNG; instance segmentation ``boxes,
     labels, scores, masks`` (one COCO RLE per instance at the image's size). Each row is the task's
-    ``format_result``.
+    ``format_result``. The engine is ONNX Runtime on CPU when the model carries model.onnx, else torch
+    (``model_config={"engine": "torch"}`` forces torch); both go through the task's one ``postprocess``.
     """
 
     # Inputs are validated by the logged signature (a string column of paths or base64 images), not by type
@@ -43,7 +78,7 @@ class VisionPipeModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        self.predictor = Predictor.from_folder(context.artifacts["bundle"], device="cuda" if torch.cuda.is_available() else "cpu")
+        self.predictor = load_predictor(context.artifacts["bundle"], getattr(context, "model_config", None))
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would treat them as a schema
         """``params``: MLflow has already checked them against the logged params schema and filled in defaults."""
@@ -54,4 +89,8 @@ class VisionPipeModel(mlflow.pyfunc.PythonModel):
             images = list(model_input["image"])
         else:
             images = list(model_input)
-        return predictions_frame(self.predictor, images, **(params or {}))
+        try:
+            arrays = [decode_image(image, allow_paths=self.predictor.allow_paths) for image in images]
+        except (ValueError, TypeError, OSError, DataError) as err:  # a bad image: the client's mistake, one line (HTTP 400)
+            raise MlflowException(str(err).splitlines()[0], error_code=INVALID_PARAMETER_VALUE) from None
+        return predictions_frame(self.predictor, arrays, **(params or {}))

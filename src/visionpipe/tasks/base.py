@@ -60,6 +60,7 @@ import torch
 
 from visionpipe.engine.checkpoint import load_weights
 from visionpipe.engine.runtime import Runtime
+from visionpipe.config import flip_tta
 from visionpipe.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,11 @@ def close_matches(name: str, options: list[str], n: int = 5) -> str:
     """A ' Close matches: a, b.' hint for an unknown name (empty when nothing is close)."""
     found = difflib.get_close_matches(name, options, n=n, cutoff=0.5)
     return f" Close matches: {', '.join(found)}." if found else ""
+
+
+# the last class of a champion re-scored on other classes (see Task.per_class_logits): predicted when the
+# champion's answer is a class today's data does not have; it has no images, so predicting it is always a miss
+OTHER_CLASS = "\0a class of the champion that today's data does not have"
 
 
 def timm_normalization(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -175,6 +181,17 @@ def call_with_model_kwargs(factory: Callable, kwargs: dict[str, Any], where: str
         raise reject(match.group(1)) from None
 
 
+class FlipTTA(torch.nn.Module):
+    """``flip_tta`` as a module, so an exported model averages the flips as the torch forward does."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return flip_tta(self.model, images)
+
+
 class Task:
     """Base class of every task; see the module docstring for the contract.
 
@@ -192,6 +209,11 @@ class Task:
     output_datasets: ClassVar[tuple[str, ...]]  # what evaluation writes besides metrics (catalog names)
     plot_names: ClassVar[tuple[str, ...]]
     history_plots: ClassVar[dict[str, list[str]]] = {}  # dvc.yaml plots: name -> history.csv columns against epoch
+    # the model's output holds one logit per class on dim 1 (classifiers, per-pixel segmenters): a champion trained
+    # on other classes is re-scored by mapping its outputs to today's classes by name, plus a last OTHER_CLASS column
+    # for "one of the champion's classes that today's data does not have" (always a miss). Other tasks (detectors)
+    # are re-scored with their class rows re-indexed: a class the champion never learnt never fires.
+    per_class_logits: ClassVar[bool] = False
 
     def __init__(self, spec: dict[str, Any]):
         self.spec = spec
@@ -430,8 +452,11 @@ class Task:
         return None
 
     def export_onnx(self, model: torch.nn.Module, output: Path) -> None:
-        """Export: input ``images`` (N, 3, S, S) normalised as spec.json says; output ``logits``."""
+        """Export: input ``images`` (N, 3, S, S) normalised as spec.json says; output ``logits`` (with
+        ``evaluation.tta``, the flip-averaged logits :meth:`forward` computes)."""
         size = self.spec["image_size"]
+        if (self.spec.get("evaluation") or {}).get("tta"):
+            model = FlipTTA(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(model, (torch.randn(2, 3, size, size),), str(output), input_names=["images"], output_names=["logits"],

@@ -23,6 +23,7 @@ from visionpipe.errors import ConfigError
 from visionpipe.tasks.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    OTHER_CLASS,
     Task,
     call_with_model_kwargs,
     close_matches,
@@ -254,6 +255,8 @@ class SegmentationEvaluator:
         if self.keep:  # under DDP each rank saw one shard of the split
             self.predictions = {i: m for part in all_gather_objects(self.predictions) for i, m in part.items()}
         iou = self.iou.compute().cpu()
+        if self.task.classes[-1] == OTHER_CLASS:  # a champion re-scored on other classes: that column is no class of today's
+            iou = iou[:-1]
         dice = 2 * iou / (1 + iou)  # per class, Dice = 2TP/(2TP+FP+FN) = 2 IoU / (1 + IoU) on the same counts
         metrics = {"val_loss": global_mean(self.loss_sum, self.count)[0], "miou": float(torch.nanmean(iou)),
                    "pixel_accuracy": float(self.acc.compute()), "dice": float(torch.nanmean(dice))}
@@ -272,6 +275,7 @@ class SegmentationTask(Task):
     metrics = ("miou", "pixel_accuracy", "dice", "val_loss")
     per_class_metric = "iou"
     primary_metric = "miou"
+    per_class_logits = True
     output_datasets = ("predicted_masks",)
     plot_names = ("results", "val_overlays")
     history_plots = {"loss": ["train_loss", "val_loss"], "miou": ["miou", "pixel_accuracy"]}

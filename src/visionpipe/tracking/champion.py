@@ -81,7 +81,7 @@ def remap_bundle(bundle: dict[str, Any], classes: list[str]) -> dict[str, Any]:
     """The champion bundle as a model over ``classes`` (today's class list), matched by name."""
     from visionpipe.tasks import get_task
 
-    spec = {**bundle["spec"], "model": {**bundle["spec"]["model"], "pretrained_path": None}}
+    spec = {**bundle["spec"], "model": {**bundle["spec"]["model"], "pretrained": False, "pretrained_path": None}}
     old_classes = list(spec["classes"])
     if old_classes == list(classes):
         return bundle
@@ -94,21 +94,77 @@ def remap_bundle(bundle: dict[str, Any], classes: list[str]) -> dict[str, Any]:
             "state_dict": remap_state_dict(bundle["state_dict"], layout, old_classes, list(classes))}
 
 
+class OutputClassMap(torch.nn.Module):
+    """A model over ``old_classes`` answering over ``new_classes`` + OTHER_CLASS, matched by name at the output.
+
+    The champion's per-class logits (dim 1) are copied to the column of the same class today; a class of today's
+    data the champion never learnt gets a logit it can never win with; the last column carries the champion's best
+    logit among its classes that today's data does not have, so when that is its answer the image (or pixel) is
+    predicted as OTHER_CLASS: a miss. A champion that knows none of today's classes therefore scores exactly 0.
+    """
+
+    def __init__(self, model: torch.nn.Module, old_classes: list[str], new_classes: list[str]):
+        super().__init__()
+        self.model = model
+        position = {name: i for i, name in enumerate(old_classes)}
+        self.register_buffer("source", torch.tensor([position.get(name, -1) for name in new_classes]), persistent=False)
+        self.register_buffer("others", torch.tensor([i for i, name in enumerate(old_classes) if name not in set(new_classes)],
+                                                    dtype=torch.long), persistent=False)
+
+    def forward(self, images):
+        out = self.model(images)
+        shape = (out.shape[0], len(self.source) + 1, *out.shape[2:])
+        mapped = out.new_full(shape, UNKNOWN_CLASS_BIAS)
+        known = self.source >= 0
+        mapped[:, :-1][:, known] = out[:, self.source[known]]
+        if len(self.others):
+            mapped[:, -1] = out[:, self.others].amax(1)
+        else:  # the champion has no class beyond today's: the column is never the answer
+            mapped[:, -1] = 2 * UNKNOWN_CLASS_BIAS
+        return mapped
+
+
+def classes_note(champion_version: Any, champion_classes: list[str] | None, classes: list[str]) -> str | None:
+    """One sentence when the champion was trained on other classes than today's (None when they are the same)."""
+    if champion_classes is None or list(champion_classes) == list(classes):
+        return None
+    shared = [c for c in classes if c in champion_classes]
+    theirs = ", ".join(champion_classes[:6]) + (", ..." if len(champion_classes) > 6 else "")
+    if set(champion_classes) == set(classes):
+        return f"champion v{champion_version} has today's classes in another order ({theirs}): matched by name"
+    if not shared:
+        return (f"champion v{champion_version} knows none of today's {len(classes)} classes (it was trained on "
+                f"{len(champion_classes)}: {theirs}), so it scores 0 on today's data")
+    return (f"champion v{champion_version} was trained on other classes ({len(champion_classes)}: {theirs}); it knows "
+            f"{len(shared)} of today's {len(classes)}, and images of the others count as misses")
+
+
 def rescorer(task: str, index: dict, cfg) -> Callable[[dict[str, Any]], dict[str, float]]:
     """A function scoring any bundle on today's scoring split, with the bundle's own input size and
-    normalisation and its classes matched to today's by name."""
+    normalisation and its classes matched to today's by name (at the output for tasks with per-class
+    logits, see ``Task.per_class_logits``; by re-indexing class rows for the others)."""
 
     def score(bundle: dict[str, Any]) -> dict[str, float]:
         from visionpipe import stages
         from visionpipe.config import ModelConfig
+        from visionpipe.tasks import get_task, get_task_class
+        from visionpipe.tasks.base import OTHER_CLASS
 
         spec = bundle["spec"]
-        remapped = remap_bundle(bundle, index["classes"])
         own = cfg.model_copy(update={
-            "model": ModelConfig.model_validate({**spec["model"], "pretrained_path": None}),
+            "model": ModelConfig.model_validate({**spec["model"], "pretrained": False, "pretrained_path": None}),
             "train": cfg.train.model_copy(update={"image_size": spec["image_size"]}),
         })
-        metrics, _, _ = stages.evaluate(task, index, stages.augmentation(task, own), remapped, own)
+        classes = list(index["classes"])
+        if not get_task_class(task).per_class_logits or list(spec["classes"]) == classes:
+            metrics, _, _ = stages.evaluate(task, index, stages.augmentation(task, own), remap_bundle(bundle, classes), own)
+            return metrics
+        plain = {**spec, "model": {**spec["model"], "pretrained": False, "pretrained_path": None}}
+        model = get_task(plain).build_model()
+        model.load_state_dict(bundle["state_dict"])
+        mapped = {"spec": {**plain, "classes": [*classes, OTHER_CLASS], "class_weights": None}, "state_dict": None}
+        metrics, _, _ = stages.evaluate(task, index, stages.augmentation(task, own), mapped, own,
+                                        model=OutputClassMap(model, list(spec["classes"]), classes))
         return metrics
 
     return score

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from visionpipe.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -85,15 +88,36 @@ def data_md5(root: str | Path, project: Path | None = None) -> str:
     return _DATA_MD5[key]
 
 
-def lineage_tags(index: dict, project: Path | None = None) -> dict[str, str]:
-    """Tags that say where a model came from: git commit, data root, format, fingerprint and DVC md5."""
+def outside_root_md5(files: list[str]) -> str:
+    """One md5 over the paths and content md5s of the files a run read from outside ``data.root``
+    (``data.allow_outside_root: true``): DVC's md5 of the root does not cover them."""
+    h = hashlib.md5()
+    for name in sorted(files):
+        digest = hashlib.md5()
+        with open(name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        h.update(f"{name}:{digest.hexdigest()}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def lineage_tags(index: dict, project: Path | None = None, strict: bool = False) -> dict[str, str]:
+    """Tags that say where a model came from: git commit, data root, format, fingerprint and DVC md5 (and
+    the md5 of files read from outside the root, when allowed). ``strict``: data that cannot be hashed is a
+    DataError naming the folder, not a warning and an ``unknown`` version."""
     tags = git_tags(project)
     tags["data.root"] = index["root"]
     tags["data.format"] = index["format"]
     tags["data.fingerprint"] = index.get("fingerprint", "unknown")
     try:
         tags["data.dvc_md5"] = data_md5(index["root"], project)
-    except OSError as err:  # data moved away after ingestion: say so rather than invent a version
+        if index.get("outside_root"):
+            tags["data.outside_root_md5"] = outside_root_md5(index["outside_root"])
+    except (OSError, RuntimeError) as err:  # data moved away after ingestion, a link loop: say so rather than invent a version
+        if strict:
+            raise DataError(index["root"], f"cannot be hashed for the model's lineage ({str(err).splitlines()[0][:200]})",
+                            "Fix or remove that file so the data has a version, or set data.validation: skip to "
+                            "register without one") from None
         logger.warning("Cannot hash %s for data.dvc_md5: %s", index["root"], err)
         tags["data.dvc_md5"] = "unknown"
     tags["data.dvc_tracked"] = str(dvc_data_version(index["root"], project) is not None)

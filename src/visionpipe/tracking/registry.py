@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -22,16 +23,17 @@ from mlflow.models import infer_signature
 import visionpipe
 from visionpipe.errors import ConfigError
 from visionpipe.ranking import is_better
-from visionpipe.serving.bundle import save_bundle
+from visionpipe.serving.bundle import ONNX_FILE, save_bundle
+from visionpipe.serving.export import export_bundle
 from visionpipe.serving.predictor import Predictor, encode_png
-from visionpipe.serving.pyfunc import default_params, predictions_frame
+from visionpipe.serving.pyfunc import MODEL_CONFIG_DEFAULTS, default_params, predictions_frame
 from visionpipe.tracking.callbacks import final_metric_name
-from visionpipe.tracking.champion import download_bundle
+from visionpipe.tracking.champion import classes_note, download_bundle
 
 logger = logging.getLogger(__name__)
 
 _REQUIREMENTS = ("torch", "torchvision", "timm", "segmentation-models-pytorch", "albumentations", "safetensors",
-                 "pycocotools", "torchmetrics", "pandas", "pillow", "numpy", "mlflow")
+                 "pycocotools", "torchmetrics", "pandas", "pillow", "numpy", "mlflow", "onnxruntime")
 
 
 def pip_requirements() -> list[str]:
@@ -50,11 +52,25 @@ def example_image(spec: dict[str, Any]) -> str:
     return encode_png(rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8))
 
 
-def log_pyfunc_model(bundle: dict[str, Any], name: str = "model") -> Any:
-    """Log the bundle as a pyfunc model (weights, spec and visionpipe's code inside) to the active run."""
+def log_pyfunc_model(bundle: dict[str, Any], name: str = "model", onnx: bool = True, allow_file_paths: bool = False) -> Any:
+    """Log the bundle as a pyfunc model (weights, spec and visionpipe's code inside) to the active run.
+
+    ``onnx``: the bundle also carries model.onnx (exported and checked against torch), the engine the pyfunc
+    runs on CPU; an export that fails is a warning and the model serves with torch. ``allow_file_paths``: the
+    served model also reads server-local image paths (model_config; off: base64 images only).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "bundle"
         save_bundle(bundle, folder)
+        if onnx:
+            started = time.perf_counter()
+            try:
+                export_bundle(bundle, folder / ONNX_FILE)
+            except Exception as err:  # an export problem must not lose the trained model: it serves with torch
+                logger.warning("No ONNX model in the logged pyfunc (it runs on torch): %s: %s", type(err).__name__,
+                               str(err).splitlines()[0][:300] if str(err) else "")
+            else:
+                logger.debug("ONNX export and check: %.1f s", time.perf_counter() - started)
         example = pd.DataFrame({"image": [example_image(bundle["spec"])]})
         output = predictions_frame(Predictor(bundle), example["image"].tolist())
         params = default_params(bundle["spec"]) or None  # score_threshold, max_detections: MLflow's params schema
@@ -70,6 +86,7 @@ def log_pyfunc_model(bundle: dict[str, Any], name: str = "model") -> Any:
             signature=signature,
             input_example=example,
             pip_requirements=pip_requirements(),
+            model_config={**MODEL_CONFIG_DEFAULTS, "allow_file_paths": bool(allow_file_paths)},
         )
 
 
@@ -83,6 +100,38 @@ def model_label(spec: dict[str, Any]) -> str:
     """What a logged model is, e.g. ``detection-fcos-resnet10t`` or ``classification-resnet10t``."""
     parts = [spec["task"], spec["model"]["name"], spec["model"].get("backbone")]
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(p for p in parts if p))
+
+
+def registered_model_name(task: str, configured: str | None, index: dict) -> str:
+    """The registered model a run's version goes to: ``registry.model_name`` when set; else ``visionpipe-<task>``
+    for the built-in data and ``visionpipe-<task>-<data folder name>`` for a user's data (e.g.
+    ``visionpipe-classification-mydigits`` for ``data.root: data/01_raw/mydigits``), so the demo and a user's data
+    never share a registered model, nor a champion, by accident."""
+    if configured:
+        return configured
+    base = f"visionpipe-{task.replace('_', '-')}"
+    if index.get("builtin") or not index.get("root"):
+        return base
+    folder = Path(str(index["root"])).resolve().name
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", folder).strip("-.") or "data"
+    return f"{base}-{slug}"
+
+
+def default_model_uri(task: str, client: MlflowClient | None = None) -> str:
+    """``models:/<name>@<alias>`` of the registered ``task`` model a run updated last (the champion of the data
+    the user trained on latest): what ``visionpipe predict`` and serving use without an explicit model. Falls
+    back to the built-in data's ``models:/visionpipe-<task>@champion`` when the store has none."""
+    client = client or MlflowClient()
+    candidates = []
+    for found in client.search_registered_models(filter_string=f"tags.`visionpipe.task` = '{task}'"):
+        model = client.get_registered_model(found.name)  # with its aliases
+        alias = model.tags.get("visionpipe.alias", "champion")
+        if alias in (model.aliases or {}):
+            candidates.append((model.last_updated_timestamp or 0, model.name, alias))
+    if not candidates:
+        return f"models:/visionpipe-{task.replace('_', '-')}@champion"
+    _, name, alias = max(candidates)
+    return f"models:/{name}@{alias}"
 
 
 def recover_incomplete(client: MlflowClient, name: str, alias: str) -> list[int]:
@@ -149,7 +198,9 @@ def gate(client: MlflowClient, champion, metric: str, new_score: float, greater_
     recorded = _recorded_score(client, champion, metric)
     champion_fp = champion.tags.get(TAG_FINGERPRINT)
     champion_classes = json.loads(champion.tags.get("visionpipe.classes", "null") or "null")
-    out = {"champion_recorded_score": recorded, "champion_fingerprint": champion_fp}
+    note = classes_note(champion.version, champion_classes, list(classes))
+    out = {"champion_recorded_score": recorded, "champion_fingerprint": champion_fp, "champion_classes": champion_classes,
+           "classes_note": note}
     if fingerprint is not None and champion_fp == fingerprint and champion_classes == list(classes) and recorded is not None:
         out.update(champion_score=recorded, reason="same evaluation data: recorded scores compared")
     elif rescore is None:
@@ -166,6 +217,8 @@ def gate(client: MlflowClient, champion, metric: str, new_score: float, greater_
         else:
             out.update(champion_score=score, reason=f"champion was scored on {why}: re-scored on today's split "
                                                     f"(classes matched by name)")
+    if note:  # one sentence, carried by the reason into the log line, the summary, registration.json and the description
+        out["reason"] = f"{out['reason']}; {note}"
     if "promoted" not in out:
         out["promoted"] = out["champion_score"] is None or is_better(new_score, out["champion_score"], greater_is_better)
     return out
@@ -175,9 +228,10 @@ def _describe(client: MlflowClient, name: str, version: str, spec: dict[str, Any
               decision: dict[str, Any], tags: dict[str, str]) -> None:
     task, model = spec["task"], model_label(spec)
     client.update_registered_model(name, description=(
-        f"visionpipe {task} models ({len(spec['classes'])} classes). The '{decision['alias']}' alias marks the champion: "
-        f"a version takes it only when its {metric} beats the champion's on the same evaluation data."))
-    for key, value in {"visionpipe.task": task, "visionpipe.metric": metric}.items():
+        f"visionpipe {task} models trained on {tags.get('data.root', 'unknown data')}. The '{decision['alias']}' alias "
+        f"marks the champion: a version takes it only when its {metric} beats the champion's on the same evaluation data "
+        f"(each version's description lists its classes)."))
+    for key, value in {"visionpipe.task": task, "visionpipe.metric": metric, "visionpipe.alias": decision["alias"]}.items():
         client.set_registered_model_tag(name, key, value)
     champion = ("no champion before it" if decision["champion_version"] is None else
                 f"champion v{decision['champion_version']}: {decision['champion_score']}")
@@ -214,7 +268,8 @@ def register_and_gate(bundle: dict[str, Any], metrics: dict[str, float], registr
     tags = dict(tags or {})
     if tags:
         mlflow.set_tags(tags)
-    info = log_pyfunc_model(bundle, name=model_label(spec))
+    info = log_pyfunc_model(bundle, name=model_label(spec), onnx=registry_cfg.get("onnx", True),
+                            allow_file_paths=registry_cfg.get("serve_file_paths", False))
     with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Successfully registered..."; our own line says it
         version = mlflow.register_model(info.model_uri, name, tags={
             **tags, f"metric.{metric}": str(new_score), "visionpipe.run_id": run.info.run_id, TAG_STATE: "pending",

@@ -58,7 +58,8 @@ def registry_line(decision: dict[str, Any] | None) -> str | None:
                 else f"champion v{decision['champion_version']} {decision['champion_score']:.4f}")
     verdict = f"alias '{decision['alias']}' moved to v{decision['version']}" if decision["promoted"] else \
         f"alias '{decision['alias']}' kept on v{decision['champion_version']} (not better)"
-    return f"{decision['model_name']} v{decision['version']}: {decision['metric']} {decision['new_score']:.4f} vs {champion}; {verdict}"
+    line = f"{decision['model_name']} v{decision['version']}: {decision['metric']} {decision['new_score']:.4f} vs {champion}; {verdict}"
+    return f"{line}; {decision['classes_note']}" if decision.get("classes_note") else line
 
 
 def collect(task: str, pipeline: str, project: Path | None = None, since: float | None = None,

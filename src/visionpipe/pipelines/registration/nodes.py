@@ -17,7 +17,7 @@ def register_model(model: dict, metrics: dict[str, float], index: dict, params: 
 
     from visionpipe.tracking.champion import rescorer, scoring_split, split_fingerprint
     from visionpipe.tracking.lineage import lineage_tags
-    from visionpipe.tracking.registry import register_and_gate
+    from visionpipe.tracking.registry import register_and_gate, registered_model_name
 
     cfg = parse_task_config(task, params)
     if not cfg.registry.enabled:
@@ -27,7 +27,7 @@ def register_model(model: dict, metrics: dict[str, float], index: dict, params: 
     if mlflow.active_run() is None:
         logger.warning("No active MLflow run (is kedro-mlflow disabled for this pipeline?): %s is not registered", task)
         return {"skipped": "no active MLflow run"}
-    tags = {"visionpipe.task": task, "visionpipe.model": cfg.model.name, **lineage_tags(index)}
+    tags = {"visionpipe.task": task, "visionpipe.model": cfg.model.name, **lineage_tags(index, strict=cfg.data.validation == "strict")}
     if cfg.model.backbone:
         tags["visionpipe.backbone"] = cfg.model.backbone
     from visionpipe.stages import serving_bundle
@@ -37,5 +37,6 @@ def register_model(model: dict, metrics: dict[str, float], index: dict, params: 
     split = scoring_split(index)
     evaluation = {"split": split, "fingerprint": split_fingerprint(index, split), "rescore": rescorer(task, index, cfg)}
     registry_cfg = {**cfg.registry.model_dump(), "greater_is_better": cfg.registry.greater,
+                    "model_name": registered_model_name(task, cfg.registry.model_name, index),
                     "metric": gate_metric(cfg.registry.metric, metrics)}
     return register_and_gate(serving_bundle(model, cfg), metrics, registry_cfg, tags, evaluation)

@@ -1,0 +1,105 @@
+"""Near duplicates: perceptual-hash candidates from a multi-index hash, confirmed at the pixel level (issue 20)."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from visionpipe.data import duplicates, validation
+from visionpipe.errors import DataError
+
+
+def _digit(seed: int, size: int = 28) -> np.ndarray:
+    """A handwriting-like glyph: a few thick random strokes on a black page, like an MNIST digit."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((size, size), np.uint8)
+    pts = rng.integers(6, size - 6, size=(4, 2))
+    for p, q in zip(pts, pts[1:]):
+        cv2.line(img, tuple(map(int, p)), tuple(map(int, q)), 255, 2, cv2.LINE_AA)
+    return img
+
+
+def _sig(img: np.ndarray, fmt: str = "PNG", **save) -> duplicates.Signature:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, fmt, **save)
+    data = buf.getvalue()
+    pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    import hashlib
+
+    return duplicates.signature(pixels, hashlib.md5(data).hexdigest())
+
+
+def test_copies_of_every_kind_are_confirmed_and_distinct_glyphs_are_not():
+    base = _digit(1)
+    copies = {
+        "resized": np.asarray(Image.fromarray(base).resize((42, 42), Image.Resampling.BILINEAR)),
+        "cropped": base[1:27, 0:27],
+        "brightened": np.clip(base.astype(int) + 30, 0, 255).astype(np.uint8),
+    }
+    original = _sig(base)
+    for kind, img in copies.items():
+        assert duplicates.pixel_difference(original, _sig(img)) <= duplicates.MAX_PIXEL_DIFFERENCE, kind
+    assert duplicates.pixel_difference(original, _sig(base, "JPEG", quality=70)) <= duplicates.MAX_PIXEL_DIFFERENCE
+    # another glyph drawn through nearby points: the same "class", not the same picture
+    other = _sig(np.roll(_digit(1), 0, axis=0) // 2 + _digit(2) // 2)
+    assert duplicates.pixel_difference(original, other) > duplicates.MAX_PIXEL_DIFFERENCE
+    found = duplicates.find([original, _sig(copies["resized"]), None, other, _sig(base)])
+    assert [(d["i"], d["j"], d["kind"]) for d in found] == [(0, 1, "near"), (0, 4, "exact"), (1, 4, "near")]
+
+
+def test_candidate_pairs_match_brute_force():
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, size=3000, dtype=np.int64).astype(np.uint64)
+    for k in range(0, 300, 3):  # plant pairs 0..6 bits apart
+        flip = rng.choice(64, size=k % 7, replace=False)
+        hashes[k + 1] = hashes[k] ^ np.uint64(sum(1 << int(b) for b in flip))
+    hashes[2000:2050] = hashes[1999]  # one big group of equal hashes
+    got = duplicates.candidate_pairs(hashes, 4)
+    d = duplicates.hamming(hashes[:, None], hashes[None, :])
+    i, j = np.nonzero(np.triu(d <= 4, k=1))
+    assert got.tolist() == np.stack([i, j], axis=1).tolist()
+
+
+def _index(tmp_path, pairs: int):
+    rec = lambda split, name: {"image": f"{split}/{name}", "label": 0}  # noqa: E731
+    index = {"task": "classification", "format": "imagefolder", "root": str(tmp_path), "classes": ["x"], "problems": [],
+             "train": [], "val": []}
+    for k in range(pairs + 2):
+        img = _digit(100 + k)
+        (tmp_path / "train").mkdir(exist_ok=True)
+        (tmp_path / "val").mkdir(exist_ok=True)
+        Image.fromarray(img).save(tmp_path / "train" / f"t{k}.png")
+        index["train"].append(rec("train", f"t{k}.png"))
+        copy = img if k < pairs else _digit(200 + k)
+        Image.fromarray(copy).save(tmp_path / "val" / f"v{k}.jpg", quality=90)
+        index["val"].append(rec("val", f"v{k}.jpg"))
+    return index
+
+
+def test_one_line_per_kind_and_the_leakage_error_names_the_first_pairs(tmp_path, caplog):
+    index = _index(tmp_path, pairs=5)
+    report = validation.validate_index(index)
+    leaks = [w for w in report["warnings"] if w["kind"] == "leakage"]
+    assert len(leaks) == 5 and report["findings"] == []
+    with caplog.at_level(logging.WARNING):
+        validation.apply_policy(index, {**report, "leakage": "warn"}, "strict")
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and lines[0].startswith("Data warning: 5 leakage finding(s) (first: train/t0.png")
+    assert "data/08_reporting/classification/data_quality.md" in lines[0]
+    with pytest.raises(DataError, match=r"5 image pair\(s\) leak between splits \(first: train/t0.png ~ val/v0.jpg; "
+                                         r"train/t1.png ~ val/v1.jpg; train/t2.png ~ val/v2.jpg; \.\.\.\)"):
+        validation.apply_policy(index, {**report, "leakage": "error"}, "strict")
+
+
+def test_a_class_without_val_images_is_a_warning(tmp_path):
+    index = _index(tmp_path, pairs=0)
+    index["classes"] = ["x", "y"]
+    index["train"][1]["label"] = 1
+    warnings = validation.validate_index(index)["warnings"]
+    assert [(w["kind"], w["split"]) for w in warnings if w["kind"] == "unscored_class"] == [("unscored_class", "val")]
+    assert "class 'y' has 1 training image(s) but none in the val split" in warnings[-1]["problem"]
