@@ -171,6 +171,25 @@ def test_resume_points_kedro_mlflow_at_the_checkpoints_run(mlflow_store, project
     hook.after_pipeline_run()
 
 
+def test_each_task_runs_in_its_own_experiment(mlflow_store, project):
+    """kedro-mlflow is pointed at visionpipe-<task> before it starts the run: one experiment per task."""
+    client, exp = mlflow_store
+    experiment = SimpleNamespace(name="visionpipe", _experiment=client.get_experiment(exp),
+                                 create_experiment_kwargs=SimpleNamespace(artifact_location=client.art, tags=None))
+    config = SimpleNamespace(server=SimpleNamespace(_mlflow_client=client, mlflow_tracking_uri=client.uri),
+                             tracking=SimpleNamespace(run=SimpleNamespace(id=None), experiment=experiment))
+    ids = []
+    for _ in range(2):
+        hook = _hook(project, {"classification": {"train": {}}}, config)
+        hook.before_pipeline_run(RUN_PARAMS, _pipeline(), _catalog(project))
+        hook.after_pipeline_run()
+        ids.append(experiment._experiment.experiment_id)
+    task_exp = client.get_experiment_by_name("visionpipe-classification")
+    assert ids == [task_exp.experiment_id] * 2 and task_exp.experiment_id != exp  # created once, then reused
+    assert task_exp.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's "Model training" view
+    assert task_exp.artifact_location == client.art
+
+
 def test_checkpoint_run_id_of_a_bad_file_is_none(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"junk")
     assert rs.checkpoint_run_id(tmp_path / "last.pt") is None

@@ -139,20 +139,20 @@ class RunStateHook:
         try:
             experiment = config.tracking.experiment
             client = config.server._mlflow_client
+            name, kwargs = rs.task_experiment(experiment.name, task), experiment.create_experiment_kwargs
         except AttributeError:  # kedro-mlflow disabled or not set up
             return
-        name = rs.task_experiment(experiment.name, task)
-        kwargs = experiment.create_experiment_kwargs
-        rs.ensure_store(str(mlflow.get_tracking_uri()), name, kwargs.artifact_location, tags=kwargs.tags)
+        uri = getattr(config.server, "mlflow_tracking_uri", None) or mlflow.get_tracking_uri()
+        rs.ensure_store(str(uri), name, kwargs.artifact_location, tags=kwargs.tags)
         found = client.get_experiment_by_name(name)
         if found is None:  # a tracking server: it creates the experiment itself
             client.create_experiment(name, artifact_location=kwargs.artifact_location, tags={**rs.EXPERIMENT_TAGS, **(kwargs.tags or {})})
             found = client.get_experiment_by_name(name)
         elif found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
-        # kedro-mlflow starts its run in tracking.experiment._experiment (kedro_mlflow/framework/hooks/mlflow_hook.py)
+        # kedro-mlflow starts its run with experiment_id=tracking.experiment._experiment.experiment_id
+        # (kedro_mlflow/framework/hooks/mlflow_hook.py, before_pipeline_run)
         experiment._experiment = found
-        mlflow.set_experiment(experiment_id=found.experiment_id)
 
     def _mark_killed(self) -> None:
         config = getattr(self._context, "mlflow", None)
