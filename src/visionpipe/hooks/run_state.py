@@ -151,8 +151,11 @@ class RunStateHook:
         elif found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
         # kedro-mlflow starts its run with experiment_id=tracking.experiment._experiment.experiment_id
-        # (kedro_mlflow/framework/hooks/mlflow_hook.py, before_pipeline_run)
+        # (kedro_mlflow/framework/hooks/mlflow_hook.py, before_pipeline_run), and re-enters it at each node with
+        # mlflow.start_run(run_id), which MLflow refuses unless the active experiment is the run's
         experiment._experiment = found
+        mlflow.set_tracking_uri(str(uri))
+        mlflow.set_experiment(experiment_id=found.experiment_id)
 
     def _mark_killed(self) -> None:
         config = getattr(self._context, "mlflow", None)
