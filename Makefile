@@ -12,13 +12,14 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-fast test-viz clean-data viz viz-build notebook notebook-html mlflow-ui repro plots help
+.PHONY: install run serve test test-fast test-viz clean-data viz viz-build notebook notebook-html mlflow-ui repro plots help
 
 help:
 	@echo "make run     - set up .venv if needed, then visionpipe run (kedro run on every task, quiet, with a summary)"
 	@echo "make test    - set up .venv if needed, then run the whole test suite"
 	@echo "make install - (re)create the virtual environment"
 	@echo "make mlflow-ui - browse runs, models and plots (http://127.0.0.1:5000)"
+	@echo "make serve TASK=detection [PORT=5001] [MODEL=models:/<name>@champion] - REST scoring server (README, Serving)"
 	@echo "make viz      - kedro-viz on one task's pipeline (VIZ_TASK=detection ...; others in the left panel)"
 	@echo "make notebook - JupyterLab on notebooks/compare_champions.ipynb; make notebook-html renders it"
 	@echo "make repro / make plots - dvc repro; dvc plots show, rendered offline"
@@ -35,6 +36,14 @@ install: $(BIN)/kedro
 # `visionpipe run` is `kedro run` with quiet defaults set before Kedro loads its plugins (README, "What the terminal shows")
 run: install
 	$(BIN)/visionpipe run
+
+# MLflow's scoring server for a registered model (README, "Serving"): `visionpipe serve` runs `mlflow models serve
+# --env-manager local` with this venv's bin on PATH (MLflow starts `uvicorn` by name), no activation needed.
+TASK ?= classification
+PORT ?= 5001
+HOST ?= 127.0.0.1
+serve: install
+	$(BIN)/visionpipe serve --task $(TASK) --host $(HOST) --port $(PORT) $(if $(MODEL),--model-uri $(MODEL))
 
 test: install
 	$(BIN)/python -m pytest

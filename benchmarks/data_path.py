@@ -15,32 +15,31 @@ import yaml
 
 from _common import emit
 from visionpipe import stages
-from visionpipe.config import parse_task_config
 from visionpipe.data import transforms
 from visionpipe.data.datasets import IndexDataset
-from visionpipe.tasks import get_task
+from visionpipe.tasks import get_task_class
 
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--image-size", type=int, default=None, help="default: each task's built-in size")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp())
     for task in ("classification", "detection", "segmentation"):
         block = yaml.safe_load((PROJECT / "conf/base" / f"parameters_{task}.yml").read_text())[task]
         block["data"]["builtin"].update(train_images=args.images, val_images=2, path=str(work))
         if args.image_size:
             block["data"]["builtin"]["image_size"] = block["train"]["image_size"] = args.image_size
-        cfg = parse_task_config(task, block)
-        index = stages.ingest(task, cfg)
-        aug = stages.augmentation(task, cfg)
-        spec = stages.make_spec(task, cfg, index["classes"])
-        task_obj = get_task(spec, val_records=index["val"]) if task == "detection" else get_task(spec)
+        task_cls = get_task_class(task)
+        cfg = task_cls.parse_config(block)
+        index = stages.ingest(task_cls, cfg)
+        aug = stages.augmentation(task_cls, cfg)
+        task_obj = task_cls(stages.make_spec(task_cls, cfg, index["classes"]))
         ds = IndexDataset(index, "train", transforms.from_dict(aug["train"]), task_obj.make_sample, seed=0)
-        for i in range(10):
+        for i in range(min(10, len(ds))):  # warm-up
             ds[(i, 0)]
         start = time.perf_counter()
         for i in range(len(ds)):

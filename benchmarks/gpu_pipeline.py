@@ -20,7 +20,7 @@ import yaml
 
 from _common import GpuSampler, emit
 from visionpipe import stages
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import parse_task_config
 from visionpipe.engine import distributed
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def main() -> None:
         cfg = parse_task_config(task, params(task, args.epochs, args.scale))
         start = time.perf_counter()
         raw = stages.ingest(task, cfg)
-        index = stages.enforce_policy(raw, stages.validate(raw, cfg), cfg)
+        index = stages.enforce_policy(task, raw, stages.validate(task, raw, cfg), cfg)
         aug = stages.augmentation(task, cfg)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()

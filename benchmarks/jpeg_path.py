@@ -177,8 +177,8 @@ def train(data: Path, images: int, batch_size: int, workers: int, device: str, d
     import yaml
 
     from visionpipe import stages
-    from visionpipe.config import parse_task_config
     from visionpipe.data import formats
+    from visionpipe.tasks import get_task_class, parse_task_config
 
     project = Path(__file__).resolve().parents[1]
     block = yaml.safe_load((project / "conf/base/parameters_classification.yml").read_text())["classification"]
@@ -189,7 +189,7 @@ def train(data: Path, images: int, batch_size: int, workers: int, device: str, d
         block["train"].update(epochs=1, batch_size=batch_size, image_size=224, device=device, amp={"off": False}.get(amp, amp),
                               progress_bar=False, warmup_epochs=0, checkpoint_dir=tmp, deterministic=False)
         cfg = parse_task_config("classification", block)
-        index = formats.read_dataset("classification", data, cfg.data)
+        index = formats.read_dataset(get_task_class("classification"), data, cfg.data)
         index["train"] = index["train"][:images]
         index["val"] = index["val"][:batch_size]
         bundle, history = stages.train("classification", index, stages.augmentation("classification", cfg), cfg, callbacks=[])

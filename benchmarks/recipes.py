@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
 
 from visionpipe import stages  # noqa: E402
-from visionpipe.config import parse_task_config  # noqa: E402
+from visionpipe.tasks import parse_task_config  # noqa: E402
 import timm  # noqa: E402
 
 from visionpipe.engine.checkpoint import load_weights, save_weights  # noqa: E402

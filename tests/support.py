@@ -14,7 +14,6 @@ import numpy as np
 import yaml
 from PIL import Image
 
-import visionpipe
 from visionpipe.tasks import task_names
 
 PROJECT = Path(__file__).resolve().parents[1]

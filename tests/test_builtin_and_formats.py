@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from support import save_image, scene_records, task_params, write_coco_scenes, write_voc_scenes, write_yolo_scenes
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import parse_task_config
 from visionpipe.data import builtin, formats
 from visionpipe.errors import DataError
 from visionpipe.tasks import get_task_class
@@ -23,24 +23,24 @@ def _digest(root: Path) -> dict:
 @pytest.mark.parametrize("task", ["classification", "detection", "segmentation"])
 def test_builtin_data_is_deterministic_and_readable(tmp_path, task):
     cfg = parse_task_config(task, task_params(task)).data.builtin.model_dump(exclude={"path"})
-    a = builtin.ensure_builtin_dataset(tmp_path / "a", task, cfg)
-    b = builtin.ensure_builtin_dataset(tmp_path / "b", task, cfg)
+    a = builtin.ensure_builtin_dataset(tmp_path / "a", get_task_class(task), cfg)
+    b = builtin.ensure_builtin_dataset(tmp_path / "b", get_task_class(task), cfg)
     assert _digest(a) == _digest(b)
     fmt = {"classification": "imagefolder", "detection": "coco", "segmentation": "masks"}[task]
     data_cfg = parse_task_config(task, task_params(task, data={"format": fmt, "classes": get_task_class(task).builtin_classes(cfg["num_classes"])})).data
-    index = formats.read_dataset(task, a, data_cfg)
+    index = formats.read_dataset(get_task_class(task), a, data_cfg)
     assert len(index["train"]) == cfg["train_images"] and len(index["val"]) == cfg["val_images"]
     assert index["problems"] == []
 
 
 def test_builtin_regenerates_only_when_config_changes(tmp_path):
     cfg = parse_task_config("classification", task_params("classification")).data.builtin.model_dump(exclude={"path"})
-    root = builtin.ensure_builtin_dataset(tmp_path / "c", "classification", cfg)
+    root = builtin.ensure_builtin_dataset(tmp_path / "c", get_task_class("classification"), cfg)
     marker = root / ".visionpipe-builtin.json"
     mtime = marker.stat().st_mtime_ns
-    builtin.ensure_builtin_dataset(root, "classification", cfg)
+    builtin.ensure_builtin_dataset(root, get_task_class("classification"), cfg)
     assert marker.stat().st_mtime_ns == mtime
-    builtin.ensure_builtin_dataset(root, "classification", {**cfg, "val_images": cfg["val_images"] + 6})
+    builtin.ensure_builtin_dataset(root, get_task_class("classification"), {**cfg, "val_images": cfg["val_images"] + 6})
     assert len(list((root / "val").rglob("*.png"))) == cfg["val_images"] + 6
     assert not any(p.name.startswith(".c-") for p in tmp_path.iterdir())  # no temp folder left behind
 
@@ -61,7 +61,7 @@ def test_imagefolder_split_is_stratified_and_seeded(tmp_path):
 def test_detection_formats_load_into_the_same_form(tmp_path, fmt, writer):
     writer(tmp_path)
     cfg = parse_task_config("detection", task_params("detection", data={"root": str(tmp_path), "format": fmt})).data
-    index = formats.read_dataset("detection", tmp_path, cfg)
+    index = formats.read_dataset(get_task_class("detection"), tmp_path, cfg)
     assert index["classes"] == ["cat", "dog"]
     assert index["problems"] == []
     for split in ("train", "val"):
@@ -90,13 +90,13 @@ def test_coco_json_errors_name_the_file(tmp_path):
     (tmp_path / "annotations" / "instances_val.json").write_text("{}")
     cfg = parse_task_config("detection", task_params("detection")).data
     with pytest.raises(DataError, match=r"instances_train\.json: invalid JSON"):
-        formats.read_dataset("detection", tmp_path, cfg)
+        formats.read_dataset(get_task_class("detection"), tmp_path, cfg)
 
 
 def test_missing_root_is_a_clear_error(tmp_path):
     cfg = parse_task_config("classification", task_params("classification")).data
     with pytest.raises(DataError, match="does not exist"):
-        formats.read_dataset("classification", tmp_path / "nope", cfg)
+        formats.read_dataset(get_task_class("classification"), tmp_path / "nope", cfg)
 
 
 def test_coco_segmentation_polygons_rasterise(tmp_path):
@@ -126,7 +126,7 @@ def test_coco_polygons_feed_segmentation(tmp_path):
             ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
         path.write_text(json.dumps(content))
     cfg = parse_task_config("segmentation", task_params("segmentation", data={"root": str(tmp_path), "format": "coco"})).data
-    index = formats.read_dataset("segmentation", tmp_path, cfg)
+    index = formats.read_dataset(get_task_class("segmentation"), tmp_path, cfg)
     assert index["classes"] == ["background", "cat", "dog"]
     rec = next(r for r in index["train"] if r["image"].endswith("a.png"))
     task = SegmentationTask({"task": "segmentation", "classes": index["classes"], "ignore_index": 255, "losses": [{"name": "ce", "weight": 1.0}]})

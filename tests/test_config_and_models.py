@@ -8,7 +8,7 @@ import torch
 
 from support import task_params
 from visionpipe import stages
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import parse_task_config
 from visionpipe.data import transforms
 from visionpipe.errors import ConfigError
 from visionpipe.tasks.classification import build_classifier

@@ -11,6 +11,7 @@ import pytest
 
 from support import save_image
 from visionpipe.data import formats, validation
+from visionpipe.tasks import get_task_class
 from visionpipe.errors import DataError
 from visionpipe.tasks.classification import ClassificationData
 from visionpipe.tasks.detection import DetectionData
@@ -32,20 +33,20 @@ def test_coco_names_outside_the_root_are_findings_naming_file_and_root(tmp_path)
     root = tmp_path / "data"
     save_image(tmp_path / "outside.png", (16, 16))
     _coco(root, ["../../../outside.png", str(tmp_path / "outside.png")])
-    index = formats.read_dataset("detection", root, DetectionData(format="coco"))
+    index = formats.read_dataset(get_task_class("detection"), root, DetectionData(format="coco"))
     assert [r["image"] for r in index["train"]] == ["images/train/ok.png"]  # never read nor trained on
     outside = [p for p in index["problems"] if "outside data.root" in p["problem"]]
     assert len(outside) == 4 and all(str(root) in p["problem"] and "detection.data.allow_outside_root" in p["problem"] for p in outside)
     assert outside[0]["file"] == str(root / "images/train/../../../outside.png")
     with pytest.raises(DataError, match=r"(?s)4 data problem\(s\).*outside.png: resolves to .*outside.png, outside data.root"):
-        validation.apply_policy(index, validation.validate_index(index, DetectionData(format="coco")), "strict")
+        validation.apply_policy(get_task_class(index["task"]), index, validation.validate_index(get_task_class(index["task"]), index, DetectionData(format="coco")), "strict")
 
 
 def test_allow_outside_root_keeps_them_and_hashes_them_into_the_lineage(tmp_path):
     root = tmp_path / "data"
     save_image(tmp_path / "outside.png", (16, 16), value=7)
     _coco(root, ["../../../outside.png"])
-    index = formats.read_dataset("detection", root, DetectionData(format="coco", allow_outside_root=True))
+    index = formats.read_dataset(get_task_class("detection"), root, DetectionData(format="coco", allow_outside_root=True))
     assert index["problems"] == [] and index["outside_root"] == [str(tmp_path / "outside.png")]
     assert len(index["train"]) == 2
     before = lineage_tags(index, project=tmp_path)["data.outside_root_md5"]
@@ -59,14 +60,14 @@ def test_voc_yolo_and_mask_paths_outside_the_root(tmp_path):
     (voc / "Annotations").mkdir(parents=True)
     (voc / "Annotations" / "a.xml").write_text("<annotation><filename>../../outside.png</filename><size><width>16</width>"
                                                "<height>16</height></size></annotation>")
-    index = formats.read_dataset("detection", voc, DetectionData(format="voc"))
+    index = formats.read_dataset(get_task_class("detection"), voc, DetectionData(format="voc"))
     assert [p["file"] for p in index["problems"]] == [str(voc / "JPEGImages/../../outside.png")]
 
     yolo = tmp_path / "yolo"
     save_image(yolo / "images" / "val" / "a.png", (16, 16))
     (yolo / "train.txt").write_text("../outside.png\n")
     (yolo / "data.yaml").write_text(f"train: train.txt\nval: images/val\nnames: [x]\n")
-    index = formats.read_dataset("detection", yolo, DetectionData(format="yolo"))
+    index = formats.read_dataset(get_task_class("detection"), yolo, DetectionData(format="yolo"))
     assert index["train"] == [] and "outside data.root" in index["problems"][0]["problem"]
 
     masks = tmp_path / "masks"
@@ -74,7 +75,7 @@ def test_voc_yolo_and_mask_paths_outside_the_root(tmp_path):
         save_image(masks / split / "images" / "a.png", (8, 8))
         (masks / split / "masks").mkdir(parents=True)
         os.symlink(tmp_path / "outside.png", masks / split / "masks" / "a.png")  # a link escaping the root
-    index = formats.read_dataset("segmentation", masks, SegmentationData(format="masks", classes=["bg", "fg"]))
+    index = formats.read_dataset(get_task_class("segmentation"), masks, SegmentationData(format="masks", classes=["bg", "fg"]))
     assert index["train"] == [] and len(index["problems"]) == 2
     assert index["problems"][0]["file"] == str(masks / "train" / "masks" / "a.png")
 
@@ -83,10 +84,10 @@ def test_a_symlink_loop_is_a_finding_and_strict_registration_needs_lineage(tmp_p
     for split in ("train", "val"):
         save_image(tmp_path / split / "x" / "a.png")
     os.symlink("self.png", tmp_path / "train" / "x" / "self.png")
-    index = formats.read_dataset("classification", tmp_path, ClassificationData())
+    index = formats.read_dataset(get_task_class("classification"), tmp_path, ClassificationData())
     assert [(p["file"], p["problem"][:26]) for p in index["problems"]] == [(str(tmp_path / "train/x/self.png"), "symbolic link loop: DVC ca")]
     with pytest.raises(DataError, match="self.png: symbolic link loop"):
-        validation.apply_policy(index, validation.validate_index(index), "strict")
+        validation.apply_policy(get_task_class(index["task"]), index, validation.validate_index(get_task_class(index["task"]), index), "strict")
     with pytest.raises(DataError, match="cannot be hashed for the model's lineage"):
         lineage_tags(index, project=tmp_path, strict=True)
     assert lineage_tags(index, project=tmp_path)["data.dvc_md5"] == "unknown"  # skip: registered, said so in the log
@@ -97,8 +98,8 @@ def test_non_utf8_file_names_are_read_and_hashed(tmp_path):
         save_image(tmp_path / split / "x" / "a.png")
     name = os.fsdecode(b"caf\xe9.png")  # latin-1 bytes: not UTF-8
     save_image(tmp_path / "train" / "x" / name, value=30)
-    index = formats.read_dataset("classification", tmp_path, ClassificationData())
+    index = formats.read_dataset(get_task_class("classification"), tmp_path, ClassificationData())
     assert f"train/x/{name}" in [r["image"] for r in index["train"]] and index["fingerprint"]
-    report = validation.validate_index(index)
+    report = validation.validate_index(get_task_class(index["task"]), index)
     assert report["findings"] == []
     json.dumps(report)  # the report and the index are written as JSON

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from support import save_image, task_params
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import get_task_class, parse_task_config
 from visionpipe.data import formats, quality, validation
 from visionpipe.errors import ConfigError, DataError
 
@@ -42,7 +42,7 @@ def _leaky_index(tmp_path):
 
 def test_exact_and_near_duplicates_across_splits_are_leakage(tmp_path):
     index = _leaky_index(tmp_path)
-    report = validation.validate_index(index)
+    report = validation.validate_index(get_task_class(index["task"]), index)
     pairs = {(d["kind"], d["leakage"], d["a"]["image"], d["b"]["image"]) for d in report["quality"]["duplicates"]}
     assert pairs == {("exact", True, "train/x/t1.png", "val/x/v1.png"), ("near", True, "train/x/t2.png", "val/x/v2.png"),
                      ("exact", False, "train/y/t3.png", "train/y/t3_copy.png")}
@@ -50,18 +50,18 @@ def test_exact_and_near_duplicates_across_splits_are_leakage(tmp_path):
     assert kinds == ["duplicate", "leakage", "leakage"] and report["findings"] == []
 
     report["leakage"] = "warn"
-    clean, _ = validation.apply_policy(index, report, "strict")  # a warning drops nothing
+    clean, _ = validation.apply_policy(get_task_class(index["task"]), index, report, "strict")  # a warning drops nothing
     assert len(clean["val"]) == 3
     report["leakage"] = "error"
     with pytest.raises(DataError, match=r"2 image pair\(s\) leak between splits \(first: train/x/t1.png ~ val/x/v1.png; "
                                          r"train/x/t2.png ~ val/x/v2.png\).*data.leakage: warn"):
-        validation.apply_policy(index, report, "strict")
+        validation.apply_policy(get_task_class(index["task"]), index, report, "strict")
 
 
 def test_a_test_split_is_checked_too(tmp_path):
     index = _leaky_index(tmp_path)
     index["test"] = [{"image": "train/y/t3.png", "label": 1}]
-    report = validation.validate_index(index)
+    report = validation.validate_index(get_task_class(index["task"]), index)
     assert report["checked"]["test"] == 1
     assert any(d["leakage"] and "test" in (d["a"]["split"], d["b"]["split"]) for d in report["quality"]["duplicates"])
 
@@ -71,7 +71,7 @@ def test_detection_statistics_by_hand():
     index = {"task": "detection", "root": ".", "classes": ["car", "dog"],
              "train": [{"image": "a", "boxes": boxes[:2], "labels": [0, 0]}, {"image": "b", "boxes": boxes[2:], "labels": [1]}],
              "val": [{"image": "c", "boxes": [], "labels": []}]}
-    train = quality.statistics(index)["splits"]["train"]
+    train = quality.statistics(get_task_class(index["task"]), index)["splits"]["train"]
     assert train["objects_per_class"] == {"car": 2, "dog": 1} and train["images_per_class"] == {"car": 1, "dog": 1}
     assert train["objects_per_image"]["mean"] == 1.5 and train["objects_per_image"]["max"] == 2
     assert train["box_size_bins"] == {"small": 1, "medium": 1, "large": 1} and train["box_size_px"]["median"] == 40
@@ -81,7 +81,7 @@ def test_detection_statistics_by_hand():
 def test_a_class_with_one_training_image_is_a_warning(tmp_path):
     index = _leaky_index(tmp_path)
     index["train"] = index["train"][:3]  # y keeps one training image
-    warnings = validation.validate_index(index)["warnings"]
+    warnings = validation.validate_index(get_task_class(index["task"]), index)["warnings"]
     assert any(w["kind"] == "rare_class" and "class 'y' has 1 training image" in w["problem"] for w in warnings)
 
 
@@ -95,7 +95,7 @@ def test_skip_removes_a_class_left_without_training_images(tmp_path):
     index = {"task": "classification", "format": "imagefolder", "root": str(tmp_path), "classes": ["a", "b", "c"], "problems": [],
              "train": [{"image": "a/ok.png", "label": 0}, {"image": "b/broken.png", "label": 1}, {"image": "c/ok.png", "label": 2}],
              "val": [{"image": "v/b.png", "label": 1}, {"image": "v/c.png", "label": 2}]}
-    clean, summary = validation.apply_policy(index, validation.validate_index(index), "skip")
+    clean, summary = validation.apply_policy(get_task_class(index["task"]), index, validation.validate_index(get_task_class(index["task"]), index), "skip")
     assert clean["classes"] == ["a", "c"] and summary["removed_classes"] == ["b"]
     assert clean["train"] == [{"image": "a/ok.png", "label": 0}, {"image": "c/ok.png", "label": 1}]
     assert clean["val"] == [{"image": "v/c.png", "label": 1}] and summary["val"] == {"kept": 1, "dropped": 1}
@@ -105,7 +105,7 @@ def test_skip_removes_an_untrained_detection_class_and_its_boxes():
     clean = {"task": "detection", "classes": ["car", "dog", "cat"],
              "train": [{"image": "a", "boxes": [[0, 0, 5, 5]], "labels": [2], "iscrowd": [0]}],
              "val": [{"image": "b", "boxes": [[0, 0, 5, 5], [1, 1, 6, 6]], "labels": [0, 2], "iscrowd": [0, 0]}]}
-    assert validation._drop_untrained_classes(clean) == ["car", "dog"]
+    assert validation._drop_untrained_classes(get_task_class(clean["task"]), clean) == ["car", "dog"]
     assert clean["classes"] == ["cat"] and clean["val"][0]["boxes"] == [[1, 1, 6, 6]] and clean["val"][0]["labels"] == [0]
 
 
@@ -121,7 +121,7 @@ def test_a_duplicate_coco_image_id_drops_only_the_duplicate_entry(tmp_path):
 
     index = formats.read_coco(tmp_path, DetectionData(format="coco"), annotations="boxes")
     index.update(task="detection", format="coco", root=str(tmp_path))
-    clean, summary = validation.apply_policy(index, validation.validate_index(index), "skip")
+    clean, summary = validation.apply_policy(get_task_class(index["task"]), index, validation.validate_index(get_task_class(index["task"]), index), "skip")
     assert [r["image"] for r in clean["train"]] == ["images/train/a.png"] and summary["train"]["dropped"] == 0
 
 
@@ -137,10 +137,11 @@ def test_a_mask_without_its_image_is_reported(tmp_path):
 
 def test_markdown_and_plot(tmp_path):
     index = _leaky_index(tmp_path)
-    report = {**validation.validate_index(index), "leakage": "warn"}
+    report = {**validation.validate_index(get_task_class(index["task"]), index), "leakage": "warn"}
     text = quality.markdown(report)
     assert "# Data quality: classification" in text and "Leakage (same or nearly the same image in two splits): 2" in text
-    assert "| x | 2 |" in text and "[leakage] train/val `train/x/t1.png`" in text
+    assert "| x | 2 |" in text and "| leakage (exact) | train | `train/x/t1.png` | val | `val/x/v1.png` | 0 | 0.000 |" in text
+    assert "| duplicate (exact) | train | `train/y/t3.png` | train | `train/y/t3_copy.png` |" in text
     fig = quality.plot(report)
     assert [a.get_title() for a in fig.axes] == ["Images per class"]
 
@@ -151,3 +152,16 @@ def test_unknown_registry_metric_and_leakage_values_fail_at_parsing():
     assert parse_task_config("segmentation", task_params("segmentation", registry={"metric": "iou/background"})).registry.metric
     with pytest.raises(ConfigError, match="data.leakage"):
         parse_task_config("classification", task_params("classification", data={"leakage": "ignore"}))
+    with pytest.raises(ConfigError, match="near_duplicates"):
+        parse_task_config("classification", task_params("classification", data={"near_duplicates": {"bits": 3}}))
+
+
+def test_near_duplicate_parameters_are_honoured(tmp_path):
+    index = _leaky_index(tmp_path)
+    task_cls = get_task_class("classification")
+    cfg = parse_task_config("classification", task_params("classification")).data
+    near = lambda **k: [d for d in validation.validate_index(task_cls, index, cfg.model_copy(  # noqa: E731
+        update={"near_duplicates": cfg.near_duplicates.model_copy(update=k)}))["quality"]["duplicates"] if d["kind"] == "near"]
+    assert len(near()) == 1  # the resized copy v2 of t2
+    assert near(max_pixel_difference=0.0) == []  # no pixel may differ: only exact copies are left
+    assert cfg.near_duplicates.hash_bits == 4 and cfg.allow_outside_root is False

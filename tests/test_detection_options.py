@@ -14,7 +14,7 @@ from PIL import Image
 
 from support import PROJECT, task_params
 from visionpipe import stages
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import get_task_class, parse_task_config
 from visionpipe.data import formats
 from visionpipe.data.datasets import EpochSampler
 from visionpipe.data.sampling import GroupedBatchSampler, aspect_ratio_groups
@@ -196,11 +196,11 @@ def test_yolo_data_yaml_is_read_fully(tmp_path):
     (root / "data" / "val.txt").write_text("images/va/val0.png\nimages/va/val1.png\n")
     (root / "data.yaml").write_text("path: data\ntrain: images/tr\nval: val.txt\ntest: [images/te]\nnames: {0: cat, 1: dog}\n")
     cfg = parse_task_config("detection", task_params("detection", tmp_path, data={"root": str(root), "format": "yolo"}))
-    index = formats.read_dataset("detection", root, cfg.data)
+    index = formats.read_dataset(get_task_class("detection"), root, cfg.data)
     assert index["classes"] == ["cat", "dog"] and not index["problems"]
     assert [r["image"] for r in index["val"]] == ["data/images/va/val0.png", "data/images/va/val1.png"]
     assert len(index["train"]) == 2 and len(index["test"]) == 2
     assert index["val"][1]["labels"] == [1] and index["val"][1]["boxes"] == [[10.0, 5.0, 30.0, 15.0]]
     (root / "data.yaml").write_text("path: data\ntrain: images/tr\nnames: [cat, dog]\n")
     with pytest.raises(Exception, match="no 'val' entry"):
-        formats.read_dataset("detection", root, cfg.data)
+        formats.read_dataset(get_task_class("detection"), root, cfg.data)

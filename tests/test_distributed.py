@@ -22,7 +22,7 @@ def _params(tmp, batch_size: int) -> dict:
 
 def _train(tmp, batch_size: int):
     from visionpipe import stages
-    from visionpipe.config import parse_task_config
+    from visionpipe.tasks import parse_task_config
 
     cfg = parse_task_config("classification", _params(tmp, batch_size))
     index = stages.ingest("classification", cfg)

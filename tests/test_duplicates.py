@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from visionpipe.data import duplicates, validation
+from visionpipe.tasks import get_task_class
 from visionpipe.errors import DataError
 
 
@@ -83,23 +84,56 @@ def _index(tmp_path, pairs: int):
 
 def test_one_line_per_kind_and_the_leakage_error_names_the_first_pairs(tmp_path, caplog):
     index = _index(tmp_path, pairs=5)
-    report = validation.validate_index(index)
+    report = validation.validate_index(get_task_class(index["task"]), index)
     leaks = [w for w in report["warnings"] if w["kind"] == "leakage"]
     assert len(leaks) == 5 and report["findings"] == []
     with caplog.at_level(logging.WARNING):
-        validation.apply_policy(index, {**report, "leakage": "warn"}, "strict")
+        validation.apply_policy(get_task_class(index["task"]), index, {**report, "leakage": "warn"}, "strict")
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 1 and lines[0].startswith("Data warning: 5 leakage finding(s) (first: train/t0.png")
     assert "data/08_reporting/classification/data_quality.md" in lines[0]
     with pytest.raises(DataError, match=r"5 image pair\(s\) leak between splits \(first: train/t0.png ~ val/v0.jpg; "
                                          r"train/t1.png ~ val/v1.jpg; train/t2.png ~ val/v2.jpg; \.\.\.\)"):
-        validation.apply_policy(index, {**report, "leakage": "error"}, "strict")
+        validation.apply_policy(get_task_class(index["task"]), index, {**report, "leakage": "error"}, "strict")
 
 
 def test_a_class_without_val_images_is_a_warning(tmp_path):
     index = _index(tmp_path, pairs=0)
     index["classes"] = ["x", "y"]
     index["train"][1]["label"] = 1
-    warnings = validation.validate_index(index)["warnings"]
+    warnings = validation.validate_index(get_task_class(index["task"]), index)["warnings"]
     assert [(w["kind"], w["split"]) for w in warnings if w["kind"] == "unscored_class"] == [("unscored_class", "val")]
     assert "class 'y' has 1 training image(s) but none in the val split" in warnings[-1]["problem"]
+
+
+def test_the_end_of_run_summary_counts_data_warnings_per_kind(tmp_path):
+    import time
+
+    from visionpipe.tracking.summary import collect, terminal_lines
+
+    report = tmp_path / "data/08_reporting/classification"
+    report.mkdir(parents=True)
+    warnings = [{"kind": "leakage"}, {"kind": "leakage"}, {"kind": "unscored_class"}]
+    (report / "validation.json").write_text(__import__("json").dumps({"warnings": warnings, "findings": []}))
+    lines = terminal_lines(collect("classification", "classification", tmp_path, since=time.time() - 60))
+    assert any(line.split() == ["data", "warnings", "2", "leakage,", "1", "unscored", "class",
+                                "(data/08_reporting/classification/data_quality.md)"] for line in lines)
+
+
+@pytest.mark.parametrize("task", ["classification", "detection"])
+def test_the_built_in_data_raises_no_data_warning(tmp_path, task):
+    from support import task_params
+    from visionpipe import stages
+    from visionpipe.tasks import parse_task_config
+
+    params = task_params(task, tmp_path)
+    import yaml
+
+    from support import PROJECT
+
+    shipped = yaml.safe_load((PROJECT / "conf" / "base" / f"parameters_{task}.yml").read_text())[task]["data"]["builtin"]
+    params["data"]["builtin"] = {**shipped, "path": params["data"]["builtin"]["path"]}  # what `make run` generates
+    cfg = parse_task_config(task, params)
+    index = stages.ingest(task, cfg)
+    report = stages.validate(task, index, cfg)
+    assert report["warnings"] == [] and report["findings"] == [] and index["problems"] == []

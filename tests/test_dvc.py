@@ -66,17 +66,17 @@ def test_push_and_pull_through_the_default_remote(repo):
 
 def test_shards_travel_through_a_remote_into_a_fresh_clone(tmp_path):
     """`dvc add` on a shard folder, push to a named remote, clone elsewhere, pull: the same index, byte for byte."""
-    from visionpipe.config import parse_task_config
+    from visionpipe import stages
     from visionpipe.data import builtin, shards
-    from visionpipe.tasks import get_task_class
+    from visionpipe.tasks import get_task_class, parse_task_config
 
     cfg = parse_task_config("classification", task_params("classification", tmp_path, data={"classes": get_task_class("classification").builtin_classes(6)}))
-    source = builtin.ensure_builtin_dataset(tmp_path / "source", "classification", cfg.data.builtin.model_dump(exclude={"path"}))
+    source = builtin.ensure_builtin_dataset(tmp_path / "source", get_task_class("classification"), cfg.data.builtin.model_dump(exclude={"path"}))
     origin = tmp_path / "origin"
     origin.mkdir()
     sh(origin, "git", "init", "-q")
     sh(origin, "dvc", "init", "-q")
-    shards.shard_dataset("classification", cfg, source, origin / "data" / "shards", shard_size=10)
+    stages.shard_dataset("classification", cfg, source, origin / "data" / "shards", shard_size=10)
     sh(origin, "dvc", "add", "-q", "data/shards")
     sh(origin, "dvc", "remote", "add", "-d", "team", str(tmp_path / "remote"))
     sh(origin, "git", "add", "-A")

@@ -10,7 +10,7 @@ import yaml
 
 from support import PROJECT, TINY, merge
 from visionpipe import stages
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import parse_task_config
 
 EXAMPLES = sorted((PROJECT / "conf" / "examples").glob("*.yml"))
 NAMES = {"classification_resnet50", "classification_efficientnet_b0", "classification_convnext_tiny", "detection_fasterrcnn_resnet50_fpn",

@@ -66,6 +66,26 @@ def test_bad_last_pt_is_a_training_error_naming_the_file(tmp_path, content):
         load_checkpoint(path)
     message = str(info.value)
     assert message.startswith(f"{path}: ") and "train.resume: false" in message and "\n" not in message
+    # complete sentences in our words; never torch's advice to retry with weights_only=False (it would run the code)
+    assert message.endswith("set train.resume: false.") and "weights_only" not in message
+    expected = {"truncated": "it is truncated or not a PyTorch checkpoint", "garbage": "it is truncated or not a PyTorch checkpoint",
+                "pickled code": "it holds Python objects other than tensors", "not a checkpoint": "not a visionpipe training checkpoint"}
+    assert expected[content] in message
+
+
+def test_a_killed_runs_temporary_checkpoint_is_removed_on_the_next_run(tmp_path):
+    import subprocess
+    import sys
+
+    from visionpipe.files import remove_stale_temporaries
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".last.pt.tmp-{dead}"
+    stale.write_bytes(b"half a checkpoint")
+    live = tmp_path / f".last.pt.tmp-{os.getppid()}"  # a live process may still be writing it
+    live.write_bytes(b"being written")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert not stale.exists() and live.exists()
 
 
 def test_a_good_checkpoint_round_trips(tmp_path):

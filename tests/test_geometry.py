@@ -21,7 +21,7 @@ from torch import nn
 
 from support import task_params
 from visionpipe import stages
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import parse_task_config
 from visionpipe.errors import ConfigError
 from visionpipe.serving.predictor import Predictor
 from visionpipe.tasks import get_task
@@ -289,7 +289,8 @@ def test_sparse_ids_end_to_end_rescore_with_pycocotools_against_the_users_file(t
     cfg = parse_task_config("detection", task_params("detection", tmp_path, data={"root": str(root)},
                                                      train={"image_size": 64, "batch_size": 2, "lr": 0.01},
                                                      evaluation={"score_threshold": 0.0}))
-    index = stages.enforce_policy(*(lambda i: (i, stages.validate(i, cfg)))(stages.ingest("detection", cfg)), cfg)
+    raw = stages.ingest("detection", cfg)
+    index = stages.enforce_policy("detection", raw, stages.validate("detection", raw, cfg), cfg)
     aug = stages.augmentation("detection", cfg)
     bundle, history = stages.train("detection", index, aug, cfg, callbacks=[])
     assert bundle["spec"]["category_ids"] == CATEGORY_IDS and "train_bbox_ctrness" in history[0]

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from support import task_params
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import get_task_class, parse_task_config
 from visionpipe.data import formats, gpu_decode, transforms
 from visionpipe.data.images import load_rgb
 from visionpipe.errors import ConfigError
@@ -46,7 +46,7 @@ def _jpeg_folder(root: Path, n: int = 6) -> Path:
 
 def _index(root: Path) -> dict:
     cfg = parse_task_config("classification", task_params("classification", data={"root": str(root)})).data
-    return formats.read_dataset("classification", root, cfg)
+    return formats.read_dataset(get_task_class("classification"), root, cfg)
 
 
 def test_payloads_are_bytes_for_plain_jpegs_and_pixels_for_the_rest(tmp_path):

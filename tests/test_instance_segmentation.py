@@ -16,7 +16,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from support import TINY, make_project, save_image
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import parse_task_config
+from visionpipe.data import formats
 from visionpipe.data.transforms import from_dict, to_dict
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
@@ -25,7 +26,6 @@ from visionpipe.tasks.instance_segmentation import (
     InstanceSegmentationTask,
     instance_metrics,
     instances_ground_truth,
-    read_yolo_segments,
 )
 
 TASK = "instance_segmentation"
@@ -137,7 +137,7 @@ def test_yolo_segmentation_reader(tmp_path):
             "0 0.5 0.5 0.2 0.2\n"               # a YOLO box line, not a polygon
             "0 0.1 0.2 1.3 0.4 0.5 0.6\n"       # outside [0, 1]
             "4 0.1 0.1 0.5 0.1 0.5 0.9\n")      # no class 4
-    index = read_yolo_segments(root, None)
+    index = formats.read_yolo(root, None, segments=True)
     assert index["classes"] == ["cat", "dog"]
     rec = index["train"][0]
     assert rec["labels"] == [1] and rec["iscrowd"] == [0]
@@ -349,7 +349,7 @@ def test_kedro_run_writes_rescorable_outputs_and_registers_the_model(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(50, 70, 3), dtype=np.uint8)).save(image)
     script = ("import json, sys, mlflow, pandas as pd\n"
               f"mlflow.set_tracking_uri('sqlite:///{project / 'mlflow.db'}')\n"
-              "m = mlflow.pyfunc.load_model('models:/visionpipe-instance-segmentation@champion')\n"
+              "m = mlflow.pyfunc.load_model('models:/visionpipe-instance-segmentation@champion', model_config={'allow_file_paths': True})\n"
               "print(json.dumps(m.predict(pd.DataFrame({'image': sys.argv[1:]})).to_dict(orient='records')))\n")
     proc = subprocess.run([sys.executable, "-c", script, str(image)], capture_output=True, text=True, cwd=project, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -363,3 +363,48 @@ def test_kedro_run_writes_rescorable_outputs_and_registers_the_model(tmp_path):
     from visionpipe.serving.export import export_onnx
 
     assert export_onnx(project / f"data/06_models/{TASK}/model", tmp_path / "model.onnx").is_file()
+
+
+def test_mask_pr_curves_name_each_class_by_its_own_sparse_category_id():
+    """COCO ids need not be 1..K: each curve is labelled with the name of its own category id (issue 22:
+    ``classes[cat_id - 1]`` named the wrong class, or failed, on sparse ids)."""
+    from visionpipe.tasks.instance_segmentation import mask_pr_curves
+
+    square = [[2.0, 2.0, 12.0, 2.0, 12.0, 12.0, 2.0, 12.0]]
+    other = [[16.0, 16.0, 26.0, 16.0, 26.0, 26.0, 16.0, 26.0]]
+    gt = {"images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 2, 10, 10], "area": 100, "iscrowd": 0, "segmentation": square},
+                          {"id": 2, "image_id": 1, "category_id": 3, "bbox": [16, 16, 10, 10], "area": 100, "iscrowd": 0, "segmentation": other}],
+          "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]}
+    preds = [{"image_id": 1, "category_id": 7, "bbox": [2, 2, 10, 10], "score": 0.9, "segmentation": square},
+             {"image_id": 1, "category_id": 3, "bbox": [16, 16, 10, 10], "score": 0.8, "segmentation": other}]
+    fig = mask_pr_curves(preds, gt, ["cat", "dog"])
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["cat (AP50 1.000)", "dog (AP50 1.000)"]
+
+
+def test_val_fraction_is_refused_not_ignored():
+    """COCO and YOLO instance data bring their own val split: data.val_fraction was accepted and silently ignored
+    (issue 22); now it is a one-line config error naming the key."""
+    from support import task_params
+
+    with pytest.raises(ConfigError, match=r"instance_segmentation\.data\.val_fraction: .*not used by instance segmentation"):
+        parse_task_config(TASK, task_params(TASK, data={"val_fraction": 0.3}))
+    cfg = parse_task_config(TASK, task_params(TASK))
+    assert "val_fraction" not in cfg.data.model_dump()  # what the spec and MLflow see: no key that does nothing
+    assert parse_task_config(TASK, cfg.model_dump()) == cfg  # a dumped config validates again
+
+
+def test_yolo_segments_with_data_yaml_and_a_test_split(tmp_path):
+    """Instance segmentation reads YOLO through the one YOLO reader: data.yaml names the splits (test included)
+    and the class names, as for detection."""
+    root = tmp_path / "yolo"
+    (root / "data.yaml").parent.mkdir(parents=True)
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\ntest: images/test\nnames: {0: cat, 1: dog}\n")
+    for split in ("train", "val", "test"):
+        save_image(root / "images" / split / "a.png", size=(40, 20))
+        (root / "labels" / split).mkdir(parents=True)
+        (root / "labels" / split / "a.txt").write_text("1 0.1 0.1 0.5 0.1 0.5 0.9\n")
+    index = get_task_class(TASK).read(root, _cfg(root=str(root), format="yolo").data)
+    assert index["classes"] == ["cat", "dog"] and set(index) >= {"train", "val", "test"}
+    assert index["test"][0]["segments"][0]["segmentation"] == [[4.0, 2.0, 20.0, 2.0, 20.0, 18.0]]

@@ -93,7 +93,7 @@ def test_a_run_logs_registers_and_serves_through_a_tracking_server(tmp_path, ser
     images = sorted((project / "data/01_raw/builtin/classification/val").rglob("*.png"))[:4]
     assert len(images) == 4 and TINY["classification"]["data"]["builtin"]["val_images"] >= 4
     script = ("import json, sys, mlflow, pandas as pd\n"
-              "m = mlflow.pyfunc.load_model('models:/visionpipe-classification@champion')\n"
+              "m = mlflow.pyfunc.load_model('models:/visionpipe-classification@champion', model_config={'allow_file_paths': True})\n"
               "out = m.predict(pd.DataFrame({'image': sys.argv[1:]}))\n"
               "print(json.dumps(out[['label', 'score']].to_dict(orient='records')))\n")
     proc = subprocess.run([sys.executable, "-c", script, *map(str, images)], capture_output=True, text=True, cwd=tmp_path, env=env,
@@ -102,4 +102,4 @@ def test_a_run_logs_registers_and_serves_through_a_tracking_server(tmp_path, ser
     remote = json.loads(proc.stdout.strip().splitlines()[-1])
     local = Predictor.from_folder(project / "data/06_models/classification/model").predict(images)
     assert [r["label"] for r in remote] == [r["label"] for r in local]
-    assert [r["score"] for r in remote] == pytest.approx([r["score"] for r in local], abs=1e-5)
+    assert [r["score"] for r in remote] == pytest.approx([r["score"] for r in local], abs=1e-4)  # ONNX Runtime vs torch

@@ -62,14 +62,14 @@ def test_a_champion_is_rescored_in_todays_classes_and_one_knowing_none_scores_ze
 
     from support import task_params
     from visionpipe import stages
-    from visionpipe.config import parse_task_config
+    from visionpipe.tasks import parse_task_config
     from visionpipe.data import formats
-    from visionpipe.tasks import get_task
+    from visionpipe.tasks import get_task, get_task_class
     from visionpipe.tracking.champion import rescorer
 
     _colour_folders(tmp_path / "mine", {"cat": 20, "dog": 230})
     cfg = parse_task_config("classification", task_params("classification", tmp_path, data={"root": str(tmp_path / "mine")}))
-    index = formats.read_dataset("classification", tmp_path / "mine", cfg.data)
+    index = formats.read_dataset(get_task_class("classification"), tmp_path / "mine", cfg.data)
     score = rescorer("classification", index, cfg)
 
     def bundle(classes, favourite=None):

@@ -7,7 +7,7 @@ import torch
 
 from support import task_params
 from visionpipe import stages
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import parse_task_config
 from visionpipe.data.datasets import BalancedSampler
 from visionpipe.engine import recipes
 from visionpipe.engine.checkpoint import load_checkpoint

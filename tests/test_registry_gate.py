@@ -37,7 +37,7 @@ def test_background_row_and_anchors_are_kept_in_place():
 
 def test_a_remapped_champion_scores_known_classes_as_before():
     from visionpipe import stages
-    from visionpipe.config import parse_task_config
+    from visionpipe.tasks import parse_task_config
     from visionpipe.tasks import get_task
 
     cfg = parse_task_config("classification", task_params("classification"))

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from support import task_params
-from visionpipe.config import parse_task_config
+from visionpipe import stages
+from visionpipe.tasks import parse_task_config
 from visionpipe.data import builtin, formats, shards
 from visionpipe.tasks import get_task_class
 from visionpipe.errors import DataError
@@ -26,7 +27,7 @@ def _cfg(task: str, tmp: Path, **data):
 
 def _source(task: str, tmp: Path):
     cfg = _cfg(task, tmp)
-    root = builtin.ensure_builtin_dataset(tmp / "src" / task, task, cfg.data.builtin.model_dump(exclude={"path"}))
+    root = builtin.ensure_builtin_dataset(tmp / "src" / task, get_task_class(task), cfg.data.builtin.model_dump(exclude={"path"}))
     return root, cfg
 
 
@@ -37,14 +38,14 @@ def _strip(records: list[dict]) -> list[dict]:
 @pytest.mark.parametrize("task", ["classification", "detection", "segmentation"])
 def test_shards_read_back_as_the_same_index_and_pixels(tmp_path, task):
     root, cfg = _source(task, tmp_path)
-    manifest = shards.shard_dataset(task, cfg, root, tmp_path / "shards", shard_size=5)
-    source = formats.read_dataset(task, root, cfg.data)
+    manifest = stages.shard_dataset(task, cfg, root, tmp_path / "shards", shard_size=5)
+    source = formats.read_dataset(get_task_class(task), root, cfg.data)
     n_train, n_val = len(source["train"]), len(source["val"])
     assert [s["count"] for s in manifest["splits"]["train"]["shards"]] == [5] * (n_train // 5) + ([n_train % 5] if n_train % 5 else [])
     assert manifest["splits"]["val"]["count"] == n_val and manifest["classes"] == source["classes"]
     assert manifest["validation"] == {"policy": "strict", "train": {"kept": n_train, "dropped": 0}, "val": {"kept": n_val, "dropped": 0}}
 
-    sharded = formats.read_dataset(task, tmp_path / "shards", cfg.data.model_copy(update={"format": "shards"}))
+    sharded = formats.read_dataset(get_task_class(task), tmp_path / "shards", cfg.data.model_copy(update={"format": "shards"}))
     assert sharded["classes"] == source["classes"] and sharded["problems"] == []
     for split in ("train", "val"):
         assert _strip(sharded[split]) == source[split]
@@ -65,14 +66,14 @@ def test_imagefolder_and_its_shards_train_to_the_same_metrics(tmp_path, monkeypa
 
     monkeypatch.chdir(tmp_path)
     root, cfg = _source("classification", tmp_path)
-    shards.shard_dataset("classification", cfg, root, tmp_path / "shards", shard_size=7)
+    stages.shard_dataset("classification", cfg, root, tmp_path / "shards", shard_size=7)
     results = []
     for fmt, data_root in (("imagefolder", root), ("shards", tmp_path / "shards")):
         run_cfg = parse_task_config("classification", task_params(
             "classification", tmp_path, data={"format": fmt, "root": str(data_root), "classes": cfg.data.classes},
             train={"checkpoint_dir": str(tmp_path / fmt)}))
-        index = stages.enforce_policy(stages.ingest("classification", run_cfg), stages.validate(stages.ingest("classification", run_cfg), run_cfg),
-                                      run_cfg)
+        raw = stages.ingest("classification", run_cfg)
+        index = stages.enforce_policy("classification", raw, stages.validate("classification", raw, run_cfg), run_cfg)
         aug = stages.augmentation("classification", run_cfg)
         bundle, history = stages.train("classification", index, aug, run_cfg, callbacks=[])
         metrics, evaluator, _ = stages.evaluate("classification", index, aug, bundle, run_cfg)
@@ -100,8 +101,8 @@ def test_ranks_and_workers_read_every_sample_once(tmp_path):
     from visionpipe.data.datasets import EpochSampler, IndexDataset
 
     root, cfg = _source("classification", tmp_path)
-    shards.shard_dataset("classification", cfg, root, tmp_path / "shards", shard_size=5)
-    index = formats.read_dataset("classification", tmp_path / "shards", cfg.data.model_copy(update={"format": "shards"}))
+    stages.shard_dataset("classification", cfg, root, tmp_path / "shards", shard_size=5)
+    index = formats.read_dataset(get_task_class("classification"), tmp_path / "shards", cfg.data.model_copy(update={"format": "shards"}))
     dataset = IndexDataset(index, "train", _NoTransform(), _image_name)
     seen = []
     for rank in range(2):
@@ -117,11 +118,11 @@ def test_writing_refuses_bad_files_or_leaves_them_out(tmp_path):
     bad = sorted((root / "train").rglob("*.png"))[0]
     bad.write_bytes(b"not an image")
     with pytest.raises(DataError, match="1 data problem"):
-        shards.shard_dataset("classification", cfg, root, tmp_path / "strict", shard_size=10)
+        stages.shard_dataset("classification", cfg, root, tmp_path / "strict", shard_size=10)
     assert not (tmp_path / "strict" / shards.MANIFEST).exists()
 
     skip = cfg.model_copy(update={"data": cfg.data.model_copy(update={"validation": "skip"})})
-    manifest = shards.shard_dataset("classification", skip, root, tmp_path / "skip", shard_size=10)
+    manifest = stages.shard_dataset("classification", skip, root, tmp_path / "skip", shard_size=10)
     assert manifest["validation"]["train"]["dropped"] == 1
     index = shards.read_shards(tmp_path / "skip", "classification")
     assert bad.relative_to(root).as_posix() not in {r["image"] for r in index["train"]}
@@ -130,11 +131,11 @@ def test_writing_refuses_bad_files_or_leaves_them_out(tmp_path):
 def test_stale_or_damaged_shards_are_clear_errors(tmp_path):
     root, cfg = _source("classification", tmp_path)
     out = tmp_path / "shards"
-    shards.shard_dataset("classification", cfg, root, out, shard_size=10)
+    stages.shard_dataset("classification", cfg, root, out, shard_size=10)
     with pytest.raises(DataError, match="already holds shards.*--overwrite"):
-        shards.shard_dataset("classification", cfg, root, out, shard_size=10)
+        stages.shard_dataset("classification", cfg, root, out, shard_size=10)
     (out / ".train-000002.tar.tmp").write_bytes(b"left by an interrupted run")
-    shards.shard_dataset("classification", cfg, root, out, shard_size=30, overwrite=True)
+    stages.shard_dataset("classification", cfg, root, out, shard_size=30, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train-000000.tar", "val-000000.tar"]  # nothing stale left
 
     with pytest.raises(DataError, match="written for classification, not detection"):
@@ -157,8 +158,8 @@ def test_a_corrupt_member_is_reported_by_validation_with_its_shard(tmp_path):
     from visionpipe.data import validation
 
     root, cfg = _source("classification", tmp_path)
-    shards.shard_dataset("classification", cfg, root, tmp_path / "shards", shard_size=100)
-    index = formats.read_dataset("classification", tmp_path / "shards", cfg.data.model_copy(update={"format": "shards"}))
+    stages.shard_dataset("classification", cfg, root, tmp_path / "shards", shard_size=100)
+    index = formats.read_dataset(get_task_class("classification"), tmp_path / "shards", cfg.data.model_copy(update={"format": "shards"}))
     rec, other = index["val"][0], index["val"][1]
     offset, size, member = rec["members"]["image"]
     with open(tmp_path / "shards" / rec["shard"], "r+b") as f:  # one byte flipped in place: same size, same offsets
@@ -170,7 +171,7 @@ def test_a_corrupt_member_is_reported_by_validation_with_its_shard(tmp_path):
     with open(tmp_path / "shards" / other["shard"], "r+b") as f:  # the whole PNG overwritten
         f.seek(offset)
         f.write(b"\0" * size)
-    report = validation.validate_index(index)
+    report = validation.validate_index(get_task_class(index["task"]), index)
     assert [(f["file"], f["image"]) for f in report["findings"]] == [(str(tmp_path / "shards" / rec["shard"]), rec["image"]),
                                                                      (str(tmp_path / "shards" / other["shard"]), other["image"])]
     assert report["findings"][0]["problem"].startswith(f"member {member} does not match the sha256 recorded in manifest.json")
@@ -199,12 +200,12 @@ def test_shard_command_writes_shards_and_reports_user_errors_in_one_line(tmp_pat
 
 def test_plots_draw_images_from_shards(tmp_path):
     from visionpipe.tasks.detection import coco_ground_truth
-    from visionpipe.tracking import plots
+    from visionpipe import plots
 
     for task in ("detection", "segmentation"):
         root, cfg = _source(task, tmp_path)
-        shards.shard_dataset(task, cfg, root, tmp_path / "shards" / task, shard_size=4)
-        index = formats.read_dataset(task, tmp_path / "shards" / task, cfg.data.model_copy(update={"format": "shards"}))
+        stages.shard_dataset(task, cfg, root, tmp_path / "shards" / task, shard_size=4)
+        index = formats.read_dataset(get_task_class(task), tmp_path / "shards" / task, cfg.data.model_copy(update={"format": "shards"}))
         if task == "detection":
             fig = plots.box_grid([], coco_ground_truth(index["val"], index["classes"]), index)
         else:

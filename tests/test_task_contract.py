@@ -11,7 +11,7 @@ import pytest
 
 from visionpipe import stages
 from visionpipe.tasks import TASKS
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import parse_task_config
 from visionpipe.errors import ConfigError
 from visionpipe.tasks import get_task, get_task_class
 from visionpipe.tasks.base import Task

@@ -11,7 +11,7 @@ import pytest
 from support import task_params
 from support import write_coco_scenes, write_voc_scenes, write_yolo_scenes
 from visionpipe import stages
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import get_task_class, parse_task_config
 from visionpipe.data import formats, validation
 from visionpipe.errors import ConfigError
 
@@ -37,9 +37,9 @@ def _strip(records):
 def test_detection_layouts_read_an_optional_test_split(tmp_path, fmt, writer):
     writer(tmp_path)
     cfg = parse_task_config("detection", task_params("detection", data={"root": str(tmp_path), "format": fmt})).data
-    assert "test" not in formats.read_dataset("detection", tmp_path, cfg)
+    assert "test" not in formats.read_dataset(get_task_class("detection"), tmp_path, cfg)
     _copy_val_to_test(tmp_path, fmt)
-    index = formats.read_dataset("detection", tmp_path, cfg)
+    index = formats.read_dataset(get_task_class("detection"), tmp_path, cfg)
     assert _strip(index["test"]) == _strip(index["val"]) and len(index["test"]) == 2
     assert all(r["image"].startswith("images/test/") for r in index["test"]) or fmt == "voc"
 
@@ -51,12 +51,12 @@ def test_folder_layouts_read_a_test_split_and_validation_checks_it(tmp_path, tas
     root = Path(builtin_index["root"])
     _copy_val_to_test(root, "folders")
     data = cfg.data.model_copy(update={"root": str(root), "format": builtin_index["format"], "classes": builtin_index["classes"]})
-    index = formats.read_dataset(task, root, data)
+    index = formats.read_dataset(get_task_class(task), root, data)
     assert len(index["test"]) == len(index["val"]) > 0
     assert all(r["image"].startswith("test/") for r in index["test"])
-    report = validation.validate_index(index, data)
+    report = validation.validate_index(get_task_class(index["task"]), index, data)
     assert report["checked"]["test"] == len(index["test"])
-    clean, summary = validation.apply_policy(index, report, "skip")
+    clean, summary = validation.apply_policy(get_task_class(index["task"]), index, report, "skip")
     assert summary["test"]["kept"] == len(index["test"]) and clean["test"] == index["test"]
 
 
@@ -64,12 +64,12 @@ def test_test_fraction_holds_out_part_of_train_stratified_and_seeded(tmp_path):
     cfg = parse_task_config("classification", task_params("classification", tmp_path))
     plain = stages.ingest("classification", cfg)
     data = cfg.data.model_copy(update={"root": plain["root"], "test_fraction": 0.25, "classes": plain["classes"]})
-    index = formats.read_dataset("classification", plain["root"], data)
+    index = formats.read_dataset(get_task_class("classification"), plain["root"], data)
     assert sorted(r["image"] for r in index["train"] + index["test"]) == sorted(r["image"] for r in plain["train"])
     assert not {r["image"] for r in index["train"]} & {r["image"] for r in index["test"]}
     per_class = [sum(r["label"] == c for r in index["test"]) for c in range(len(index["classes"]))]
     assert per_class == [1] * 6  # 4 train images a class in the tiny data: a quarter is one each
-    assert index["test"] == formats.read_dataset("classification", plain["root"], data)["test"]  # seeded
+    assert index["test"] == formats.read_dataset(get_task_class("classification"), plain["root"], data)["test"]  # seeded
     assert index["val"] == plain["val"]
 
 

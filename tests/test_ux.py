@@ -122,7 +122,7 @@ def test_epoch_history_splits_into_learning_curves_and_timings():
 def test_trainer_history_counts_epochs_from_one_and_measures_data_wait(in_tmp, capfd):
     from support import task_params
     from visionpipe import stages
-    from visionpipe.config import parse_task_config
+    from visionpipe.tasks import parse_task_config
 
     cfg = parse_task_config("classification", task_params("classification", in_tmp, train={"epochs": 2, "progress_bar": True}))
     index = stages.ingest("classification", cfg)
@@ -299,7 +299,7 @@ def test_help_and_pyfunc_import_print_no_log_line_or_warning(tmp_path):
 # ---------------------------------------------------------------- plots and masks
 
 def test_predicted_masks_are_palette_pngs_that_keep_class_indices(tmp_path):
-    from visionpipe.tracking.plots import class_colours, palette_mask
+    from visionpipe.plots import class_colours, palette_mask
 
     mask = np.array([[0, 1], [2, 255]], dtype=np.uint8)
     palette_mask(mask, 3).save(tmp_path / "m.png")
@@ -312,7 +312,7 @@ def test_predicted_masks_are_palette_pngs_that_keep_class_indices(tmp_path):
 
 
 def test_box_grid_shows_the_top_k_above_the_threshold():
-    from visionpipe.tracking.plots import top_detections
+    from visionpipe.plots import top_detections
 
     preds = [{"image_id": 1, "score": s, "category_id": 1, "bbox": [0, 0, 1, 1]} for s in (0.2, 0.9, 0.5, 0.7, 0.35)]
     preds.append({"image_id": 2, "score": 0.99, "category_id": 1, "bbox": [0, 0, 1, 1]})
@@ -331,10 +331,12 @@ def _coco(tmp_path):
 
 
 def test_pr_curves_put_each_class_ap_in_the_legend(tmp_path):
-    from visionpipe.tracking.plots import box_grid, pr_curves
+    from visionpipe.plots import box_grid, pr_curves
+    from visionpipe.tasks.detection import coco_evaluate
 
     gt, preds = _coco(tmp_path)
-    fig = pr_curves(preds, gt, ["circle", "square"])
+    _, ev = coco_evaluate(gt, preds, ["circle", "square"])  # plots draw the COCOeval they are handed
+    fig = pr_curves(ev, {c["id"]: c["name"] for c in gt["categories"]})
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["circle (AP50 1.000)", "square (AP50 0.000)"]
     grid = box_grid(preds, gt, {"root": str(tmp_path)}, min_score=0.85)
@@ -370,15 +372,16 @@ def test_every_figure_reads_at_its_saved_size(tmp_path):
     panel per curve, per-class curves coloured by class."""
     import pandas as pd
 
-    from visionpipe.tasks.detection import detection_confusion
-    from visionpipe.tracking import plots
+    from visionpipe import plots
+    from visionpipe.tasks.detection import coco_evaluate, detection_confusion
 
     gt, preds = _coco(tmp_path)
     history = pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.0], "train_classification": [1.0, 0.5], "lr": [0.1, 0.0],
                             "map": [0.1, 0.3], "ap/circle": [0.1, 0.4], "ap/square": [0.1, 0.2]})
     classes = ["circle", "square"]
     predictions = pd.DataFrame({"target": [0, 1, 1], "top1": [0, 1, 0]})
-    figures = {"results": plots.results(history), "pr": plots.pr_curves(preds, gt, classes),
+    _, ev = coco_evaluate(gt, preds, classes)
+    figures = {"results": plots.results(history), "pr": plots.pr_curves(ev, {c["id"]: c["name"] for c in gt["categories"]}),
                "boxes": plots.box_grid(preds, gt, {"root": str(tmp_path)}),
                "confusion": plots.detection_confusion_matrix(detection_confusion(preds, gt), classes, 0.25, 0.45),
                "classification": plots.confusion_matrix(predictions, [0, 1]), "accuracy": plots.per_class_accuracy(predictions, [0, 1])}
@@ -394,7 +397,7 @@ def test_every_figure_reads_at_its_saved_size(tmp_path):
 
 
 def test_segmentation_overlays_have_a_class_legend(tmp_path):
-    from visionpipe.tracking.plots import class_colours, mask_overlays
+    from visionpipe.plots import class_colours, mask_overlays
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     Image.fromarray(np.ones((8, 8), np.uint8)).save(tmp_path / "a_mask.png")

@@ -10,11 +10,12 @@ import pytest
 
 from support import save_image
 from visionpipe.data import formats, images, validation
+from visionpipe.tasks import get_task_class
 from visionpipe.errors import DataError
 
 
 def _findings(index):
-    return validation.validate_index(index)["findings"]
+    return validation.validate_index(get_task_class(index["task"]), index)["findings"]
 
 
 def _cls_index(root: Path, records, classes=("a", "b")):
@@ -41,7 +42,7 @@ def test_unreadable_truncated_and_empty_images_are_reported(tmp_path):
 
 def test_decompression_bomb_is_refused(tmp_path):
     save_image(tmp_path / "a" / "huge.png", size=(300, 300))
-    report = validation.validate_index(_cls_index(tmp_path, [{"image": "a/huge.png", "label": 0}], ("a",)), max_pixels=10_000)
+    report = validation.validate_index(get_task_class("classification"), _cls_index(tmp_path, [{"image": "a/huge.png", "label": 0}], ("a",)), max_pixels=10_000)
     assert any("over the limit" in f["problem"] and f["file"].endswith("huge.png") for f in report["findings"])
 
 
@@ -141,10 +142,10 @@ def test_strict_fails_naming_files_and_skip_drops(tmp_path):
     (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG garbage")
     records = [{"image": "a/ok.png", "label": 0}, {"image": "a/broken.png", "label": 0}]
     index = _cls_index(tmp_path, records, ("a",))
-    report = validation.validate_index(index)
+    report = validation.validate_index(get_task_class(index["task"]), index)
     with pytest.raises(DataError) as err:
-        validation.apply_policy(index, report, "strict")
+        validation.apply_policy(get_task_class(index["task"]), index, report, "strict")
     assert "broken.png" in str(err.value) and "validation: skip" in str(err.value)
-    clean, summary = validation.apply_policy(index, report, "skip")
+    clean, summary = validation.apply_policy(get_task_class(index["task"]), index, report, "skip")
     assert [r["image"] for r in clean["train"]] == ["a/ok.png"]
     assert summary["train"] == {"kept": 1, "dropped": 1}

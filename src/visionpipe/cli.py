@@ -24,7 +24,7 @@ from kedro.io import DatasetError
 
 from visionpipe.errors import VisionpipeError
 from visionpipe.project import find_project_root, load_task_params
-from visionpipe.tasks import TASKS
+from visionpipe.tasks import TASKS, get_task_class
 from visionpipe.shard_command import shard
 
 logger = logging.getLogger(__name__)
@@ -280,11 +280,11 @@ def serve(task: str, model_uri: str | None, tracking_uri: str | None, host: str,
 @click.option("--env", default=None, help="Kedro configuration environment.")
 def builtin_data(task: str, env: str | None) -> None:
     """Generate the built-in dataset of TASK (what `dvc repro` tracks as data/01_raw/builtin/<task>)."""
-    from visionpipe.config import parse_task_config
     from visionpipe.data.builtin import ensure_builtin_dataset
 
-    cfg = parse_task_config(task, load_task_params(task, env)).data.builtin
-    root = ensure_builtin_dataset(Path(cfg.path) / task, task, cfg.model_dump(exclude={"path"}))
+    task_cls = get_task_class(task)
+    cfg = task_cls.parse_config(load_task_params(task, env)).data.builtin
+    root = ensure_builtin_dataset(Path(cfg.path) / task, task_cls, cfg.model_dump(exclude={"path"}))
     click.echo(f"built-in {task} data in {root}")
 
 

@@ -234,11 +234,10 @@ def _format_errors(block: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_task_config(block: str, params: dict[str, Any]) -> TaskConfig:
-    """Validate a task's parameter block with that task's config model; ConfigError names every bad key."""
-    from visionpipe.tasks import get_task_class
-
-    task = get_task_class(block)
+def validate_task_params(task, params: dict[str, Any]) -> TaskConfig:
+    """Validate a task's parameter block with the config model of ``task`` (a Task class, handed down by the
+    caller: this module never looks tasks up); ConfigError names every bad key."""
+    block = task.name
     if isinstance(params, task.config_model):
         return params
     try:

@@ -40,6 +40,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
             tmp.unlink()
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.tmp-<pid>`` files :func:`atomic_write` left in ``folder`` when its process was
+    killed (kill -9, power loss): those whose process is gone. Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)) or not tmp.is_file():
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """:func:`atomic_write` for a text file."""
     atomic_write(path, lambda tmp: tmp.write_text(text))

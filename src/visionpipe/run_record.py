@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from filelock import FileLock, Timeout
 
+from visionpipe.engine.checkpoint import load_checkpoint
 from visionpipe.errors import TrainingError, VisionpipeError
 from visionpipe.files import atomic_write_text
 
@@ -170,8 +171,6 @@ def process_tags(project: Path) -> dict[str, str]:
 
 def checkpoint_run_id(checkpoint: Path) -> str | None:
     """The MLflow run id stored in a training checkpoint (``None`` when absent or unreadable)."""
-    from visionpipe.engine.checkpoint import load_checkpoint
-
     if not Path(checkpoint).is_file():
         return None
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from visionpipe.tasks import TASKS
+from visionpipe.tasks import TASKS, get_task_class
 from visionpipe.errors import VisionpipeError
 from visionpipe.project import load_task_params
 
@@ -25,15 +25,15 @@ from visionpipe.project import load_task_params
 def shard(task: str, src: Path, out: Path, shard_size: int, fmt: str | None, validation: str | None, overwrite: bool,
           env: str | None) -> None:
     """Read, validate and write SRC as tar shards; train on them with <task>.data.format: shards, data.root: OUT."""
-    from visionpipe.config import parse_task_config
-    from visionpipe.data.shards import shard_dataset
+    from visionpipe.stages import shard_dataset  # torch and the task modules load only when the command runs
 
+    task_cls = get_task_class(task)
     try:
-        cfg = parse_task_config(task, load_task_params(task, env))
+        cfg = task_cls.parse_config(load_task_params(task, env))
         updates = {k: v for k, v in (("format", fmt), ("validation", validation)) if v}
         if updates:
-            cfg = parse_task_config(task, cfg.model_copy(update={"data": cfg.data.model_copy(update=updates)}).model_dump())
-        manifest = shard_dataset(task, cfg, src, out, shard_size, overwrite)
+            cfg = task_cls.parse_config(cfg.model_copy(update={"data": cfg.data.model_copy(update=updates)}).model_dump())
+        manifest = shard_dataset(task_cls, cfg, src, out, shard_size, overwrite)
     except VisionpipeError as err:  # bad data or parameters: one line that says what to do
         raise click.ClickException(f"{type(err).__name__}: {err}") from None
     counts = ", ".join(f"{split} {s['count']} samples in {len(s['shards'])} shards" for split, s in manifest["splits"].items())

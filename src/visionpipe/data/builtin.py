@@ -174,15 +174,14 @@ def is_built(root: str | os.PathLike, task: str, cfg: dict) -> bool:
     return _already_built(Path(root), _fingerprint(task, cfg))
 
 
-def ensure_builtin_dataset(root: str | os.PathLike, task: str, cfg: dict) -> Path:
-    """Generate the built-in dataset for ``task`` under ``root`` unless an identical one is there.
+def ensure_builtin_dataset(root: str | os.PathLike, task_cls, cfg: dict) -> Path:
+    """Generate the built-in dataset of ``task_cls`` (a Task class: its ``write_builtin`` writes the files)
+    under ``root`` unless an identical one is there.
 
     Generation writes to a temporary folder and renames it into place, so an interrupted run never
     leaves a half-written dataset that a later run would mistake for a complete one.
     """
-    from visionpipe.tasks import get_task_class
-
-    task_cls = get_task_class(task)
+    task = task_cls.name
     if not 1 <= cfg["num_classes"] <= len(SHAPES):
         raise ValueError(f"builtin.num_classes must be between 1 and {len(SHAPES)}, got {cfg['num_classes']}")
     root = Path(root)

@@ -7,7 +7,6 @@ count and order, so a resumed or distributed run sees exactly the augmentations 
 from __future__ import annotations
 
 import math
-import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -15,12 +14,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
+from visionpipe.data.sampling import MosaicDonors, sample_seed
 from visionpipe.data.shards import load_record_rgb
-from visionpipe.data.sampling import MosaicDonors
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    return zlib.crc32(f"{seed}:{epoch}:{index}".encode()) & 0x7FFFFFFF
 
 
 class IndexDataset(Dataset):

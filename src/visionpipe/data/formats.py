@@ -359,7 +359,18 @@ def _yolo_yaml(root: Path) -> tuple[Path | None, dict]:
     return None, {}
 
 
+def _yolo_nc(path: Path | None, content: dict) -> None:
+    """Ultralytics' ``nc`` must count the ``names``: a disagreement is an error naming the file."""
+    nc, names = content.get("nc"), content.get("names")
+    if path is None or nc is None or not isinstance(names, (list, dict)):
+        return
+    if not isinstance(nc, int) or nc != len(names):
+        raise DataError(path, f"nc: {nc!r} but 'names' lists {len(names)} class(es)",
+                        "Make nc the number of names (or remove nc: the names are enough)")
+
+
 def _yolo_classes(root: Path, classes: list[str] | None) -> list[str]:
+    _yolo_nc(*_yolo_yaml(root))
     if classes:
         return list(classes)
     if (root / "classes.txt").is_file():
@@ -414,10 +425,44 @@ def _yolo_split_images(root: Path, yaml_path: Path | None, content: dict, split:
     return [(f, label_of(f)) for f in files]
 
 
-def read_yolo(root: Path, classes: list[str] | None) -> dict:
+def _yolo_box(parts: list[str], line: str, width: int, height: int, n_classes: int) -> tuple[int, list[float], None] | str:
+    """One detection label line ``class cx cy w h`` (normalised): (class, xyxy box in pixels, None), or the problem."""
+    try:
+        cls, cx, cy, w, h = int(parts[0]), *(float(v) for v in parts[1:5])
+    except (ValueError, IndexError):
+        return f"cannot parse '{line}' as 'class cx cy w h'"
+    if not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h)):
+        return f"coordinates {cx, cy, w, h} outside [0, 1]"
+    if not 0 <= cls < n_classes:
+        return f"class {cls} outside 0..{n_classes - 1}"
+    return cls, [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], None
+
+
+def _yolo_polygon(parts: list[str], line: str, width: int, height: int, n_classes: int) -> tuple[int, list[float], list] | str:
+    """One segment label line ``class x1 y1 x2 y2 ...`` (a polygon of at least 3 points, normalised, as Ultralytics
+    writes): (class, the polygon's bounding box in pixels, the polygon in pixels), or the problem."""
+    try:
+        cls, coords = int(parts[0]), [float(v) for v in parts[1:]]
+    except ValueError:
+        return f"cannot parse '{line[:80]}' as 'class x1 y1 x2 y2 x3 y3 ...'"
+    if len(coords) < 6 or len(coords) % 2:
+        return (f"{len(coords)} coordinates: a polygon needs an even number, at least 6 "
+                "(YOLO box labels 'class cx cy w h' are for detection)")
+    if not all(0.0 <= v <= 1.0 for v in coords):
+        return "polygon coordinates outside [0, 1]"
+    if not 0 <= cls < n_classes:
+        return f"class {cls} outside 0..{n_classes - 1}"
+    xs, ys = [v * width for v in coords[0::2]], [v * height for v in coords[1::2]]
+    return cls, [min(xs), min(ys), max(xs), max(ys)], [round(c, 3) for xy in zip(xs, ys) for c in xy]
+
+
+def read_yolo(root: Path, classes: list[str] | None, segments: bool = False) -> dict:
     """Ultralytics layout: ``data.yaml`` (``path``, ``train``, ``val``, optional ``test``, ``names`` as a list or
-    mapping) or, without one, ``root/images/{train,val}/*`` with ``root/labels/{train,val}/<stem>.txt``
-    (class cx cy w h, normalised). A ``test`` split is read when present."""
+    mapping) or, without one, ``root/images/{train,val}/*`` with ``root/labels/{train,val}/<stem>.txt``. A ``test``
+    split is read when present. Label lines are boxes ``class cx cy w h`` (normalised), or with ``segments``
+    polygons ``class x1 y1 x2 y2 ...`` (instance segmentation: each record also lists its ``segments``, and its
+    boxes are the polygons' bounds)."""
+    parse = _yolo_polygon if segments else _yolo_box
     _require_dir(root, "data root", "Set data.root to a YOLO dataset folder")
     yaml_path, content = _yolo_yaml(root)
     if yaml_path is None:
@@ -438,27 +483,24 @@ def read_yolo(root: Path, classes: list[str] | None) -> dict:
             except DataError as err:
                 problems.append(_problem(split, str(img_path), err.problem, rel))
                 width = height = 0
-            rec = {"image": rel, "image_id": next_id, "width": width, "height": height, "boxes": [], "labels": [], "iscrowd": []}
+            rec = {"image": rel, "image_id": next_id, "width": width, "height": height, "boxes": [], "labels": [], "iscrowd": [],
+                   **({"segments": []} if segments else {})}
             next_id += 1
             lines = label_path.read_text().splitlines() if label_path.is_file() else []  # no file = no objects
             for n, line in enumerate(lines, 1):
                 parts = line.split()
                 if not parts:
                     continue
-                try:
-                    cls, cx, cy, w, h = int(parts[0]), *(float(v) for v in parts[1:5])
-                except (ValueError, IndexError):
-                    problems.append(_problem(split, f"{label_path}:{n}", f"cannot parse '{line}' as 'class cx cy w h'", rel))
+                parsed = parse(parts, line, width, height, len(classes))
+                if isinstance(parsed, str):
+                    problems.append(_problem(split, f"{label_path}:{n}", parsed, rel))
                     continue
-                if not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h)):
-                    problems.append(_problem(split, f"{label_path}:{n}", f"coordinates {cx, cy, w, h} outside [0, 1]", rel))
-                    continue
-                if not 0 <= cls < len(classes):
-                    problems.append(_problem(split, f"{label_path}:{n}", f"class {cls} outside 0..{len(classes) - 1}", rel))
-                    continue
-                rec["boxes"].append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+                cls, box, polygon = parsed
+                rec["boxes"].append(box)
                 rec["labels"].append(cls)
                 rec["iscrowd"].append(0)
+                if segments:
+                    rec["segments"].append({"label": cls, "segmentation": [polygon], "iscrowd": 0})
             records.append(rec)
         out[split] = records
     return {"classes": classes, **out, "problems": problems}
@@ -492,18 +534,16 @@ def read_mask_folders(root: Path, classes: list[str] | None) -> dict:
 
 # ---------------------------------------------------------------- dispatch
 
-def read_dataset(task: str, root: str | Path, data_cfg) -> dict:
-    """Read ``root`` in ``data_cfg.format`` into the internal index, with the reader the task accepts."""
-    from visionpipe.tasks import get_task_class
-
+def read_dataset(task_cls, root: str | Path, data_cfg) -> dict:
+    """Read ``root`` in ``data_cfg.format`` into the internal index, with the reader ``task_cls`` (a Task
+    class, handed down by the caller) accepts."""
     root = Path(root).resolve()
     if not root.exists():
-        raise DataError(root, "data root does not exist", f"Create it or fix {task}.data.root (null uses the built-in data)")
-    task_cls = get_task_class(task)
+        raise DataError(root, "data root does not exist", f"Create it or fix {task_cls.name}.data.root (null uses the built-in data)")
     index = task_cls.read(root, data_cfg)
-    confine(index, root, getattr(data_cfg, "allow_outside_root", False), f"{task}.data.allow_outside_root")
+    confine(index, root, getattr(data_cfg, "allow_outside_root", False), f"{task_cls.name}.data.allow_outside_root")
     hold_out_test(index, data_cfg, task_cls.record_labels)
-    index.update(task=task, format=data_cfg.format, root=str(root))
+    index.update(task=task_cls.name, format=data_cfg.format, root=str(root))
     index["fingerprint"] = fingerprint(root, index)
     logger.info("Read %s data from %s: %d train, %d val, %s test, %d classes, %d problems",
                 data_cfg.format, root, len(index["train"]), len(index["val"]), len(index["test"]) if "test" in index else "no",

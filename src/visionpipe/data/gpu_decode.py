@@ -32,9 +32,10 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
-from visionpipe.data.datasets import sample_seed
 from visionpipe.data.images import load_rgb
+from visionpipe.data.sampling import sample_seed
 from visionpipe.data.shards import member_bytes
+from visionpipe.data.transforms import build_transform
 from visionpipe.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -96,8 +97,6 @@ def collate_encoded(batch: list) -> tuple[list[torch.Tensor], torch.Tensor, torc
 
 def _device_augmentation(spec: dict[str, Any], where: str) -> v2.Transform:
     """One albumentations entry as the torchvision v2 transform doing the same on a tensor."""
-    from visionpipe.data.transforms import build_transform
-
     transform = build_transform(spec, where)  # albumentations validates and fills in its defaults
     name = type(transform).__name__
     if name == "RandomResizedCrop":

@@ -15,6 +15,8 @@ from visionpipe.data import duplicates as near
 
 logger = logging.getLogger(__name__)
 
+MARKDOWN_PAIRS = 1000  # duplicate pairs listed in data_quality.md (validation.json has every one)
+
 def sample_splits(index: dict) -> list[str]:
     """Every key of the index that holds samples (train, val, test, or any other), in a stable order
     (``formats.splits_of`` gives only the known splits present)."""
@@ -44,12 +46,9 @@ def duplicates(index: dict, signatures: dict[str, list], hash_bits: int = near.H
     return found
 
 
-def statistics(index: dict) -> dict[str, Any]:
-    """Per-split class counts (images per class, from the task's ``record_labels``; objects per class where
+def statistics(task_cls, index: dict) -> dict[str, Any]:
+    """Per-split class counts (images per class, from ``task_cls.record_labels``; objects per class where
     records hold boxes), balance, and for boxes the box-size and objects-per-image distributions."""
-    from visionpipe.tasks import get_task_class
-
-    task_cls = get_task_class(index["task"])
     classes = index["classes"]
     stats: dict[str, Any] = {"splits": {}, "classes": classes}
     for split in sample_splits(index):
@@ -134,10 +133,20 @@ def markdown(report: dict) -> str:
                       f"Box size sqrt(area) px: median {box.get('median', 0):.1f} "
                       f"(small {entry['box_size_bins']['small']}, medium {entry['box_size_bins']['medium']}, "
                       f"large {entry['box_size_bins']['large']})", ""]
-    if warns:
-        lines += ["## Warnings", ""] + [f"- [{w['kind']}] {w['split']} `{w['file']}`: {w['problem']}" for w in warns[:200]]
-        if len(warns) > 200:
-            lines.append(f"- ... and {len(warns) - 200} more (validation.json lists them all)")
+    if dups:
+        shown = sorted(dups, key=lambda d: not d["leakage"])[:MARKDOWN_PAIRS]  # leakage first
+        lines += ["## Duplicate pairs", "", "| kind | split | image | split | image | hash bits | pixel difference |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {'leakage' if d['leakage'] else 'duplicate'} ({d['kind']}) | {d['a']['split']} | `{d['a']['image']}` | "
+                  f"{d['b']['split']} | `{d['b']['image']}` | {d['distance']} | {d.get('difference', 0):.3f} |" for d in shown]
+        if len(dups) > MARKDOWN_PAIRS:
+            lines.append(f"\n... and {len(dups) - MARKDOWN_PAIRS} more pairs (validation.json lists them all)")
+        lines.append("")
+    others = [w for w in warns if w["kind"] not in ("leakage", "duplicate")]
+    if others:
+        lines += ["## Warnings", ""] + [f"- [{w['kind']}] {w['split']} `{w['file']}`: {w['problem']}" for w in others[:200]]
+        if len(others) > 200:
+            lines.append(f"- ... and {len(others) - 200} more (validation.json lists them all)")
     return "\n".join(lines) + "\n"
 
 
@@ -150,7 +159,7 @@ def plot(report: dict):
 
     splits = (report.get("quality") or {}).get("statistics", {}).get("splits", {})
     boxes = {s: e for s, e in splits.items() if "box_size_bins" in e}
-    # saved at 100 dpi: 9 pt and more is at least 12 px in the PNG (as tracking/plots.py's figures)
+    # saved at 100 dpi: 9 pt and more is at least 12 px in the PNG (as plots.py's figures)
     with plt.rc_context({"figure.dpi": 100, "font.size": 10.5, "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 9}):
         return _plot_splits(plt, splits, boxes, report)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import random
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -16,6 +17,11 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from visionpipe.data.images import image_size
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's random draws in one epoch: the same on every worker and every rank."""
+    return zlib.crc32(f"{seed}:{epoch}:{index}".encode()) & 0x7FFFFFFF
 
 
 def aspect_ratios(root: str | Path, records: list[dict]) -> list[float]:
@@ -117,8 +123,6 @@ class MosaicDonors:
             t.p = p if on else 0.0
         if not on or self.n < 2:
             return []
-        from visionpipe.data.datasets import sample_seed
-
         count = max(gy * gx for gy, gx in (t.grid_yx for t in self.transforms)) - 1
         rng = random.Random(sample_seed(self.seed + 1, epoch, i))
         others = [j for j in range(self.n) if j != i] if self.n <= 4 * count else None

@@ -235,18 +235,3 @@ def read_shards(root: str | Path, task: str, classes: list[str] | None = None) -
             records += found
         index[split] = records
     return index
-
-
-# ---------------------------------------------------------------- command
-
-def shard_dataset(task: str, cfg, src: str | Path, out: str | Path, shard_size: int, overwrite: bool = False) -> dict:
-    """Read ``src`` with the task's reader, validate it with its policy, write the shards; return the manifest."""
-    from visionpipe.data import formats, validation
-
-    data = cfg.data
-    if data.format == "shards":
-        raise DataError(src, "the source is already shards", f"Set {task}.data.format (or --format) to the source's own format")
-    index = formats.read_dataset(task, src, data)
-    report = validation.validate_index(index, data)
-    clean, summary = validation.apply_policy(index, report, data.validation)
-    return write_shards(clean, out, shard_size, overwrite, {"policy": data.validation, **summary})

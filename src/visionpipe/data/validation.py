@@ -86,16 +86,14 @@ def _check_record(task_cls, root: Path, rec: dict, classes: list[str], data_cfg,
     return task_cls.check_record(root, rec, width, height, classes, data_cfg)
 
 
-def validate_index(index: dict, data_cfg=None, workers: int | None = None, max_pixels: int | None = None) -> dict:
-    """Check every record; return a report listing each finding (file, problem, split).
+def validate_index(task_cls, index: dict, data_cfg=None, workers: int | None = None, max_pixels: int | None = None) -> dict:
+    """Check every record with ``task_cls`` (the Task class of the index, handed down by the caller); return a
+    report listing each finding (file, problem, split).
 
     ``data_cfg`` is the task's ``data`` block (its defaults when None); ``max_pixels`` overrides its
     ``max_image_pixels``.
     """
-    from visionpipe.tasks import get_task_class
-
     task, root, classes = index["task"], Path(index["root"]), index["classes"]
-    task_cls = get_task_class(task)
     if data_cfg is None:
         data_cfg = task_cls.config_model.model_fields["data"].annotation.model_construct(format=index.get("format"))
     max_pixels = max_pixels or data_cfg.max_image_pixels
@@ -121,19 +119,17 @@ def validate_index(index: dict, data_cfg=None, workers: int | None = None, max_p
                 findings.append({"split": "train", "file": str(root), "image": None, "problem": f"class '{name}' has no training images"})
     near = getattr(data_cfg, "near_duplicates", None)
     dups = quality.duplicates(index, signatures, **(near.model_dump() if near is not None else {}), workers=workers)
-    stats = quality.statistics(index)
+    stats = quality.statistics(task_cls, index)
     warnings = quality.warnings_for(index, stats, dups)
     return {"task": task, "root": str(root), "format": index["format"], "checked": checked, "findings": findings,
             "warnings": warnings, "quality": {"statistics": stats, "duplicates": dups}}
 
 
-def _drop_untrained_classes(clean: dict) -> list[str]:
+def _drop_untrained_classes(task_cls, clean: dict) -> list[str]:
     """After ``skip``, a class left without training images is removed (labels re-indexed by the task's
     ``relabel``): a model output that never saw data is no class. Returns the removed names. Tasks whose
     records do not list their labels (mask files) keep their classes."""
-    from visionpipe.tasks import get_task_class
-
-    task_cls, classes = get_task_class(clean["task"]), clean["classes"]
+    classes = clean["classes"]
     labels = [task_cls.record_labels(r) for r in clean["train"]]
     if not labels or any(item is None for item in labels):
         return []
@@ -166,7 +162,7 @@ def summary_lines(warnings: list[dict], where: str) -> list[str]:
     return lines
 
 
-def apply_policy(index: dict, report: dict, policy: str) -> tuple[dict, dict]:
+def apply_policy(task_cls, index: dict, report: dict, policy: str) -> tuple[dict, dict]:
     """``strict``: raise on any finding. ``skip``: drop records with findings, then classes left without
     training images. Leakage warnings are fatal when the report says ``leakage: error``. Returns (index, summary)."""
     findings = report["findings"]
@@ -202,7 +198,7 @@ def apply_policy(index: dict, report: dict, policy: str) -> tuple[dict, dict]:
         first = findings[0]
         logger.warning("Skipped %d data problem(s) (first: %s: %s); each is listed in %s", len(findings), first["file"],
                        first["problem"], f"data/08_reporting/{task}/validation.json")
-    removed = _drop_untrained_classes(clean) if policy == "skip" else []
+    removed = _drop_untrained_classes(task_cls, clean) if policy == "skip" else []
     if removed:
         logger.warning("Removed class(es) %s: no training image left after validation (their validation images are "
                        "dropped too)", removed)

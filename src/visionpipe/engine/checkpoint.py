@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import pickle
+import pickletools
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +21,51 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+_OBJECT_OPCODES = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"}
+
+
+def _carries_objects(path: Path) -> bool:
+    """Whether the pickle in ``path`` (a plain pickle, or ``data.pkl`` in torch's zip format) names Python
+    callables or classes; read with pickletools, which never executes anything. False when it is no pickle."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                names = [n for n in zf.namelist() if n.endswith("data.pkl")]
+                data = zf.read(names[0]) if names else b""
+        else:
+            data = path.read_bytes()
+        ops = {op.name for op, _, _ in pickletools.genops(data)}
+    except Exception:  # not a pickle at all, or cut short: truncated / garbage
+        return False
+    return bool(ops & _OBJECT_OPCODES)
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """Why torch cannot load ``path`` with ``weights_only=True``, in our words: torch's own message advises
+    retrying with ``weights_only=False``, which would run whatever code the file carries."""
+    if isinstance(err, pickle.UnpicklingError) and _carries_objects(path):
+        return ("it holds Python objects other than tensors and plain values, and visionpipe never loads those "
+                "(they could run code)")
+    size = path.stat().st_size if path.is_file() else 0
+    if isinstance(err, (EOFError, RuntimeError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError)):
+        return f"it is truncated or not a PyTorch checkpoint ({size} bytes)"
+    return f"it cannot be read ({type(err).__name__})"
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A resumable checkpoint, loaded with ``weights_only=True``; a truncated, corrupt or code-carrying
     file is a TrainingError naming the file and the fix, not a torch traceback."""
+    path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError (code inside), RuntimeError/EOFError (truncated or not a torch file)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TrainingError(
-            f"{path}: cannot resume from this checkpoint ({type(err).__name__}: {reason[:200]}). "
-            "Delete it to start from scratch, or set train.resume: false"
+            f"{path}: cannot resume from this checkpoint: {_unreadable(path, err)}. "
+            "Delete it to start from scratch, or set train.resume: false."
         ) from None
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise TrainingError(f"{path}: not a visionpipe training checkpoint (no model/epoch entries). "
-                            "Delete it to start from scratch, or set train.resume: false")
+                            "Delete it to start from scratch, or set train.resume: false.")
     return state
 
 
@@ -79,8 +112,8 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError subclasses and RuntimeErrors here
         raise ConfigError(
-            f"{path}: cannot be loaded safely ({type(err).__name__}: {str(err).splitlines()[0]}). "
-            "Only tensors are accepted: re-save it with torch.save(model.state_dict()) or as .safetensors"
+            f"{path}: cannot be loaded safely: {_unreadable(path, err)}. "
+            "Only tensors are accepted: re-save it with torch.save(model.state_dict()) or as .safetensors."
         ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

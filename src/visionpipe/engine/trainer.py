@@ -23,6 +23,7 @@ from visionpipe.engine import distributed, recipes
 from visionpipe.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import TrainingError
+from visionpipe.files import remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,9 @@ class Trainer:
 
     def _try_resume(self, model, optimizer, scheduler, scaler, stopper) -> dict | None:
         path = self._ckpt_path()
+        if path and path.parent.is_dir() and distributed.is_main_process():
+            for tmp in remove_stale_temporaries(path.parent):  # a killed run's half-written checkpoint
+                logger.info("Removed %s, left by a run that was killed while writing a checkpoint", tmp)
         if not (self.cfg.resume and path and path.is_file()):
             if self.cfg.resume:
                 logger.info("train.resume is set but no checkpoint at %s: starting from scratch", path)

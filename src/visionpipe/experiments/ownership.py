@@ -12,17 +12,20 @@ from pathlib import Path
 
 from visionpipe.data import builtin
 from visionpipe.errors import DataError
+from visionpipe.experiments.integrity import record_for, verify
+from visionpipe.tasks import get_task_class
 
 
-def builtin_data_for_ingestion(root: str | Path, task: str, cfg: dict, project: str | Path | None = None) -> Path:
-    """The built-in data folder for the ingestion node: generated here only when DVC does not own it."""
-    from visionpipe.experiments.integrity import record_for, verify
-
+def builtin_data_for_ingestion(root: str | Path, task, cfg: dict, project: str | Path | None = None) -> Path:
+    """The built-in data folder for the ingestion node (``task``: its Task class, or name): generated here only
+    when DVC does not own it."""
+    task_cls = get_task_class(task)
+    task = task_cls.name
     root = Path(root)
     project = Path(project or Path.cwd())  # Kedro runs in the project (or DVC's copy of it)
     record = record_for(root if root.is_absolute() else project / root, project)
     if record is None:
-        return builtin.ensure_builtin_dataset(root, task, cfg)
+        return builtin.ensure_builtin_dataset(root, task_cls, cfg)
     stage = f"builtin_data@{task}"
     if not root.exists():
         raise DataError(root, f"tracked by {record.source} but absent; run `dvc pull {stage}` (or `dvc repro {stage}`)")

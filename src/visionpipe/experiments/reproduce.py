@@ -25,6 +25,7 @@ from typing import Any
 
 
 from visionpipe.errors import DataError, TrainingError
+from visionpipe.experiments.integrity import TrackedPath, verify
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +153,6 @@ def restore_data(repo_dir: Path, target: Path, md5: str) -> None:
     from dvc_data.hashfile.checkout import checkout
     from dvc_data.hashfile.hash_info import HashInfo
     from dvc_objects.fs.local import LocalFileSystem
-
-    from visionpipe.experiments.integrity import TrackedPath, verify
 
     info = HashInfo("md5", md5)
 

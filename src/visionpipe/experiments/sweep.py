@@ -94,7 +94,7 @@ def set_dotted(block: dict, key: str, value: Any, task: str) -> dict:
 
 def point_overrides(task: str, params: dict, point: dict[str, Any]) -> dict:
     """The task block for ``point``, checked by the task's config model (typos fail before anything runs)."""
-    from visionpipe.config import parse_task_config
+    from visionpipe.tasks import parse_task_config
 
     block = params
     for key, value in point.items():
@@ -268,7 +268,7 @@ def run_sweep(project: str | Path, task: str, points: list[dict[str, Any]], jobs
     from kedro.io.catalog_config_resolver import CatalogConfigResolver
 
     from visionpipe.ranking import is_better
-    from visionpipe.config import parse_task_config
+    from visionpipe.tasks import parse_task_config
     from visionpipe.settings import tracking_uri as default_tracking_uri
 
     project = Path(project).resolve()

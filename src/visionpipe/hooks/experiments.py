@@ -8,6 +8,7 @@ import os
 from kedro.framework.hooks import hook_impl
 
 from visionpipe.engine import distributed
+from visionpipe.experiments.integrity import verify_task_data
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,6 @@ class CacheIntegrityHook:
         self._project = context.project_path
 
     def _verify(self, datasets: dict) -> None:
-        from visionpipe.experiments.integrity import verify_task_data
-
         index = next((value for name, value in datasets.items() if name.endswith(("clean_index", "dataset_index"))), None)
         if index is not None and distributed.is_main_process():
             verify_task_data(index["root"], self._project)

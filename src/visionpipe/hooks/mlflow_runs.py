@@ -10,6 +10,8 @@ from kedro.framework.hooks import hook_impl
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
 from visionpipe.engine import distributed
+from visionpipe.tracking.lineage import log_data_lineage
+from visionpipe.tracking.summary import run_note
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +128,6 @@ class MlflowRunHook:
         run = mlflow.active_run()
         if index is None or run is None or run.info.run_id == self._lineage_run_id:
             return
-        from visionpipe.tracking.lineage import log_data_lineage
 
         self._lineage_run_id = run.info.run_id
         try:
@@ -149,8 +150,6 @@ class MlflowRunHook:
     def _describe(self) -> None:
         """The run description (MLflow's note) from what the run logged: task, model, data, results, best epoch."""
         import mlflow
-
-        from visionpipe.tracking.summary import run_note
 
         if not (self._tagged_run_id and self._task) or not distributed.is_main_process():
             return

@@ -11,10 +11,12 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from visionpipe.tasks import TASKS
 from visionpipe import run_record as rs
 from visionpipe.engine import distributed
+from visionpipe.engine.checkpoint import load_checkpoint
 from visionpipe.hooks.mlflow_runs import is_run_control
+from visionpipe.tasks import TASKS
+from visionpipe.tracking.callbacks import epoch_metric_name
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +190,6 @@ class RunStateHook:
                            run_id, ", ".join(changed[:5]))
             return
         config.tracking.run.id = run_id
-        from visionpipe.engine.checkpoint import load_checkpoint
 
         self._resume_history[task] = list(load_checkpoint(checkpoint).get("history") or [])
         logger.info("Resuming %s: logging into MLflow run %s (from %s)", task, run_id, checkpoint)
@@ -220,8 +221,6 @@ class RunStateHook:
         """Epochs the checkpoint holds but the killed process never got to MLflow (async logging dies with
         it) are logged now, so the resumed run's history has no gaps."""
         import mlflow
-
-        from visionpipe.tracking.callbacks import epoch_metric_name
 
         client = mlflow.MlflowClient()
         logged = {m.step for m in client.get_metric_history(run_id, epoch_metric_name("train_loss"))}

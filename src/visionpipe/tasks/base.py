@@ -58,10 +58,16 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
+from visionpipe.config import flip_tta, validate_task_params
+from visionpipe.data import transforms
+from visionpipe.data.builtin import SHAPES
+from visionpipe.data.datasets import IndexDataset
+from visionpipe.data.shards import read_shards
+from visionpipe.data.transforms import compose
 from visionpipe.engine.checkpoint import load_weights
+from visionpipe.engine.recipes import param_groups
 from visionpipe.engine.runtime import Runtime
-from visionpipe.config import flip_tta
-from visionpipe.errors import ConfigError
+from visionpipe.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -222,10 +228,8 @@ class Task:
     # -------------------------------------------------------------- configuration
     @classmethod
     def parse_config(cls, params: dict[str, Any]):
-        """Validate this task's parameter block (see visionpipe.config.parse_task_config)."""
-        from visionpipe.config import parse_task_config
-
-        return parse_task_config(cls.name, params)
+        """Validate this task's parameter block (:func:`visionpipe.config.validate_task_params`)."""
+        return validate_task_params(cls, params)
 
     @classmethod
     def metric_names(cls, classes: list[str] | None = None) -> list[str]:
@@ -260,11 +264,7 @@ class Task:
     @classmethod
     def read(cls, root: Path, data_cfg) -> dict:
         """Read ``root`` in ``data_cfg.format``: ``{"classes", "train", "val", ["test"], "problems"}``."""
-        from visionpipe.errors import DataError
-
         if data_cfg.format == "shards":  # written by `visionpipe shard`: any task's data, as tar shards
-            from visionpipe.data.shards import read_shards
-
             return read_shards(root, cls.name, data_cfg.classes)
         reader = cls.formats.get(data_cfg.format)
         if reader is None:
@@ -275,8 +275,6 @@ class Task:
     @classmethod
     def builtin_classes(cls, num_classes: int) -> list[str]:
         """Class names of the built-in data."""
-        from visionpipe.data.builtin import SHAPES
-
         return list(SHAPES[:num_classes])
 
     @classmethod
@@ -314,17 +312,12 @@ class Task:
     @classmethod
     def compose(cls, augment: list[dict], image_size: int, mean, std, train: bool):
         """User augmentations (train only), then resize, normalisation and tensor conversion."""
-        from visionpipe.data.transforms import compose
-
         cls.check_mosaic(augment)
         return compose(augment, image_size, mean, std, train=train, block=cls.name)
 
     def datasets(self, index: dict, aug: dict, cfg, eval_split: str = "val"):
         """(the loop's task adapter, train dataset, ``eval_split`` dataset): decoded records through
         ``make_sample`` by default; a task may return another adapter (e.g. decoding on the device)."""
-        from visionpipe.data import transforms
-        from visionpipe.data.datasets import IndexDataset
-
         train_tf, val_tf = transforms.from_dict(aug["train"]), transforms.from_dict(aug["val"])
         max_px = cfg.data.max_image_pixels
         mosaic_epochs = cfg.train.epochs - cfg.train.close_mosaic_epochs  # Mosaic (if in augment) is off from this epoch on
@@ -389,8 +382,6 @@ class Task:
 
     def param_groups(self, model: torch.nn.Module, train_cfg) -> list[dict[str, Any]]:
         """Optimizer parameter groups; each has ``lr`` and ``name`` (``backbone`` or ``head``)."""
-        from visionpipe.engine.recipes import param_groups
-
         return param_groups(model, self.backbone(model), train_cfg)
 
     def train_batch(self, batch, epoch: int):

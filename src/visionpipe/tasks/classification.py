@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from pydantic import Field
 
 from visionpipe.config import ClassWeights, DataConfig, TaskConfig, TrainConfig, TTAEvaluationConfig, _Strict, flip_tta
-from visionpipe.data import builtin, formats
+from visionpipe.data import builtin, formats, gpu_decode
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
 from visionpipe.tasks.base import (
@@ -27,6 +27,8 @@ from visionpipe.tasks.base import (
     signature_keys,
     timm_normalization,
 )
+from visionpipe.engine.distributed import all_gather_objects, global_mean
+from visionpipe.engine.recipes import backbone_ids, class_counts, modules_except, resolve_class_weights, split_groups
 
 
 class ClassificationData(DataConfig):
@@ -110,8 +112,6 @@ class ClassificationEvaluator:
                 self.predictions.append({"index": index, "target": t, **res})
 
     def compute(self) -> dict[str, float]:
-        from visionpipe.engine.distributed import all_gather_objects, global_mean
-
         if self.keep:  # under DDP each rank saw one shard of the split
             self.predictions = sorted((p for part in all_gather_objects(self.predictions) for p in part), key=lambda p: p["index"])
         metrics = {"val_loss": global_mean(self.loss_sum, self.count)[0], "top1": self.top1.compute().item()}
@@ -155,8 +155,6 @@ class ClassificationTask(Task):
 
     @classmethod
     def training_spec(cls, cfg, index):
-        from visionpipe.engine.recipes import class_counts, resolve_class_weights
-
         classes = index["classes"]
         weights = resolve_class_weights(cfg.train.class_weights, classes,
                                         lambda: class_counts((cls.record_labels(r) for r in index["train"]), len(classes)),
@@ -168,15 +166,12 @@ class ClassificationTask(Task):
 
     def datasets(self, index: dict, aug: dict, cfg, eval_split: str = "val"):
         if cfg.data.decode == "gpu":  # workers read bytes; JPEGs decoded and augmented on the device
-            from visionpipe.data import gpu_decode
 
             return gpu_decode.device_decoding(self, index, aug, cfg, eval_split)
         return super().datasets(index, aug, cfg, eval_split)
 
     def backbone(self, model):
         """Everything but the classifier (timm's ``pretrained_cfg['classifier']``)."""
-        from visionpipe.engine.recipes import modules_except
-
         head = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
         if not head:
             return None
@@ -187,8 +182,6 @@ class ClassificationTask(Task):
         if getattr(train_cfg, "layer_decay", None) is None:
             return super().param_groups(model, train_cfg)
         from timm.optim import param_groups_layer_decay
-
-        from visionpipe.engine.recipes import backbone_ids, split_groups
 
         skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
         groups = param_groups_layer_decay(model, train_cfg.weight_decay, no_weight_decay_list=skip, layer_decay=train_cfg.layer_decay)
@@ -268,7 +261,7 @@ class ClassificationTask(Task):
 
     @classmethod
     def plots(cls, outputs, index, history):
-        from visionpipe.tracking import plots
+        from visionpipe import plots
 
         predictions = outputs["predictions"]
         return {"confusion_matrix": plots.confusion_matrix(predictions, index["classes"]),

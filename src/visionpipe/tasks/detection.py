@@ -18,11 +18,12 @@ from pydantic import Field
 
 from visionpipe.config import MultiScaleTrain, CocoFilesMixin, DataConfig, EvaluationConfig, TaskConfig, TrainConfig, _Strict
 from visionpipe.data import builtin, formats
-from visionpipe.data.transforms import tile_starts
+from visionpipe.data.transforms import box_params, compose, tile_starts
+from visionpipe.data.validation import check_annotated_size, check_boxes
 from visionpipe.engine import distributed
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
-from visionpipe.tasks.base import Task, call_with_model_kwargs, close_matches, hub_weights, load_pretrained, pop_reset_head, timm_normalization
+from visionpipe.tasks.base import Task, call_with_model_kwargs, close_matches, hub_weights, load_pretrained, pop_reset_head, signature_keys, timm_normalization
 
 logger = logging.getLogger(__name__)
 
@@ -231,8 +232,6 @@ _OWN_KEYS = ("fpn_channels", "anchor_scale", "reset_head", "out_indices", "ancho
 
 def _class_keys(cls) -> list[str]:
     """Keys a detector class accepts, its transform's and ours included (for checks and messages)."""
-    from visionpipe.tasks.base import signature_keys
-
     return sorted(set(signature_keys(cls)) | set(_TRANSFORM_KEYS) | set(_OWN_KEYS))
 
 
@@ -240,8 +239,6 @@ def _builder_keys(name: str) -> list[str]:
     """Keys a torchvision detection builder passes on to its model class (for checks and messages)."""
     import torchvision
     from torchvision.models import detection as tvd
-
-    from visionpipe.tasks.base import signature_keys
 
     keys = set(signature_keys(torchvision.models.get_model_builder(name))) | set(_TRANSFORM_KEYS) | set(_OWN_KEYS)
     for cls in (tvd.FasterRCNN, tvd.RetinaNet, tvd.FCOS, tvd.ssd.SSD, tvd.MaskRCNN, tvd.KeypointRCNN):  # SSD is not re-exported
@@ -477,8 +474,6 @@ class DetectionTask(Task):
     def compose(cls, augment, image_size, mean, std, train):
         """No resize: the detector's own transform resizes keeping the aspect ratio (``min_size``/``max_size``)
         and maps its boxes back to the size of the image it was given, the original image's."""
-        from visionpipe.data.transforms import box_params, compose
-
         return compose(augment, image_size, mean, std, train=train, block=cls.name, bbox_params=box_params(), resize=[])
 
     @classmethod
@@ -487,8 +482,6 @@ class DetectionTask(Task):
 
     @classmethod
     def check_record(cls, root, rec, width, height, classes, data_cfg):
-        from visionpipe.data.validation import check_annotated_size, check_boxes
-
         image_path = root / rec["image"]
         return check_annotated_size(rec, image_path, width, height) + [(str(image_path), p) for p in check_boxes(rec, width, height, classes)]
 
@@ -632,13 +625,15 @@ class DetectionTask(Task):
 
     @classmethod
     def plots(cls, outputs, index, history):
-        from visionpipe.tracking import plots
+        from visionpipe import plots
 
         predictions, ground_truth = outputs["predictions"], outputs["ground_truth"]
-        classes = [c["name"] for c in sorted(ground_truth["categories"], key=lambda c: c["id"])]
-        return {"pr_curves": plots.pr_curves(predictions, ground_truth, index["classes"]),
-                "confusion_matrix": plots.detection_confusion_matrix(detection_confusion(predictions, ground_truth), classes,
-                                                                     CONFUSION_SCORE, CONFUSION_IOU),
+        _, ev = coco_evaluate(ground_truth, predictions, index["classes"])
+        categories = sorted(ground_truth["categories"], key=lambda c: c["id"])
+        names = {c["id"]: c["name"] for c in categories}  # the user's category ids
+        return {"pr_curves": plots.pr_curves(ev, names),
+                "confusion_matrix": plots.detection_confusion_matrix(detection_confusion(predictions, ground_truth),
+                                                                     [c["name"] for c in categories], CONFUSION_SCORE, CONFUSION_IOU),
                 "val_boxes": plots.box_grid(predictions, ground_truth, index), "results": plots.results(history)}
 
     @staticmethod

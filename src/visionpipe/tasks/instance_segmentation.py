@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from visionpipe.config import CocoFilesMixin, DataConfig, EvaluationConfig, TaskConfig
 from visionpipe.data import builtin, formats
@@ -42,6 +42,7 @@ from visionpipe.tasks.detection import (
     detector_sizes,
     set_postprocess,
 )
+from visionpipe.data.images import load_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,16 @@ _OWN_KEYS = ("reset_head", *_TIMM_ONLY)
 
 class InstanceSegmentationData(DataConfig, CocoFilesMixin):
     format: Literal["coco", "yolo"] = "coco"
+    # COCO and YOLO data name their own val split: a val_fraction would be accepted and ignored, so it is refused
+    val_fraction: None = Field(None, exclude=True)
+
+    @field_validator("val_fraction", mode="before")
+    @classmethod
+    def _no_val_fraction(cls, value):
+        if value is not None:
+            raise ValueError("not used by instance segmentation: COCO and YOLO data name their own val split "
+                             "(val_annotations, images/val or data.yaml 'val'); remove the key")
+        return value
 
 
 class InstanceSegmentationEvaluation(EvaluationConfig):
@@ -119,72 +130,13 @@ def segment_problems(segmentation: Any, width: int, height: int) -> list[str]:
     else:
         return [f"segmentation must be polygons or RLE, got {type(segmentation).__name__}"]
     try:
-        decode_segment(segmentation, height, width)
+        mask = decode_segment(segmentation, height, width)
     except Exception as err:  # pycocotools raises bare Exceptions/ValueErrors for corrupt RLE strings
         return [f"segmentation cannot be decoded ({err})"]
+    if not mask.any():  # a collinear polygon, a polygon outside the image, an RLE of zeros
+        return [f"segmentation {str(segmentation)[:60]} covers no pixel of the {width}x{height} image (zero area); "
+                "fix or remove the object (it would train as an empty mask)"]
     return []
-
-
-# ---------------------------------------------------------------- YOLO segmentation labels
-
-def read_yolo_segments(root: Path, classes: list[str] | None) -> dict:
-    """``root/images/{train,val}/*`` with ``root/labels/{train,val}/<stem>.txt``: one object a line,
-    ``class x1 y1 x2 y2 ...`` (a polygon of at least 3 points, normalised to [0, 1], as Ultralytics writes).
-    Boxes are the polygons' bounds."""
-    from visionpipe.data.formats import SPLITS, _problem, _rel, _require_dir, _yolo_classes
-    from visionpipe.data.images import image_size, is_image_file
-    from visionpipe.errors import DataError
-
-    _require_dir(root / "images", "images folder", "A YOLO root holds images/{train,val}/ and labels/{train,val}/")
-    classes = _yolo_classes(root, classes)
-    problems: list[dict] = []
-    out: dict[str, list] = {}
-    next_id = 1
-    for split in SPLITS:
-        image_dir = root / "images" / split
-        _require_dir(image_dir, f"images/{split} folder", "YOLO data needs images/train and images/val")
-        records = []
-        for img_path in sorted(p for p in image_dir.rglob("*") if p.is_file() and is_image_file(p)):
-            rel = _rel(img_path, root)
-            label_path = root / "labels" / split / img_path.relative_to(image_dir).with_suffix(".txt")
-            try:
-                width, height = image_size(img_path)
-            except DataError as err:
-                problems.append(_problem(split, str(img_path), err.problem, rel))
-                width = height = 0
-            rec = {"image": rel, "image_id": next_id, "width": width, "height": height, "boxes": [], "labels": [], "iscrowd": [],
-                   "segments": []}
-            next_id += 1
-            lines = label_path.read_text().splitlines() if label_path.is_file() else []  # no file = no objects
-            for n, line in enumerate(lines, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                where = f"{label_path}:{n}"
-                try:
-                    cls, coords = int(parts[0]), [float(v) for v in parts[1:]]
-                except ValueError:
-                    problems.append(_problem(split, where, f"cannot parse '{line[:80]}' as 'class x1 y1 x2 y2 x3 y3 ...'", rel))
-                    continue
-                if len(coords) < 6 or len(coords) % 2:
-                    problems.append(_problem(split, where, f"{len(coords)} coordinates: a polygon needs an even number, at least 6 "
-                                                           "(YOLO box labels 'class cx cy w h' are for detection)", rel))
-                    continue
-                if not all(0.0 <= v <= 1.0 for v in coords):
-                    problems.append(_problem(split, where, "polygon coordinates outside [0, 1]", rel))
-                    continue
-                if not 0 <= cls < len(classes):
-                    problems.append(_problem(split, where, f"class {cls} outside 0..{len(classes) - 1}", rel))
-                    continue
-                xs, ys = [v * width for v in coords[0::2]], [v * height for v in coords[1::2]]
-                polygon = [round(c, 3) for xy in zip(xs, ys) for c in xy]
-                rec["boxes"].append([min(xs), min(ys), max(xs), max(ys)])
-                rec["labels"].append(cls)
-                rec["iscrowd"].append(0)
-                rec["segments"].append({"label": cls, "segmentation": [polygon], "iscrowd": 0})
-            records.append(rec)
-        out[split] = records
-    return {"classes": classes, **out, "problems": problems}
 
 
 # ---------------------------------------------------------------- model
@@ -327,7 +279,7 @@ class InstanceSegmentationTask(DetectionTask):
     config_model = InstanceSegmentationConfig
     formats = {
         "coco": lambda root, d: formats.read_coco(root, d, annotations="instances"),
-        "yolo": lambda root, d: read_yolo_segments(root, d.classes),
+        "yolo": lambda root, d: formats.read_yolo(root, d.classes, segments=True),
     }
     metrics = ("mask_map", "mask_map_50", "mask_map_75", "box_map", "box_map_50", "box_map_75")
     per_class_metric = "mask_ap"
@@ -408,7 +360,7 @@ class InstanceSegmentationTask(DetectionTask):
 
     @classmethod
     def plots(cls, outputs, index, history):
-        from visionpipe.tracking import plots
+        from visionpipe import plots
 
         predictions, ground_truth = outputs["predictions"], outputs["ground_truth"]
         classes = [c["name"] for c in sorted(ground_truth["categories"], key=lambda c: c["id"])]
@@ -457,8 +409,7 @@ def instance_overlays(predictions: list[dict], ground_truth: dict, index: dict, 
     predicted ones with class and score; a legend of the class colours."""
     from pycocotools import mask as mask_utils
 
-    from visionpipe.data.images import load_rgb
-    from visionpipe.tracking.plots import MAX_IMAGES, SMALL_PT, _class_legend, _grid, _outlined, object_colours, plt, text_colour
+    from visionpipe.plots import MAX_IMAGES, SMALL_PT, _class_legend, _grid, _outlined, object_colours, plt, text_colour
 
     images = ground_truth["images"][:MAX_IMAGES // 2]
     categories = sorted(ground_truth["categories"], key=lambda c: c["id"])
@@ -495,19 +446,10 @@ def instance_overlays(predictions: list[dict], ground_truth: dict, index: dict, 
 
 
 def mask_pr_curves(predictions: list[dict], ground_truth: dict, classes: list[str]):
-    """Per-class mask precision-recall at IoU 0.5 (pycocotools' accumulated precision)."""
-    from visionpipe.tracking.plots import object_colours, plt
+    """Per-class mask precision-recall at IoU 0.5 (pycocotools' accumulated precision), each class named by
+    its own category id (the user's ids may be sparse)."""
+    from visionpipe import plots  # matplotlib: only the plot node pays its import
 
     _, ev = coco_evaluate(_unshared(ground_truth), predictions, classes, iou_type="segm")
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    if ev is not None:
-        colours = object_colours(len(classes))
-        for k, cat_id in enumerate(ev.params.catIds):
-            precision = ev.eval["precision"][0, :, k, 0, -1]  # IoU 0.5, all areas, most detections
-            if (precision > -1).any():
-                ax.plot(ev.params.recThrs, np.clip(precision, 0, None), label=classes[cat_id - 1], color=colours[cat_id - 1], lw=2)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(title="class")
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Mask precision-recall at IoU 0.5")
-    fig.tight_layout()
-    return fig
+    names = {c["id"]: c["name"] for c in ground_truth["categories"]}
+    return plots.pr_curves(ev, names, title="Mask precision-recall at IoU 0.5")

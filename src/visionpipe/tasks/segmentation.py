@@ -16,8 +16,13 @@ from pydantic import Field, model_validator
 
 from visionpipe.config import MultiScaleTrain, ClassWeights, CocoFilesMixin, DataConfig, TaskConfig, TrainConfig, TTAEvaluationConfig, _Strict, flip_tta
 from visionpipe.data import builtin, formats
-from visionpipe.data.transforms import tile_starts
-from visionpipe.data.shards import load_record_mask
+from visionpipe.data.sampling import sample_seed
+from visionpipe.data.shards import load_record_mask, load_record_rgb
+from visionpipe.data.transforms import compose, tile_starts
+from visionpipe.data.validation import check_annotated_size, check_mask_file
+from visionpipe.engine.checkpoint import load_weights
+from visionpipe.engine.distributed import all_gather_objects, global_mean
+from visionpipe.engine.recipes import resolve_class_weights
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
 from visionpipe.tasks.base import (
@@ -30,6 +35,7 @@ from visionpipe.tasks.base import (
     hub_weights,
     load_pretrained,
     pop_reset_head,
+    signature_keys,
     timm_normalization,
 )
 
@@ -133,8 +139,6 @@ def build_segmenter(spec: dict[str, Any]) -> nn.Module:
         raise ConfigError(f"segmentation.model.name: {message}") from None
     path = model_cfg.get("pretrained_path")
     if path:
-        from visionpipe.engine.checkpoint import load_weights
-
         keys = set(load_weights(path))
         whole = len(keys & set(model.state_dict())) >= len(keys & set(model.encoder.state_dict()))
         load_pretrained(model if whole else model.encoder, path, reset_head, "segmentation")
@@ -157,8 +161,6 @@ def _encoder_weights(encoder: str):
 def _arch_keys(arch: str, encoder: str) -> list[str]:
     """Keys an smp architecture accepts; with a ``tu-`` encoder, also the timm model's (smp passes them on)."""
     import segmentation_models_pytorch as smp
-
-    from visionpipe.tasks.base import signature_keys
 
     cls = smp.MODEL_ARCHITECTURES_MAPPING.get(arch.lower())
     keys = set(signature_keys(cls)) if cls else set()
@@ -223,6 +225,21 @@ def rasterize_segments(record: dict, height: int, width: int, ignore_index: int)
     return mask
 
 
+def empty_segments(record: dict, height: int, width: int) -> list[str]:
+    """Problems for a record's COCO segments that cover no pixel (a collinear polygon, one outside the image)."""
+    problems = []
+    for seg in record.get("segments", []):
+        try:
+            covered = rasterize_segments({"segments": [{**seg, "iscrowd": 0, "label": 1}]}, height, width, 0).any()
+        except Exception as err:  # pycocotools raises bare Exceptions for malformed polygons / RLE
+            problems.append(f"segmentation {str(seg['segmentation'])[:60]} cannot be decoded ({err})")
+            continue
+        if not covered:
+            problems.append(f"segmentation {str(seg['segmentation'])[:60]} covers no pixel of the {width}x{height} image "
+                            "(zero area); fix or remove the object")
+    return problems
+
+
 class SegmentationEvaluator:
     """Confusion-matrix metrics over the whole split at each image's original resolution."""
 
@@ -250,8 +267,6 @@ class SegmentationEvaluator:
                 self.predictions[meta["index"]] = result["mask"].to(torch.uint8).cpu().numpy()
 
     def compute(self) -> dict[str, float]:
-        from visionpipe.engine.distributed import all_gather_objects, global_mean
-
         if self.keep:  # under DDP each rank saw one shard of the split
             self.predictions = {i: m for part in all_gather_objects(self.predictions) for i, m in part.items()}
         iou = self.iou.compute().cpu()
@@ -306,16 +321,13 @@ class SegmentationTask(Task):
 
     @classmethod
     def check_record(cls, root, rec, width, height, classes, data_cfg):
-        from visionpipe.data.validation import check_annotated_size, check_mask_file
-
         if "mask" in rec:
             return check_mask_file(root, rec, width, height, classes, data_cfg.ignore_index)
-        return check_annotated_size(rec, root / rec["image"], width, height)
+        found = check_annotated_size(rec, root / rec["image"], width, height)
+        return found or [(str(root / rec["image"]), p) for p in empty_segments(rec, height, width)]
 
     @classmethod
     def training_spec(cls, cfg, index):
-        from visionpipe.engine.recipes import resolve_class_weights
-
         return {"class_weights": resolve_class_weights(cfg.train.class_weights, index["classes"],
                                                        lambda: cls.pixel_counts(index, cfg.data.ignore_index),
                                                        "segmentation.train.class_weights")}
@@ -323,8 +335,6 @@ class SegmentationTask(Task):
     @classmethod
     def pixel_counts(cls, index: dict, ignore_index: int) -> list[int]:
         """Pixels of each class over the train split's ground truth (masks at their own size)."""
-        from visionpipe.data.shards import load_record_rgb
-
         root, k = Path(index["root"]), len(index["classes"])
         counts = np.zeros(k, dtype=np.int64)
         for rec in index["train"]:
@@ -345,8 +355,6 @@ class SegmentationTask(Task):
         """Letterbox: the longer side to ``image_size`` keeping the aspect ratio, then padding at the bottom and
         right to a square (mask padding is ignored by the loss; ``postprocess`` crops it off)."""
         import albumentations as A
-
-        from visionpipe.data.transforms import compose
 
         cls.check_mosaic(augment)
         letterbox = [A.LongestMaxSize(max_size=image_size),
@@ -378,8 +386,6 @@ class SegmentationTask(Task):
         if not scales:
             return batch
         import random
-
-        from visionpipe.data.datasets import sample_seed
 
         images, masks, metas = batch
         size = random.Random(sample_seed(self.spec.get("seed", 0), epoch, metas[0]["index"])).choice(range(scales[0], scales[1] + 1, 32))
@@ -437,7 +443,7 @@ class SegmentationTask(Task):
 
     def prediction_outputs(self, index: dict, evaluator) -> dict[str, Any]:
 
-        from visionpipe.tracking.plots import palette_mask
+        from visionpipe.plots import palette_mask
 
         # palette PNGs: values stay class indices, a viewer shows the classes in the overlay colours
         masks = {Path(index["val"][i]["image"]).stem: palette_mask(m, len(index["classes"])) for i, m in sorted(evaluator.predictions.items())}
@@ -445,6 +451,6 @@ class SegmentationTask(Task):
 
     @classmethod
     def plots(cls, outputs, index, history):
-        from visionpipe.tracking import plots
+        from visionpipe import plots
 
         return {"val_overlays": plots.mask_overlays(outputs["predicted_masks"], index), "results": plots.results(history)}

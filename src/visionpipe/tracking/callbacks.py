@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from visionpipe.engine.runtime import Runtime
+from visionpipe.engine import distributed
+from visionpipe.engine.runtime import Runtime, resolve_runtime
 from visionpipe.engine.trainer import Callback
 
 logger = logging.getLogger(__name__)
@@ -91,9 +92,6 @@ def runtime_tags(runtime: Runtime) -> dict[str, str]:
 def tracking_callbacks(cfg) -> list[Callback]:
     """The callbacks a training node passes to the engine: MLflow epoch logging on the main process
     when a run is active (the engine itself never imports MLflow)."""
-    from visionpipe.engine import distributed
-    from visionpipe.engine.runtime import resolve_runtime
-
     if not distributed.is_main_process():
         return []
     logger_cb = MlflowEpochLogger.for_active_run(runtime_tags(resolve_runtime(cfg.train, cfg.data)))

@@ -11,6 +11,13 @@ from typing import Any, Callable
 
 import torch
 
+from visionpipe import stages
+from visionpipe.config import ModelConfig
+from visionpipe.data.formats import hash_records
+from visionpipe.serving.bundle import SPEC_FILE, load_bundle
+from visionpipe.tasks import get_task, get_task_class
+from visionpipe.tasks.base import OTHER_CLASS
+
 logger = logging.getLogger(__name__)
 
 UNKNOWN_CLASS_BIAS = -1.0e4  # a class the champion never learnt gets a logit it can never win with
@@ -24,8 +31,6 @@ def scoring_split(index: dict) -> str:
 
 def split_fingerprint(index: dict, split: str) -> str:
     """A hash of one split: its records (files, labels, boxes), the class list, and each file's size."""
-    from visionpipe.data.formats import hash_records
-
     h = hashlib.md5(json.dumps({"split": split, "classes": index["classes"]}, sort_keys=True).encode())
     hash_records(h, Path(index["root"]), index.get(split) or [])
     return h.hexdigest()
@@ -79,8 +84,6 @@ def remap_state_dict(old_state: dict[str, torch.Tensor], layout: dict[str, tuple
 
 def remap_bundle(bundle: dict[str, Any], classes: list[str]) -> dict[str, Any]:
     """The champion bundle as a model over ``classes`` (today's class list), matched by name."""
-    from visionpipe.tasks import get_task
-
     spec = {**bundle["spec"], "model": {**bundle["spec"]["model"], "pretrained": False, "pretrained_path": None}}
     old_classes = list(spec["classes"])
     if old_classes == list(classes):
@@ -139,17 +142,12 @@ def classes_note(champion_version: Any, champion_classes: list[str] | None, clas
             f"{len(shared)} of today's {len(classes)}, and images of the others count as misses")
 
 
-def rescorer(task: str, index: dict, cfg) -> Callable[[dict[str, Any]], dict[str, float]]:
+def rescorer(task, index: dict, cfg) -> Callable[[dict[str, Any]], dict[str, float]]:
     """A function scoring any bundle on today's scoring split, with the bundle's own input size and
     normalisation and its classes matched to today's by name (at the output for tasks with per-class
     logits, see ``Task.per_class_logits``; by re-indexing class rows for the others)."""
 
     def score(bundle: dict[str, Any]) -> dict[str, float]:
-        from visionpipe import stages
-        from visionpipe.config import ModelConfig
-        from visionpipe.tasks import get_task, get_task_class
-        from visionpipe.tasks.base import OTHER_CLASS
-
         spec = bundle["spec"]
         own = cfg.model_copy(update={
             "model": ModelConfig.model_validate({**spec["model"], "pretrained": False, "pretrained_path": None}),
@@ -175,8 +173,6 @@ def download_bundle(model_uri: str) -> dict[str, Any]:
     import tempfile
 
     import mlflow
-
-    from visionpipe.serving.bundle import SPEC_FILE, load_bundle
 
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))

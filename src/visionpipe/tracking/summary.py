@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visionpipe.tasks import get_task_class
+
 logger = logging.getLogger(__name__)
 
 OUTPUT_LAYERS = ("data/06_models", "data/07_model_output", "data/08_reporting")
@@ -20,8 +22,6 @@ OUTPUT_LAYERS = ("data/06_models", "data/07_model_output", "data/08_reporting")
 
 def headline_metrics(task: str, metrics: dict[str, float]) -> dict[str, float]:
     """The task's headline metrics present in ``metrics``, in their usual order."""
-    from visionpipe.tasks import get_task_class
-
     names = [k for k in get_task_class(task).metrics if not k.endswith("loss")][:3]
     return {k: float(metrics[k]) for k in names if metrics.get(k) is not None}
 
@@ -39,6 +39,7 @@ class RunSummary:
     metrics: dict[str, float] = field(default_factory=dict)
     best_epoch: str | None = None  # "6/8"
     data: str | None = None  # "<root> (md5 ...)"
+    data_warnings: str | None = None  # "3 leakage, 1 unscored class (data/08_reporting/<task>/data_quality.md)"
     registration: dict[str, Any] | None = None
     outputs: list[str] = field(default_factory=list)
     tracking_uri: str | None = None
@@ -62,6 +63,16 @@ def registry_line(decision: dict[str, Any] | None) -> str | None:
     return f"{line}; {decision['classes_note']}" if decision.get("classes_note") else line
 
 
+def warnings_line(report: dict, where: str) -> str | None:
+    """The validation report's warnings as one line, count per kind, or None when there are none."""
+    counts: dict[str, int] = {}
+    for w in report.get("warnings") or []:
+        counts[w["kind"]] = counts.get(w["kind"], 0) + 1
+    if not counts:
+        return None
+    return ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in counts.items()) + f" ({where})"
+
+
 def collect(task: str, pipeline: str, project: Path | None = None, since: float | None = None,
             client=None) -> RunSummary:
     """Read back what the run of ``task`` wrote since ``since`` (a ``time.time()``)."""
@@ -70,6 +81,9 @@ def collect(task: str, pipeline: str, project: Path | None = None, since: float 
     reg = project / "data/08_reporting" / task / "registration.json"
     if _fresh(reg, since):
         summary.registration = json.loads(reg.read_text())
+    validation = project / "data/08_reporting" / task / "validation.json"
+    if _fresh(validation, since):
+        summary.data_warnings = warnings_line(json.loads(validation.read_text()), f"data/08_reporting/{task}/data_quality.md")
     metrics_file = project / "data/08_reporting" / task / "metrics.json"
     if _fresh(metrics_file, since):
         summary.metrics = headline_metrics(task, json.loads(metrics_file.read_text()))
@@ -130,6 +144,8 @@ def terminal_lines(summary: RunSummary) -> list[str]:
         rows.append(("best epoch", f"{summary.best_epoch} restored"))
     if summary.data:
         rows.append(("data", summary.data))
+    if summary.data_warnings:
+        rows.append(("data warnings", summary.data_warnings))
     if summary.registration:
         rows.append(("registry", registry_line(summary.registration)))
     if summary.outputs:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from visionpipe import stages
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import get_task_class
 
 
 def build_augmentation(params: dict[str, Any], task: str) -> dict:
     """Train and val pipelines in albumentations' serialised form (unknown transforms are errors)."""
-    return stages.augmentation(task, parse_task_config(task, params))
+    task_cls = get_task_class(task)
+    return stages.augmentation(task_cls, task_cls.parse_config(params))

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 from visionpipe import stages
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import get_task_class
 from visionpipe.tracking.callbacks import PROCESS_PREFIX, final_metric_name
 
 
@@ -48,11 +48,10 @@ def per_class_table(metrics: dict[str, Any], metric: str) -> pd.DataFrame:
 def evaluate_model(model: dict, index: dict, augmentation: dict, params: dict[str, Any], task: str) -> dict[str, Any]:
     """The task's metrics on the validation split, how they were measured (evaluation.json), the per-class
     table of a task with a per-class metric, and what the task writes beside them (predictions...)."""
-    from visionpipe.tasks import get_task_class
-
-    metrics, evaluator, task_obj = stages.evaluate(task, index, augmentation, model, parse_task_config(task, params))
+    task_cls = get_task_class(task)
+    metrics, evaluator, task_obj = stages.evaluate(task_cls, index, augmentation, model, task_cls.parse_config(params))
     metrics, details = split_timings(metrics)
-    per_class = get_task_class(task).per_class_metric
+    per_class = task_cls.per_class_metric
     return {"metrics": metrics, "evaluation_details": details, "mlflow_metrics": mlflow_metrics(metrics, details),
             **({"per_class": per_class_table(metrics, per_class)} if per_class else {}),
             **task_obj.prediction_outputs(index, evaluator)}
@@ -60,8 +59,6 @@ def evaluate_model(model: dict, index: dict, augmentation: dict, params: dict[st
 
 def plot_evaluation(index: dict, history: pd.DataFrame, *outputs, task: str) -> dict[str, Any]:
     """The task's figures from the evaluation outputs (``outputs`` in the task's ``output_datasets`` order)."""
-    from visionpipe.tasks import get_task_class
-
     task_cls = get_task_class(task)
     figures = task_cls.plots(dict(zip(task_cls.output_datasets, outputs)), index, history)
     return {f"plot_{name}": figures[name] for name in task_cls.plot_names}

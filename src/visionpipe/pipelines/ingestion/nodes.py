@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from visionpipe import stages
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import get_task_class
 
 
 def ingest_dataset(params: dict[str, Any], task: str) -> dict:
     """Index the dataset ``params['data']`` describes (built-in data when ``root`` is null)."""
-    return stages.ingest(task, parse_task_config(task, params))
+    task_cls = get_task_class(task)
+    return stages.ingest(task_cls, task_cls.parse_config(params))

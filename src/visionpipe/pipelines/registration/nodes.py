@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from visionpipe.config import parse_task_config
 from visionpipe.engine import distributed
+from visionpipe.stages import gate_metric, serving_bundle
+from visionpipe.tasks import get_task_class
+from visionpipe.tracking.champion import rescorer, scoring_split, split_fingerprint
+from visionpipe.tracking.lineage import lineage_tags
+from visionpipe.tracking.registry import register_and_gate, registered_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -15,11 +19,8 @@ def register_model(model: dict, metrics: dict[str, float], index: dict, params: 
     """Register the model in the MLflow Model Registry; the alias goes to it only if it beats the champion."""
     import mlflow
 
-    from visionpipe.tracking.champion import rescorer, scoring_split, split_fingerprint
-    from visionpipe.tracking.lineage import lineage_tags
-    from visionpipe.tracking.registry import register_and_gate, registered_model_name
-
-    cfg = parse_task_config(task, params)
+    task_cls = get_task_class(task)
+    cfg = task_cls.parse_config(params)
     if not cfg.registry.enabled:
         return {"skipped": f"{task}.registry.enabled is false"}
     if not distributed.is_main_process():
@@ -30,12 +31,9 @@ def register_model(model: dict, metrics: dict[str, float], index: dict, params: 
     tags = {"visionpipe.task": task, "visionpipe.model": cfg.model.name, **lineage_tags(index, strict=cfg.data.validation == "strict")}
     if cfg.model.backbone:
         tags["visionpipe.backbone"] = cfg.model.backbone
-    from visionpipe.stages import serving_bundle
-
-    from visionpipe.stages import gate_metric
 
     split = scoring_split(index)
-    evaluation = {"split": split, "fingerprint": split_fingerprint(index, split), "rescore": rescorer(task, index, cfg)}
+    evaluation = {"split": split, "fingerprint": split_fingerprint(index, split), "rescore": rescorer(task_cls, index, cfg)}
     registry_cfg = {**cfg.registry.model_dump(), "greater_is_better": cfg.registry.greater,
                     "model_name": registered_model_name(task, cfg.registry.model_name, index),
                     "metric": gate_metric(cfg.registry.metric, metrics)}

@@ -7,15 +7,15 @@ from typing import Any
 import pandas as pd
 
 from visionpipe import stages
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import get_task_class
+from visionpipe.tracking.callbacks import split_history, tracking_callbacks
 
 
 def train_model(index: dict, augmentation: dict, params: dict[str, Any], task: str) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """Train; return the best model bundle, the per-epoch history and the per-epoch timings (their own file);
     epochs are streamed to the active MLflow run."""
-    from visionpipe.tracking.callbacks import split_history, tracking_callbacks
-
-    cfg = parse_task_config(task, params)
-    bundle, history = stages.train(task, index, augmentation, cfg, callbacks=tracking_callbacks(cfg))
+    task_cls = get_task_class(task)
+    cfg = task_cls.parse_config(params)
+    bundle, history = stages.train(task_cls, index, augmentation, cfg, callbacks=tracking_callbacks(cfg))
     learning, timings = split_history(history)
     return bundle, pd.DataFrame(learning), pd.DataFrame(timings)

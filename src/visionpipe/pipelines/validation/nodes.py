@@ -5,21 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from visionpipe import stages
-from visionpipe.config import parse_task_config
+from visionpipe.tasks import get_task_class
+from visionpipe.data import quality
 
 
 def check_dataset(index: dict, params: dict[str, Any], task: str) -> dict:
     """Check every image, mask and annotation; return the report of findings."""
-    return stages.validate(index, parse_task_config(task, params))
+    task_cls = get_task_class(task)
+    return stages.validate(task_cls, index, task_cls.parse_config(params))
 
 
 def apply_validation_policy(index: dict, report: dict, params: dict[str, Any], task: str) -> dict:
     """``strict``: fail on any finding, naming the files; ``skip``: drop them."""
-    return stages.enforce_policy(index, report, parse_task_config(task, params))
+    task_cls = get_task_class(task)
+    return stages.enforce_policy(task_cls, index, report, task_cls.parse_config(params))
 
 
 def report_data_quality(report: dict):
     """The readable data-quality report (markdown) and its plot, from the validation report."""
-    from visionpipe.data import quality
-
     return quality.markdown(report), quality.plot(report)

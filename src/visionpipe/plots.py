@@ -157,12 +157,10 @@ def results(history: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def pr_curves(predictions: list[dict], ground_truth: dict, classes: list[str]) -> plt.Figure:
-    from visionpipe.tasks.detection import coco_evaluate
-
-    _, ev = coco_evaluate(ground_truth, predictions, classes)
+def pr_curves(ev, names: dict[int, str], title: str = "Precision-recall at IoU 0.5") -> plt.Figure:
+    """Per-class precision-recall at IoU 0.5 from an evaluated COCOeval ``ev`` (None: no predictions), each class
+    labelled ``names[category_id]`` (the user's category ids, which may be sparse) with its AP50, in its class colour."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    names = {c["id"]: c["name"] for c in ground_truth["categories"]}  # the user's category ids
     if ev is not None:
         recall = ev.params.recThrs
         for k, cat_id in enumerate(ev.params.catIds):
@@ -174,7 +172,7 @@ def pr_curves(predictions: list[dict], ground_truth: dict, classes: list[str]) -
                         color=object_colours(len(ev.params.catIds))[k], lw=2)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(title="class (AP at IoU 0.5)")
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall at IoU 0.5")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     fig.tight_layout()
     return fig
 
