@@ -12,7 +12,8 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run serve test test-fast test-viz clean-data viz viz-build notebook notebook-html mlflow-ui repro plots help
+.PHONY: install run exps serve test test-fast test-viz clean-data viz viz-build notebook notebook-html mlflow-ui repro plots help \
+	tracking-server tracking-server-stop
 
 help:
 	@echo "make run     - set up .venv if needed, then visionpipe run (kedro run on every task, quiet, with a summary)"
@@ -20,9 +21,11 @@ help:
 	@echo "make install - (re)create the virtual environment"
 	@echo "make mlflow-ui - browse runs, models and plots (http://127.0.0.1:5000)"
 	@echo "make serve TASK=detection [PORT=5001] [MODEL=models:/<name>@champion] - REST scoring server (README, Serving)"
+	@echo "make tracking-server - a team's MLflow server on PostgreSQL (data/server/), in the background; make tracking-server-stop"
 	@echo "make viz      - kedro-viz on one task's pipeline (VIZ_TASK=detection ...; others in the left panel)"
 	@echo "make notebook - JupyterLab on notebooks/compare_champions.ipynb; make notebook-html renders it"
 	@echo "make repro / make plots - dvc repro; dvc plots show, rendered offline"
+	@echo "make exps    - dvc experiments: changed parameters and headline metrics (visionpipe exps)"
 
 $(BIN)/kedro: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,9 +36,20 @@ $(BIN)/kedro: pyproject.toml
 
 install: $(BIN)/kedro
 
-# `visionpipe run` is `kedro run` with quiet defaults set before Kedro loads its plugins (README, "What the terminal shows")
+# `visionpipe run` is `kedro run` with quiet defaults set before Kedro loads its plugins (README, "What the terminal shows").
+# Then, in a git + DVC checkout whose parameters are conf/base's alone (what dvc.yaml tracks), `dvc commit` records
+# what the run produced in dvc.lock, so `dvc status` is short and true (README, "DVC": which route updates dvc.lock).
 run: install
 	$(BIN)/visionpipe run
+	@if git rev-parse --git-dir >/dev/null 2>&1 && [ -d .dvc ]; then \
+	  if ls conf/local/parameters* >/dev/null 2>&1; then \
+	    echo "dvc.lock not updated: conf/local/ overrides parameters dvc.yaml does not track (dvc repro runs and records)"; \
+	  elif $(BIN)/dvc commit --force; then echo "dvc.lock records this run (dvc status: up to date)"; \
+	  else echo "dvc.lock not updated: dvc commit failed (above); the run itself succeeded"; fi; fi
+
+# the experiments at a glance: changed parameters and each task's headline metric (dvc exp show, 160 columns)
+exps: install
+	$(BIN)/visionpipe exps
 
 # MLflow's scoring server for a registered model (README, "Serving"): `visionpipe serve` runs `mlflow models serve
 # --env-manager local` with this venv's bin on PATH (MLflow starts `uvicorn` by name), no activation needed.
@@ -106,6 +120,15 @@ plots: install $(DVC_PLOTS_TEMPLATE)
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
+
+# PostgreSQL (this machine's server binaries; cluster, 0600 password, logs under data/server/) and `mlflow server
+# --serve-artifacts` on it, loopback only, in the background; a second start reuses the data. The last two lines
+# printed are what clients export (README, "For a team").
+tracking-server: install
+	@$(BIN)/visionpipe tracking-server start
+
+tracking-server-stop: install
+	@$(BIN)/visionpipe tracking-server stop
 
 repro: install
 	source $(BIN)/activate && dvc repro

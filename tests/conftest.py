@@ -9,6 +9,7 @@ import pytest
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # model.pretrained: auto on a user's data never reaches for the network in tests
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 

@@ -81,7 +81,7 @@ def dvc_project(root: Path) -> Path:
     """What a fresh clone holds (code, conf, dvc.yaml, .dvc, empty data layers), classification shrunk; not yet a git repo."""
     import shutil
 
-    for name in ("pyproject.toml", "dvc.yaml", ".dvcignore", ".gitignore"):
+    for name in ("pyproject.toml", "dvc.yaml", ".dvcignore", ".gitignore", ".telemetry"):
         shutil.copy(PROJECT / name, root)
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "tmp", "cache")
     for name in ("conf", "src", ".dvc"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from support import save_image
-from visionpipe.data import formats, validation
+from visionpipe.data import formats, quality, validation
 from visionpipe.tasks import get_task_class
 from visionpipe.errors import DataError
 from visionpipe.tasks.classification import ClassificationData
@@ -103,3 +103,24 @@ def test_non_utf8_file_names_are_read_and_hashed(tmp_path):
     report = validation.validate_index(get_task_class(index["task"]), index)
     assert report["findings"] == []
     json.dumps(report)  # the report and the index are written as JSON
+    # the name in a finding: the report, the terminal line and the strict error are all printable UTF-8
+    save_image(tmp_path / "val" / "x" / name, value=30)  # the same picture in val: leakage naming both files
+    index = formats.read_dataset(get_task_class("classification"), tmp_path, ClassificationData())
+    report = validation.validate_index(get_task_class(index["task"]), index)
+    assert quality.markdown({**report, "leakage": "warn"}).encode("utf-8")
+    assert all(line.encode("utf-8") for line in validation.summary_lines(report["warnings"], "r.md"))
+    with pytest.raises(DataError) as info:
+        validation.apply_policy(get_task_class("classification"), index, {**report, "leakage": "error"}, "strict")
+    assert "train/x/caf\\xe9.png ~ val/x/caf\\xe9.png" in str(info.value) and str(info.value).encode("utf-8")
+
+
+def test_a_coco_annotation_file_outside_the_root_is_an_error_or_hashed_when_allowed(tmp_path):
+    root = tmp_path / "data"
+    _coco(root, [])
+    (tmp_path / "train.json").write_text((root / "annotations" / "instances_train.json").read_text())
+    data = DetectionData(format="coco", train_annotations="../train.json")
+    with pytest.raises(DataError, match=r"train.json: annotation file outside data.root .*data.allow_outside_root: true"):
+        formats.read_dataset(get_task_class("detection"), root, data)
+    index = formats.read_dataset(get_task_class("detection"), root, data.model_copy(update={"allow_outside_root": True}))
+    assert index["outside_root"] == [str(tmp_path / "train.json")]
+    assert lineage_tags(index, project=tmp_path)["data.outside_root_md5"]

@@ -64,6 +64,7 @@ def test_grouped_batches_hold_one_aspect_ratio_group():
 
 # ---------------------------------------------------------------- loss terms
 
+@pytest.mark.slow  # trains
 def test_detector_loss_terms_are_recorded_and_sum_to_the_loss(tmp_path):
     cfg = parse_task_config("detection", task_params("detection", tmp_path, train={"aspect_ratio_group_factor": 3}))
     index = stages.ingest("detection", cfg)
@@ -129,6 +130,7 @@ def test_class_agnostic_nms_keeps_one_box_per_object(tmp_path, agnostic, kept):
 BACKBONES = ["resnet10t", "convnext_atto", "efficientnet_b0", "regnetx_002", "mobilenetv3_small_050"]
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("arch", ["fcos", "retinanet", "fasterrcnn"])
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_timm_families_with_every_head_take_a_training_step(tmp_path, backbone, arch):

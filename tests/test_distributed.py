@@ -150,8 +150,8 @@ def test_kedro_pipeline_under_torchrun_writes_and_logs_once(tmp_path):
     assert len(runs) == 1 and runs[0].data.tags["visionpipe.world_size"] == "2"
     assert len(client.search_model_versions("name='visionpipe-classification'")) == 1
     predictions = pd.read_csv(project / "data/07_model_output/classification/predictions.csv")
-    metrics = json.loads((project / "data/08_reporting/classification/metrics.json").read_text())
-    assert len(predictions) == metrics["val_images"] == 12  # both ranks' shards, written once
+    details = json.loads((project / "data/08_reporting/classification/evaluation.json").read_text())
+    assert len(predictions) == details["val_images"] == 12  # both ranks' shards, written once
 
     # a stage pipeline under torchrun reads its inputs (index, augmentation) from what the run above wrote:
     # ranks > 0 keep only the stage's outputs in memory

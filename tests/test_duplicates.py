@@ -49,6 +49,9 @@ def test_copies_of_every_kind_are_confirmed_and_distinct_glyphs_are_not():
     # another glyph drawn through nearby points: the same "class", not the same picture
     other = _sig(np.roll(_digit(1), 0, axis=0) // 2 + _digit(2) // 2)
     assert duplicates.pixel_difference(original, other) > duplicates.MAX_PIXEL_DIFFERENCE
+    grey, black = np.full((28, 28), 128, np.uint8), np.zeros((28, 28), np.uint8)  # blank pages: their level is their content
+    assert duplicates.pixel_difference(_sig(grey), _sig(black)) > duplicates.MAX_PIXEL_DIFFERENCE
+    assert duplicates.pixel_difference(_sig(grey), _sig(grey, "JPEG", quality=75)) <= duplicates.MAX_PIXEL_DIFFERENCE
     found = duplicates.find([original, _sig(copies["resized"]), None, other, _sig(base)])
     assert [(d["i"], d["j"], d["kind"]) for d in found] == [(0, 1, "near"), (0, 4, "exact"), (1, 4, "near")]
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -62,29 +63,172 @@ def test_comparison_table_and_plot():
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0: train.lr=0.1", "1: train.lr=0.2"]
 
 
-def test_parallel_points_never_share_a_gpu():
-    import threading
-    import time
+def test_search_specs_become_optuna_dimensions_and_bad_ones_name_the_key():
+    import optuna
 
-    from visionpipe.experiments.sweep import run_parallel
+    from visionpipe.experiments.sweep import parse_search, suggest
 
-    lock, held, seen, peak = threading.Lock(), set(), [], [0]
+    dims = parse_search(["train.lr=log[1e-5,1e-2]", "train.weight_decay=float[0,0.1]", "train.epochs=int[2,8]",
+                         "model.name=[resnet18,resnet34]"])
+    assert [(d.kind, d.low, d.high) for d in dims.values()] == [("log", 1e-5, 1e-2), ("float", 0.0, 0.1), ("int", 2, 8),
+                                                                 ("choice", None, None)]
+    assert dims["model.name"].choices == ("resnet18", "resnet34")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        values = suggest(study.ask(), dims)
+        assert 1e-5 <= values["train.lr"] <= 1e-2 and isinstance(values["train.epochs"], int) and 2 <= values["train.epochs"] <= 8
+        assert values["model.name"] in ("resnet18", "resnet34") and 0 <= values["train.weight_decay"] <= 0.1
+    assert isinstance(study.trials[0].distributions["train.lr"], optuna.distributions.FloatDistribution)
+    assert study.trials[0].distributions["train.lr"].log
+    for spec, message in [("train.lr=log[0,1]", "lo > 0"), ("train.lr=float[1,0.1]", "low end"), ("train.lr=int[1.5,3]", "integers"),
+                          ("train.lr=uniform(1,2)", "train.lr=log"), ("train.lr", "expected KEY="), ("model.name=[]", "empty"),
+                          ("model.name=[[a]]", "single values")]:
+        with pytest.raises(ConfigError, match=message) as err:
+            parse_search([spec])
+        assert "--search" in str(err.value)
 
-    def work(item, gpu):
-        with lock:
-            assert gpu not in held  # no two running points on one GPU
-            held.add(gpu)
-            seen.append((item, gpu))
-            peak[0] = max(peak[0], len(held))
-        time.sleep(0.05)
-        with lock:
-            held.discard(gpu)
 
-    run_parallel(list(range(6)), work, jobs=2, gpus=["3", "5"])
-    assert sorted(i for i, _ in seen) == list(range(6)) and {g for _, g in seen} == {"3", "5"} and peak[0] == 2
-    seen.clear()
-    run_parallel([0, 1], work)  # sequential by default, without a GPU assignment
-    assert seen == [(0, None), (1, None)]
+def test_grid_space_keeps_a_grid_s_own_keys_and_indexes_explicit_points():
+    from visionpipe.experiments.sweep import grid_space, parse_grid
+
+    grid = parse_grid(["train.lr=[0.001,0.01]", "model.name=[a,b,c]"])
+    assert grid_space(grid) == {"train.lr": [0.001, 0.01], "model.name": ["a", "b", "c"]}
+    points = [{"train.lr": 0.1}, {"model.name": "b"}, {"train.lr": 0.2}]
+    assert grid_space(points) == {"point": [0, 1, 2]}
+    assert grid_space([{"train.lr": 0.1, "model.name": "a"}, {"train.lr": 0.2, "model.name": "b"}]) == {"point": [0, 1]}
+
+
+def test_fixed_params_keep_commas_inside_brackets():
+    from visionpipe.experiments.sweep import split_params
+
+    assert split_params("data.root=/d/pets,train.epochs=2, augment.scale=[0.5,1.0]") == {
+        "data.root": "/d/pets", "train.epochs": 2, "augment.scale": [0.5, 1.0]}
+    assert split_params("") == {}
+    with pytest.raises(ConfigError, match="--params 'train.epochs'"):
+        split_params("train.epochs")
+
+
+def test_best_point_follows_the_registry_direction_when_greater_is_better_is_null():
+    """A null ``greater_is_better`` means higher is better for top1 (lower only for a loss): the sweep used to
+    pass the raw null, which picked the point with the lowest top1."""
+    from visionpipe.config import RegistryConfig
+    from visionpipe.experiments.sweep import PointResult, pick_best
+
+    points = [PointResult(0, {"train.lr": 0.1}, "a", Path("p0"), "finished", metrics={"top1": 0.2, "val_loss": 0.9}),
+              PointResult(1, {"train.lr": 0.2}, "b", Path("p1"), "finished", metrics={"top1": 0.8, "val_loss": 0.3}),
+              PointResult(2, {"train.lr": 0.3}, "c", Path("p2"), "pruned", metrics={"top1": 0.9}),
+              PointResult(3, {"train.lr": 0.4}, "d", Path("p3"), "failed")]
+    top1 = RegistryConfig(model_name="m", metric="top1")
+    assert top1.greater_is_better is None
+    assert pick_best(points, top1).run_id == "b"
+    loss = RegistryConfig(model_name="m", metric="val_loss")
+    assert pick_best(points, loss).run_id == "b"
+    points[0].metrics["val_loss"] = 0.1
+    assert pick_best(points, loss).run_id == "a"
+    assert pick_best(points, RegistryConfig(model_name="m", metric="top1", greater_is_better=False)).run_id == "a"
+    assert pick_best(points[2:], top1) is None  # a pruned point is never the best
+
+
+def test_pruning_callback_reports_each_epoch_and_stops_a_hopeless_trial():
+    import optuna
+
+    from visionpipe.tasks import parse_task_config
+    from visionpipe.experiments.sweep import PRUNER
+    from visionpipe.experiments.sweep_point import pruning
+    from visionpipe.tracking.callbacks import TrialReporter, tracking_callbacks
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(**{**PRUNER, "n_startup_trials": 2}))
+    for good in (0.6, 0.8):  # two earlier trials: top1 0.5 then `good`
+        trial = study.ask()
+        for epoch, value in ((1, 0.5), (2, good)):
+            trial.report(value, epoch)
+        study.tell(trial, good)
+    cfg = parse_task_config("classification", task_params("classification"))
+    assert not any(isinstance(cb, TrialReporter) for cb in tracking_callbacks(cfg))
+    trial = study.ask()
+    with pruning(trial, "top1"):
+        (reporter,) = [cb for cb in tracking_callbacks(cfg) if isinstance(cb, TrialReporter)]
+        reporter.on_epoch_end(0, {"epoch": 1, "top1": 0.1, "train_loss": 2.0})  # warm-up epoch: never judged
+        with pytest.raises(optuna.TrialPruned, match="top1=0.1 after epoch 2"):
+            reporter.on_epoch_end(1, {"epoch": 2, "top1": 0.1})
+    assert study.trials[-1].intermediate_values == {1: 0.1, 2: 0.1}
+    assert not any(isinstance(cb, TrialReporter) for cb in tracking_callbacks(cfg))  # only while the trial runs
+
+
+def test_a_worker_records_complete_pruned_and_failed_trials_and_gates_only_the_best(tmp_path, monkeypatch):
+    """The worker's whole loop on a stand-in for training (no Kedro run): a study in SQLite, one parent run,
+    a pruned trial (KILLED in MLflow), a failed one (FAILED, with its error), the best by top1 gated once."""
+    import json as _json
+
+    import mlflow
+    import optuna
+
+    from visionpipe.tasks import parse_task_config
+    from visionpipe.experiments import sweep
+    from visionpipe.tracking.callbacks import TrialReporter, tracking_callbacks
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = task_params("classification")
+    monkeypatch.setattr(sweep.SweepWorker, "_load_project", lambda self: (params, "visionpipe", None))
+    monkeypatch.setattr(sweep.SweepWorker, "catalog_path", lambda self, dataset: f"out/{dataset}.json")
+    monkeypatch.setattr(sweep.SweepWorker, "_builtin_data", lambda self: None)
+    monkeypatch.setattr(sweep, "PRUNER", {"n_startup_trials": 2, "n_warmup_steps": 2})
+    gated = []
+    monkeypatch.setattr(sweep, "champion_gate", lambda run_id, *args: gated.append(run_id) or {"model_name": "m", "version": "1"})
+    # the n-th trial to run: its top1 after epochs 1, 2, 3 (None: it fails)
+    curves = [(0.5, 0.5, 0.5), (0.6, 0.6, 0.6), (0.1, 0.1, 0.1), None, (0.7, 0.8, 0.9)]
+
+    def fake_run_point(project, point_dir, task, run_id, runtime_params, env=None):
+        assert runtime_params[task]["registry"]["enabled"] is False and runtime_params[task]["train"]["epochs"] == 3
+        curve = curves.pop(0)
+        if curve is None:
+            raise ConfigError("classification.train.lr: out of range")
+        reporters = [cb for cb in tracking_callbacks(parse_task_config(task, params)) if isinstance(cb, TrialReporter)]
+        for epoch, value in enumerate(curve):
+            for cb in reporters:
+                cb.on_epoch_end(epoch, {"epoch": epoch + 1, "top1": value})
+        (point_dir / "out").mkdir(parents=True)
+        (point_dir / "out/metrics.json").write_text(_json.dumps({"top1": curve[-1], "val_loss": 1.0}))
+
+    monkeypatch.setattr(sweep, "run_point", fake_run_point)
+    summary = sweep.run_sweep(tmp_path, "classification", search=["train.lr=log[1e-4,1e-1]"], trials=5, prune=True,
+                              fixed={"train.epochs": 3}, name="s", heartbeat_s=5, poll_s=0.1)
+
+    study = optuna.load_study(study_name="s", storage=sweep.default_storage(tmp_path))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL", "COMPLETE"]
+    assert study.trials[2].intermediate_values == {1: 0.1, 2: 0.1}  # stopped after epoch 2, below the median
+    client = mlflow.MlflowClient()
+    runs = {r.data.tags["sweep.trial"]: r for r in client.search_runs([client.get_experiment_by_name("visionpipe-classification").experiment_id],
+                                                                       "tags.`sweep.trial` != ''")}  # beside the task's runs
+    assert [runs[str(i)].info.status for i in range(5)] == ["FINISHED", "FINISHED", "KILLED", "FAILED", "FINISHED"]
+    assert runs["2"].data.tags["sweep.state"] == "PRUNED" and "after epoch 2" in runs["2"].data.tags["sweep.pruned"]
+    assert runs["3"].data.tags["visionpipe.error"] == "ConfigError: classification.train.lr: out of range"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {summary.parent_run_id}
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.data.tags["sweep.study"] == "s" and parent.data.tags["sweep.best_run_id"] == runs["4"].info.run_id
+    assert parent.data.metrics["best_top1"] == 0.9 and parent.info.status == "FINISHED"
+    assert gated == [runs["4"].info.run_id]  # only the best went through the registration node
+    frame = pd.read_csv(tmp_path / "data/sweeps/classification/s/comparison.csv")
+    assert list(frame["status"]) == ["finished", "finished", "pruned", "failed", "finished"]
+    assert (tmp_path / "data/sweeps/classification/s/trial-003/error.txt").read_text().count("ConfigError") >= 1
+    # a worker started again once the study is done finds nothing to do and registers nothing more
+    again = sweep.run_sweep(tmp_path, "classification", search=["train.lr=log[1e-4,1e-1]"], trials=5, prune=True,
+                            fixed={"train.epochs": 3}, name="s", heartbeat_s=5)
+    assert len(study.trials) == 5 and gated == [runs["4"].info.run_id] and again.best.run_id == runs["4"].info.run_id
+    with pytest.raises(ConfigError, match="was started with trials = 5"):
+        sweep.run_sweep(tmp_path, "classification", search=["train.lr=log[1e-4,1e-1]"], trials=6, prune=True,
+                        fixed={"train.epochs": 3}, name="s")
+
+
+def test_sweep_options_fail_in_one_line(tmp_path, monkeypatch):
+    from visionpipe.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(cli, ["sweep", "--task", "classification", "--grid", "train.lr=[0.1]", "--jobs", "2"])
+    assert out.exit_code != 0 and "CUDA_VISIBLE_DEVICES" in out.output and "Traceback" not in out.output
+    out = CliRunner().invoke(cli, ["sweep", "--task", "classification", "--search", "train.lr=log[0,1]"])
+    assert out.exit_code == 1 and "--search" in out.output and "Traceback" not in out.output
 
 
 # ---------------------------------------------------------------- the project's store

@@ -67,6 +67,19 @@ def test_queued_experiments_log_to_the_project_store(repo):
     assert {r.data.tags["dvc.exp_baseline_rev"] for r in runs} == {head}
     assert {r.data.params["classification.train.lr"] for r in runs} == {"0.01", "0.02"}
     assert all(r.info.artifact_uri.startswith((repo / "mlartifacts").as_uri()) for r in runs)
+    # each experiment commit carries its metrics: `dvc exp show` reads them (no "!" cells, no FileNotFoundError)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "COLUMNS": "160"}
+    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, env=env, capture_output=True, text=True,
+                                      check=True).stdout)
+    experiments = [e for row in shown for e in (row.get("experiments") or [])]
+    assert len(experiments) == 2
+    for exp in experiments:
+        metrics = exp["revs"][0]["data"]["metrics"]["data/08_reporting/classification/metrics.json"]
+        assert "error" not in metrics and 0.0 <= metrics["data"]["top1"] <= 1.0
+    table = subprocess.run(["visionpipe", "exps"], cwd=repo, env=env, capture_output=True, text=True, check=True).stdout
+    # the short view: the headline metric and the changed parameter, in 160 columns
+    assert "top1" in table and "classification.train.lr" in table and "val_loss" not in table
+    assert max(len(line) for line in table.splitlines()) <= 160
     assert not list((repo / ".dvc").rglob("mlflow.db"))  # nothing logged inside DVC's temporary copies
 
 
@@ -147,7 +160,10 @@ def test_sweep_of_nested_runs_gates_only_the_best(tmp_path):
     assert "finished" in comparison and "failed" in comparison and "unknown timm model" in comparison
     versions = c.search_model_versions("name='visionpipe-classification'")
     assert [v.run_id for v in versions] == [good.info.run_id]  # only the best point went through the gate
-    assert parent.data.tags["visionpipe.sweep.best_run_id"] == good.info.run_id
-    # each point wrote its own outputs
-    assert (project / "data/sweeps/classification/s1/point-00/data/06_models/classification/model").is_dir()
+    assert parent.data.tags["sweep.best_run_id"] == good.info.run_id and parent.data.tags["sweep.study"] == "s1"
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.failed"] == "1"
+    # each trial wrote its own outputs
+    trial = good.data.tags["sweep.trial"]
+    assert (project / f"data/sweeps/classification/s1/trial-{int(trial):03d}/data/06_models/classification/model").is_dir()
+    assert (project / "data/sweeps/optuna.db").is_file()  # the study: the project's own SQLite file
     assert not (project / "data/06_models/classification/model").exists()

@@ -254,12 +254,12 @@ def test_segmentation_sliding_window_stitches_windows_and_keeps_the_oracle_exact
 
     torch.testing.assert_close(slide(per_pixel, images, 32, 0.25, 3), images)
     assert set(calls) == {(32, 32)} and len(calls) == 4 * 3  # 4 rows x 3 columns of windows
-    # through evaluation and Predictor: letterboxed to tile.size, windows of train.image_size, IoU still exactly 1
+    # through evaluation and Predictor: letterboxed to slide.size, windows of train.image_size, IoU still exactly 1
     root = tmp_path / "masks"
     truth = write_masks(root)
     cfg = parse_task_config("segmentation", task_params("segmentation", tmp_path, augment=[],
                                                         data={"root": str(root), "format": "masks", "classes": ["background", "a", "b"]},
-                                                        train={"image_size": 32}, evaluation={"tile": {"size": 128, "overlap": 0.5}}))
+                                                        train={"image_size": 32}, evaluation={"slide": {"size": 128, "overlap": 0.5}}))
     index = stages.ingest("segmentation", cfg)
     spec = stages.make_spec("segmentation", cfg, index["classes"])
     seen = []
@@ -272,15 +272,35 @@ def test_segmentation_sliding_window_stitches_windows_and_keeps_the_oracle_exact
     monkeypatch.setattr(SegmentationTask, "build_model", oracle)
     bundle = {"spec": spec, "state_dict": {}}
     metrics, _, _ = stages.evaluate("segmentation", index, stages.augmentation("segmentation", cfg), bundle, cfg)
-    assert metrics["miou"] == pytest.approx(1.0) and metrics["evaluation"]["tile"] == {"size": 128, "overlap": 0.5}
+    assert metrics["miou"] == pytest.approx(1.0) and metrics["evaluation"]["slide"] == {"size": 128, "overlap": 0.5}
     assert set(seen) == {(32, 32)}  # the model only ever saw windows of the training size
     images = [np.asarray(Image.open(root / "val" / "images" / f"{k}.png").convert("RGB")) for k in range(len(SEG_SIZES))]
     for result, mask in zip(Predictor(stages.serving_bundle(bundle, cfg)).predict_arrays(images), truth):
         assert result["mask"].shape == mask.shape and (result["mask"].numpy() == mask).all()
-    with pytest.raises(ConfigError, match=r"evaluation\.tile\.size 48 is smaller than train\.image_size 64"):
-        parse_task_config("segmentation", task_params("segmentation", train={"image_size": 64}, evaluation={"tile": {"size": 48}}))
+    with pytest.raises(ConfigError, match=r"evaluation\.slide\.size 48 is smaller than train\.image_size 64"):
+        parse_task_config("segmentation", task_params("segmentation", train={"image_size": 64}, evaluation={"slide": {"size": 48}}))
 
 
+def test_one_meaning_per_evaluation_key_and_settings_are_typed_on_load(caplog):
+    """Detection's evaluation.tile is tiles of original pixels; segmentation's sliding window is evaluation.slide (its
+    old name tile is still read, with a warning). A task object holds its evaluation settings as its typed model,
+    validated again from the spec, and a bad stored value is one ConfigError naming the key."""
+    from visionpipe.tasks.detection import DetectionEvaluation, TileConfig
+    from visionpipe.tasks.segmentation import SegmentationEvaluation, SlideConfig
+
+    assert set(DetectionEvaluation.model_fields) & set(SegmentationEvaluation.model_fields) == {"batch_size"}
+    assert DetectionEvaluation.model_fields["tile"].annotation == TileConfig | None
+    old = parse_task_config("segmentation", task_params("segmentation", train={"image_size": 32}, evaluation={"tile": {"size": 64}}))
+    assert old.evaluation.slide == SlideConfig(size=64) and "evaluation.slide" in caplog.text
+    spec = stages.make_spec("detection", parse_task_config("detection", task_params("detection")), ["a", "b"])
+    task = get_task(spec)
+    assert isinstance(task.evaluation, DetectionEvaluation) and task.evaluation.score_threshold == 0.05
+    assert type(task).inference_params(spec) == {"score_threshold": 0.05, "max_detections": 100}
+    with pytest.raises(ConfigError, match=r"detection model spec: .*max_detections"):
+        get_task({**spec, "evaluation": {**spec["evaluation"], "max_detections": 0}})
+
+
+@pytest.mark.slow  # trains
 def test_sparse_ids_end_to_end_rescore_with_pycocotools_against_the_users_file(tmp_path):
     """Real training on non-square photos with COCO ids 5/17/90: validation, training, evaluation; the
     written predictions re-score against the user's own instances_val.json to the reported mAP."""

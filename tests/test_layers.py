@@ -45,7 +45,6 @@ ALLOWED_IN_FUNCTIONS: dict[tuple[str, str], str] = {
     ("visionpipe.experiments.cli", "*"): "as cli: dvc-sync, sweep and reproduce load their machinery when they run",
     ("visionpipe.tasks", "visionpipe.plots"): "matplotlib takes seconds to import: only the plot node pays it, not "
                                               "serving or training",
-    ("visionpipe.experiments.sweep", "*"): "issue 24 rewrites the sweep on Optuna; its imports move then",
 }
 
 

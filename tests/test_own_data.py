@@ -4,6 +4,7 @@ registered model names, pretrained weights from the hub cache."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -125,3 +126,149 @@ def test_gate_and_default_model_say_when_the_champions_classes_differ(tmp_path, 
     assert verdict["promoted"] is True and verdict["champion_score"] == 0.0
     assert verdict["classes_note"].startswith(f"champion v{version.version} knows none of today's 2 classes")
     assert verdict["reason"].endswith(verdict["classes_note"])
+
+
+def _sh(repo: Path, *cmd: str) -> str:
+    """Run a command as a user would in the clone: no telemetry opt-out in the environment (the project's own
+    .telemetry answers), the venv's programs first."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_TRACKING", "DVC_")) and k not in ("KEDRO_DISABLE_TELEMETRY", "DO_NOT_TRACK", "VISIONPIPE_VERBOSE")}
+    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", COLUMNS="200", VISIONPIPE_SYSTEM_METRICS="false",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
+    proc = subprocess.run(list(cmd), cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_own_data_after_the_demo_in_a_fresh_clone(tmp_path):
+    """The README's route: the demo, then `dvc add` of the user's folder (classes the demo never had), a run on
+    it, `predict` in the user's classes, and `visionpipe reproduce` restoring the data by md5 after it changed."""
+    from support import dvc_project, save_image
+
+    repo = dvc_project(tmp_path)
+    _sh(repo, "git", "init", "-q")
+    _sh(repo, "git", "add", "-A")
+    _sh(repo, "git", "commit", "-qm", "fresh clone")
+    out = _sh(repo, "kedro", "run", "--pipelines=classification")  # the demo: visionpipe-classification
+    _colour_folders(repo / "data/01_raw/mine", {"cat": 20, "dog": 230}, per_class=4)
+    _sh(repo, "dvc", "add", "data/01_raw/mine")  # the .dvc file is not git-ignored; DVC stages it (core.autostage)
+    _sh(repo, "git", "commit", "-qm", "my data")
+    out += _sh(repo, "kedro", "run", "--pipelines=classification", "--params=classification.data.root=data/01_raw/mine")
+    assert "telemetry" not in out.lower() and "Heap" not in out
+    assert re.search(r"weights +from scratch \(model.pretrained: auto\)", out)  # offline, nothing cached: said in the summary
+
+    decision = json.loads((repo / "data/08_reporting/classification/registration.json").read_text())
+    assert decision["model_name"] == "visionpipe-classification-mine" and decision["champion_version"] is None
+    import mlflow
+    import yaml
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    recorded = yaml.safe_load((repo / "data/01_raw/mine.dvc").read_text())["outs"][0]["md5"]
+    assert client.get_run(decision["run_id"]).data.tags["data.dvc_md5"] == recorded
+
+    predicted = _sh(repo, "visionpipe", "predict", "--task", "classification", "--images", "data/01_raw/mine/val",
+                    "--output", "predictions.jsonl", "--no-progress")
+    assert "models:/visionpipe-classification-mine@champion" in predicted
+    rows = [json.loads(line) for line in (repo / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and {r["label"] for r in rows} <= {"cat", "dog"}  # the user's classes, never "circle"
+
+    save_image(repo / "data/01_raw/mine/val/cat/0.png", size=(32, 32), value=200)  # the folder changes afterwards
+    save_image(repo / "data/01_raw/mine/train/dog/extra.png", size=(32, 32), value=90)
+    out = _sh(repo, "visionpipe", "reproduce", "models:/visionpipe-classification-mine/1")
+    assert "reproduced: metrics equal within tolerance" in out and recorded in out
+
+
+def test_the_short_experiments_view_keeps_headline_metrics_and_parameters():
+    import re
+
+    from visionpipe.experiments.cli import short_view_drop
+
+    drop = re.compile(short_view_drop())
+    kept = ["Experiment", "Created", "top1", "map", "miou", "mask_map", "test/top1",
+            "data/08_reporting/detection/metrics.json:map", "classification.train.lr", "detection.model.backbone"]
+    dropped = ["val_loss", "top5", "ap/circle", "iou/background", "val_images", "eval_time_s",
+               "data/01_raw/builtin/classification", "data/08_reporting/detection/metrics.json:val_loss"]
+    assert not [c for c in kept if drop.search(c)] and all(drop.search(c) for c in dropped)
+
+
+def _hub_cache(tmp_path, monkeypatch, weights: dict | None):
+    """An offline Hugging Face hub cache holding ``weights`` as timm's published resnet10t (or nothing)."""
+    import huggingface_hub.constants as hf
+    import safetensors.torch
+
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    if weights is not None:
+        repo = tmp_path / "hf" / "models--timm--resnet10t.c3_in1k"
+        snapshot = repo / "snapshots" / ("0" * 40)
+        snapshot.mkdir(parents=True)
+        safetensors.torch.save_file(weights, str(snapshot / "model.safetensors"))
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text("0" * 40)
+
+
+def _published(fill: float = 0.5) -> dict:
+    """Weights of timm's resnet10t (1000 classes) with every float tensor set to ``fill``: recognisable once loaded."""
+    import timm
+    import torch
+
+    return {k: torch.full_like(v, fill) if v.is_floating_point() else v
+            for k, v in timm.create_model("resnet10t", pretrained=False).state_dict().items()}
+
+
+def _spec(pretrained, **kwargs):
+    from support import task_params
+    from visionpipe import stages
+    from visionpipe.tasks import parse_task_config
+
+    cfg = parse_task_config("classification", task_params("classification", model={"pretrained": pretrained, "kwargs": kwargs}))
+    return stages.make_spec("classification", cfg, ["cat", "dog"])
+
+
+def test_pretrained_auto_takes_published_weights_from_the_hub_cache_for_user_data(tmp_path, monkeypatch):
+    from visionpipe import stages
+
+    _hub_cache(tmp_path, monkeypatch, _published())
+    spec = _spec("auto")
+    _, model = stages.build_initial_model("classification", spec, {"root": str(tmp_path / "mine")})
+    assert spec["model"]["pretrained"] is True and "weights_note" not in spec
+    assert (model.conv1[0].weight == 0.5).all() and model.fc.weight.shape == (2, 512)  # body published, head for 2 classes
+    # the built-in data stays offline and deterministic: never the published weights, even when cached
+    spec = _spec("auto")
+    _, model = stages.build_initial_model("classification", spec, {"builtin": True})
+    assert spec["model"]["pretrained"] is False and not (model.conv1[0].weight == 0.5).all()
+
+
+def test_pretrained_auto_without_weights_trains_from_scratch_and_says_how_to_get_them(tmp_path, monkeypatch):
+    from visionpipe import stages
+    from visionpipe.errors import ConfigError
+
+    _hub_cache(tmp_path, monkeypatch, None)  # offline, nothing cached
+    spec = _spec("auto")
+    _, model = stages.build_initial_model("classification", spec, {"root": str(tmp_path / "mine")})
+    assert spec["model"]["pretrained"] is False
+    assert spec["weights_note"].startswith("from scratch (model.pretrained: auto)") and "pretrained_path" in spec["weights_note"]
+    with pytest.raises(ConfigError, match="model.pretrained"):  # asked for explicitly, missing weights stay an error
+        stages.build_initial_model("classification", _spec(True), {"root": str(tmp_path / "mine")})
+
+
+def test_reset_head_always_reinitialises_the_classifier(tmp_path, monkeypatch):
+    from visionpipe.engine.checkpoint import save_weights
+    from visionpipe.tasks.classification import build_classifier
+
+    _hub_cache(tmp_path, monkeypatch, _published())
+    kept = build_classifier({"name": "resnet10t", "pretrained": True}, 1000)  # as many classes as the published head
+    fresh = build_classifier({"name": "resnet10t", "pretrained": True, "kwargs": {"reset_head": True}}, 1000)
+    assert (kept.fc.weight == 0.5).all()
+    assert (fresh.conv1[0].weight == 0.5).all() and not (fresh.fc.weight == 0.5).any()
+    # a 5-class model fine-tuned on 5 new classes: the old head is not kept either
+    five = {k: v for k, v in build_classifier({"name": "resnet10t"}, 5).state_dict().items()}
+    five = {k: v.fill_(0.25) if v.is_floating_point() else v for k, v in five.items()}
+    save_weights(five, tmp_path / "five.safetensors")
+    new = build_classifier({"name": "resnet10t", "pretrained_path": str(tmp_path / "five.safetensors"),
+                            "kwargs": {"reset_head": True}}, 5)
+    assert (new.conv1[0].weight == 0.25).all() and not (new.fc.weight == 0.25).any()

@@ -52,6 +52,7 @@ def _head_state(trainer):
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if id(p) not in inside}
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_frozen_backbone_is_unchanged_bit_for_bit_then_trains(tmp_path, task):
     cfg, index, aug = _prepare(tmp_path, task, train={"epochs": 2, "freeze_backbone_epochs": 1, **NO_SCHEDULE})
@@ -144,6 +145,7 @@ def test_backbone_settings_need_a_backbone():
 
 # ---------------------------------------------------------------- EMA
 
+@pytest.mark.slow  # trains
 def test_ema_weights_are_evaluated_chosen_and_saved(tmp_path):
     cfg, index, aug = _prepare(tmp_path, train={"epochs": 2, "ema": {"enabled": True, "decay": 0.9, "warmup": False},
                                                "checkpoint_dir": str(tmp_path / "ck")})
@@ -168,6 +170,7 @@ class _StopAfterFirstEpoch(Callback):
         raise KeyboardInterrupt("killed")
 
 
+@pytest.mark.slow  # trains
 def test_resume_with_ema_equals_an_uninterrupted_run(tmp_path):
     ema = {"enabled": True, "decay": 0.95, "warmup": True}
     full_cfg, index, aug = _prepare(tmp_path, data={"builtin": {"train_images": 16, "val_images": 6}},
@@ -205,6 +208,7 @@ def _scripted_top1(monkeypatch, values):
     monkeypatch.setattr(ClassificationEvaluator, "compute", compute)
 
 
+@pytest.mark.slow  # trains
 def test_patience_stops_training_and_reports_the_stop(tmp_path, monkeypatch):
     cfg, index, aug = _prepare(tmp_path, data=SMALL, train={"epochs": 8, "patience": 2, "min_delta": 0.01, "checkpoint_dir": str(tmp_path / "ck")})
     _scripted_top1(monkeypatch, [0.1, 0.5, 0.505, 0.49, 0.9, 0.9, 0.9, 0.9])
@@ -224,6 +228,7 @@ def test_patience_stops_training_and_reports_the_stop(tmp_path, monkeypatch):
     assert len(resumed_history) == 4 and _equal(resumed["state_dict"], bundle["state_dict"])
 
 
+@pytest.mark.slow  # trains
 def test_plateau_scheduler_lowers_lr_on_the_selection_metric(tmp_path, monkeypatch):
     cfg, index, aug = _prepare(tmp_path, data=SMALL, train={"epochs": 4, "scheduler": "plateau", "warmup_epochs": 0, "plateau_patience": 1,
                                                "gamma": 0.5, "lr": 0.01})

@@ -130,7 +130,24 @@ def test_ensure_store_creates_tables_and_experiment_once(mlflow_store):
     rs.ensure_store(client.uri, "visionpipe", "file:///elsewhere")  # idempotent: the experiment is not re-created
     assert client.get_experiment_by_name("visionpipe").experiment_id == exp
     assert client.get_experiment(exp).artifact_location == client.art
-    rs.ensure_store("http://tracking.example:5000", "visionpipe")  # a server creates its own store: nothing done
+
+
+def test_an_experiment_another_process_creates_at_the_same_moment_is_not_an_error():
+    """Two runs starting together against a tracking server (no file lock there) both create the experiment."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
+
+    class Racing:  # the other process creates it between our lookup and our create
+        created = False
+
+        def get_experiment_by_name(self, name):
+            return SimpleNamespace(experiment_id="7") if self.created else None
+
+        def create_experiment(self, name, **kwargs):
+            self.created = True
+            raise MlflowException(f"Experiment(name={name}) already exists", error_code=RESOURCE_ALREADY_EXISTS)
+
+    assert rs.create_experiment_once(Racing(), "visionpipe") == "7"
 
 
 def test_runs_of_dead_processes_are_marked_killed(mlflow_store, project):

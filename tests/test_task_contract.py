@@ -14,7 +14,7 @@ from visionpipe.tasks import TASKS
 from visionpipe.tasks import parse_task_config
 from visionpipe.errors import ConfigError
 from visionpipe.tasks import get_task, get_task_class
-from visionpipe.tasks.base import Task
+from visionpipe.tasks.base import Task, mandatory
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "visionpipe"
 
@@ -60,13 +60,37 @@ def test_every_task_module_defines_the_whole_contract():
     for name in TASKS:
         cls = get_task_class(name)
         assert issubclass(cls, Task) and cls.name == name
-        for attr in ("formats", "config_model", "metrics", "primary_metric", "output_datasets", "plot_names"):
-            assert getattr(cls, attr, None), (name, attr)
+        assert cls.missing() == [], f"{name} leaves out {cls.missing()}"
         assert cls.primary_metric in cls.metrics
-        for method in ("write_builtin", "make_sample", "build_model", "loss", "evaluator", "postprocess", "prediction_outputs", "plots"):
-            assert getattr(cls, method) is not getattr(Task, method), f"{name} does not implement {method}"
     with pytest.raises(ValueError, match="Unknown task 'detektion'.*detection"):
         get_task_class("detektion")
+
+
+def test_a_new_task_implements_fewer_than_half_of_the_contract_and_a_missing_piece_is_named():
+    """The roles (data, samples, model, evaluation, serving) give defaults for all but a few members; a task that
+    leaves a mandatory one out is named by ``missing`` and cannot be built."""
+    members = [n for n in dir(Task) if not n.startswith("_") and n not in ("missing",)]
+    assert 2 * len(mandatory()) < len(members), (len(mandatory()), len(members))
+    complete = get_task_class("classification")
+    broken = type("BrokenTask", (complete,), {"loss": None, "plots": None, "metrics": ()})
+    broken.__abstractmethods__ = frozenset({"loss", "plots"})  # what ABCMeta computes for a class that never defined them
+    assert broken.missing() == ["loss", "metrics", "plots"]
+    with pytest.raises(TypeError, match="abstract"):
+        broken({"classes": ["a"]})
+    bare = type("BareTask", (Task,), {"record_labels": classmethod(lambda cls, rec: [0])})
+    assert bare.missing() == sorted([*mandatory(), "relabel"])  # records that list labels must be relabelled too
+
+
+# every mandatory method, and where the end-to-end contract test below calls it for every task
+EXERCISED = {
+    "write_builtin": "stages.ingest (the built-in data)", "make_sample": "stages.train", "build_model": "stages.train",
+    "loss": "stages.train", "evaluator": "stages.evaluate", "postprocess": "stages.evaluate and Predictor.predict_arrays",
+    "prediction_outputs": "task_obj.prediction_outputs", "plots": "cls.plots",
+}
+
+
+def test_the_end_to_end_test_exercises_every_mandatory_method():
+    assert set(EXERCISED) == set(Task.__abstractmethods__)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +110,7 @@ def trained(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("task", TASKS)
 def test_task_contract_end_to_end(trained, task, tmp_path):
     import pandas as pd
@@ -165,6 +190,7 @@ def test_the_onnx_engine_answers_as_the_torch_engine(trained, task, tmp_path):
     assert onnx_engine.predict(images[:1])[0].keys() == torch_engine.predict(images[:1])[0].keys()
 
 
+@pytest.mark.slow  # trains (the trained fixture)
 @pytest.mark.parametrize("task", TASKS)
 def test_a_typo_in_model_kwargs_names_the_key(trained, task):
     spec = dict(trained[task]["bundle"]["spec"])
@@ -200,6 +226,7 @@ def test_split_seed_splits_user_data_and_builtin_seed_does_not(tmp_path):
     assert val["base"] != val["split_seed"]
 
 
+@pytest.mark.slow  # trains
 def test_evaluation_settings_are_read_at_evaluation_time(trained):
     t = trained["detection"]
     cfg = t["cfg"]

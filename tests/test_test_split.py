@@ -73,6 +73,7 @@ def test_test_fraction_holds_out_part_of_train_stratified_and_seeded(tmp_path):
     assert index["val"] == plain["val"]
 
 
+@pytest.mark.slow  # trains
 def test_test_metrics_are_reported_and_gate_on_test(tmp_path):
     cfg = parse_task_config("classification", task_params("classification", tmp_path))
     builtin_index = stages.ingest("classification", cfg)

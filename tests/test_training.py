@@ -13,6 +13,8 @@ from visionpipe.engine.trainer import Callback
 from visionpipe.errors import TrainingError
 from visionpipe.tasks.classification import ClassificationTask
 
+pytestmark = pytest.mark.slow  # every test here trains
+
 
 def _prepare(tmp_path, task="classification", **override):
     cfg = parse_task_config(task, task_params(task, tmp_path, **override))

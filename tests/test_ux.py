@@ -119,6 +119,7 @@ def test_epoch_history_splits_into_learning_curves_and_timings():
     assert best_epoch_tag(5, 8) == "6/8"
 
 
+@pytest.mark.slow  # trains
 def test_trainer_history_counts_epochs_from_one_and_measures_data_wait(in_tmp, capfd):
     from support import task_params
     from visionpipe import stages

@@ -300,11 +300,13 @@ def export_onnx_command(model_dir: Path, output: Path) -> None:
     click.echo(f"ONNX model written to {output}")
 
 
-from visionpipe.experiments.cli import dvc_sync, reproduce, sweep  # noqa: E402 (the experiments commands)
+from visionpipe.experiments.cli import dvc_sync, exps, reproduce, sweep, tracking_server  # noqa: E402 (the experiments commands)
 
 cli.add_command(dvc_sync)
+cli.add_command(exps)
 cli.add_command(sweep)
 cli.add_command(reproduce)
+cli.add_command(tracking_server)
 
 
 def main() -> None:

@@ -84,7 +84,10 @@ class ModelConfig(_Strict):
 
     name: str
     backbone: str | None = None  # detection: timm backbone; segmentation: smp encoder (or tu-<timm>)
-    pretrained: bool = False  # the architecture's published weights through timm / smp / torchvision (their hub cache)
+    # the architecture's published weights through timm / smp / torchvision (their hub cache); auto: on for a user's
+    # data when the hub cache has them or they can be downloaded (else from scratch, said in the summary), off for
+    # the built-in data
+    pretrained: bool | Literal["auto"] = False
     pretrained_path: str | None = None  # a local weights file; used instead of the hub when set
     kwargs: dict[str, Any] = Field(default_factory=dict)
 

@@ -11,6 +11,16 @@ class ConfigError(VisionpipeError):
     """A parameter block is invalid."""
 
 
+class WeightsUnavailable(ConfigError):
+    """A library's published weights could not be had (not in the hub cache and no network, or none published)."""
+
+
+def readable(text: str) -> str:
+    """``text`` with the undecodable bytes of non-UTF-8 file names (Python's surrogate escapes) shown as
+    ``\\xe9``, so it can be printed, logged and written as UTF-8."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class DataError(VisionpipeError):
     """A data file is missing, unreadable or inconsistent."""
 
@@ -21,7 +31,7 @@ class DataError(VisionpipeError):
         message = f"{self.path}: {problem}"
         if fix:
             message += f". {fix}"
-        super().__init__(message)
+        super().__init__(readable(message))
 
 
 class TrainingError(VisionpipeError):

@@ -126,6 +126,22 @@ def task_experiment(base: str | None, task: str) -> str:
     return f"{base or 'visionpipe'}-{task}"
 
 
+def create_experiment_once(client, name: str, artifact_location: str | None = None, tags: dict | None = None) -> str:
+    """The id of experiment ``name``, created when missing; another process creating it at the same moment
+    (two runs starting together against a tracking server) is not an error."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
 def ensure_store(tracking_uri: str, experiment: str | None = None, artifact_location: str | None = None,
                  timeout: float = 300, tags: dict[str, str] | None = None) -> None:
     """Create a SQLite MLflow store (tables, migrations, the experiment) under a file lock, so that two
@@ -133,13 +149,15 @@ def ensure_store(tracking_uri: str, experiment: str | None = None, artifact_loca
     from mlflow import MlflowClient
 
     if not tracking_uri.startswith("sqlite:///"):
+        if experiment:  # a tracking server: no file lock, the database's unique name decides
+            create_experiment_once(MlflowClient(tracking_uri), experiment, artifact_location, {**EXPERIMENT_TAGS, **(tags or {})})
         return
     db = Path(tracking_uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(db) + ".lock", timeout=timeout):
         client = MlflowClient(tracking_uri)  # the SQLAlchemy store creates and migrates the tables here
-        if experiment and client.get_experiment_by_name(experiment) is None:
-            client.create_experiment(experiment, artifact_location=artifact_location, tags={**EXPERIMENT_TAGS, **(tags or {})})
+        if experiment:
+            create_experiment_once(client, experiment, artifact_location, {**EXPERIMENT_TAGS, **(tags or {})})
 
 
 def mark_killed_runs(client, experiment_id: str, project: Path, keep: Iterable[str] = ()) -> list[str]:

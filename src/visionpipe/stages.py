@@ -17,7 +17,7 @@ from visionpipe.engine import distributed
 from visionpipe.engine.recipes import balanced_sample_weights
 from visionpipe.engine.runtime import resolve_runtime, seed_everything
 from visionpipe.engine.trainer import Callback, Trainer
-from visionpipe.errors import ConfigError, DataError
+from visionpipe.errors import ConfigError, DataError, WeightsUnavailable
 from visionpipe.experiments.ownership import builtin_data_for_ingestion
 from visionpipe.run_record import checkpoint_extra
 from visionpipe.tasks import get_task, get_task_class
@@ -103,6 +103,29 @@ def sample_weights(task, index: dict, cfg: TaskConfig) -> list[float] | None:
     return balanced_sample_weights(labels, len(index["classes"]))
 
 
+def build_initial_model(task: str, spec: dict[str, Any], index: dict) -> tuple[Any, torch.nn.Module]:
+    """The task object and the model training starts from, with ``model.pretrained: auto`` resolved in ``spec``:
+    off for the built-in data (offline and deterministic) and with ``pretrained_path``; else the library's
+    published weights when its hub cache has them or can download them, and from scratch when it cannot (then
+    ``spec['weights_note']`` says how to get them: the end-of-run summary shows it). ``reset_head`` re-initialises
+    the classifier whatever the weights (``Task.build_model``)."""
+    model_spec = spec["model"]
+    auto = model_spec.get("pretrained") == "auto"
+    if auto:
+        model_spec["pretrained"] = not index.get("builtin") and not model_spec.get("pretrained_path")
+    try:
+        task_obj = get_task(spec)
+        return task_obj, task_obj.build_model()
+    except WeightsUnavailable as err:
+        if not auto:
+            raise
+        spec["weights_note"] = f"from scratch (model.pretrained: auto): {err}"
+        logger.warning("%s: published weights unavailable, training from scratch: %s", task, err)
+        model_spec["pretrained"] = False
+        task_obj = get_task(spec)
+        return task_obj, task_obj.build_model()
+
+
 def train(task, index: dict, aug: dict, cfg: TaskConfig, callbacks: list[Callback] | None = None) -> tuple[dict, list[dict]]:
     """Train on ``index['train']``, select the best epoch on ``index['val']`` by ``registry.metric``;
     return the best model bundle and the history. ``callbacks`` (e.g. MLflow logging) come from the node."""
@@ -112,8 +135,7 @@ def train(task, index: dict, aug: dict, cfg: TaskConfig, callbacks: list[Callbac
     seed_everything(tc.seed, tc.deterministic)
     spec = make_spec(task_cls, cfg, index["classes"], index.get("category_ids"))
     spec.update(task_cls.training_spec(cfg, index))
-    task_obj = get_task(spec)
-    model = task_obj.build_model()
+    task_obj, model = build_initial_model(task, spec, index)
     runtime = resolve_runtime(tc, cfg.data)
     adapter, train_ds, val_ds = task_obj.datasets(index, aug, cfg)
     ckpt_dir = Path(tc.checkpoint_dir or f"data/06_models/{task}/checkpoints")
@@ -149,9 +171,9 @@ def evaluate(task, index: dict, aug: dict, bundle: dict, cfg: TaskConfig,
     bundle = serving_bundle(bundle, cfg)
     task_obj = get_task_class(task)(bundle["spec"])
     if model is None:
-        model = task_obj.build_model()
+        model = task_obj.build_for_weights()
         model.load_state_dict(bundle["state_dict"])
-    task_obj.configure(model, bundle["spec"]["evaluation"])
+    task_obj.configure(model, task_obj.evaluation)
     runtime = resolve_runtime(cfg.train, cfg.data)
     adapter, _, val_ds = task_obj.datasets(index, aug, cfg)
     trainer = Trainer(adapter, model, cfg.train.model_copy(update={"batch_size": cfg.evaluation.batch_size}), runtime, records=index["val"])

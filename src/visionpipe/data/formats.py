@@ -112,8 +112,8 @@ def confine(index: dict, root: Path, allow_outside: bool, allow_key: str = "data
                     if err.errno == errno.ELOOP and not any(p["file"] == os.fsdecode(path) for p in index["problems"]):
                         index["problems"].append(_problem("train", os.fsdecode(path),
                                                           "symbolic link loop: DVC cannot hash the data folder; remove the link"))
-    if outside:
-        index["outside_root"] = sorted(set(outside))
+    if outside or index.get("outside_root"):
+        index["outside_root"] = sorted({*outside, *index.get("outside_root", [])})
 
 
 def _require_dir(path: Path, what: str, fix: str) -> None:
@@ -204,6 +204,11 @@ def read_coco(root: Path, data_cfg, annotations: str = "boxes", background: bool
     ann_files = {"train": data_cfg.train_annotations, "val": data_cfg.val_annotations, "test": data_cfg.test_annotations}
     image_dirs = {"train": data_cfg.train_images, "val": data_cfg.val_images, "test": data_cfg.test_images}
     present = (*SPLITS, "test") if (root / ann_files["test"]).is_file() else SPLITS  # the test split is optional
+    outside = [str(p) for p in (Path(os.path.realpath(root / ann_files[s])) for s in present) if root not in p.parents]
+    if outside and not getattr(data_cfg, "allow_outside_root", False):
+        raise DataError(outside[0], f"annotation file outside data.root {root}",
+                        "Keep the annotation files under data.root (so the data's DVC md5 covers them), or set "
+                        "data.allow_outside_root: true (they are then hashed into the lineage)")
     contents = {s: _load_json(root / ann_files[s]) for s in present}
     categories = _same_categories(root, ann_files, contents)
     names = [c["name"] for c in categories]
@@ -259,7 +264,10 @@ def read_coco(root: Path, data_cfg, annotations: str = "boxes", background: bool
         out[split] = sorted(images.values(), key=lambda r: r["image_id"])
     classes = ["background", *names] if background else names
     # the user's category id of each class: predictions.json and ground_truth.json speak these ids
-    return {"classes": classes, "category_ids": [int(c["id"]) for c in categories], **out, "problems": problems}
+    index = {"classes": classes, "category_ids": [int(c["id"]) for c in categories], **out, "problems": problems}
+    if outside:
+        index["outside_root"] = outside  # allowed: hashed into the lineage with the images read from outside
+    return index
 
 
 def _same_categories(root: Path, ann_files: dict[str, str], contents: dict[str, dict]) -> list[dict]:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from visionpipe.data import duplicates as near
+from visionpipe.errors import readable
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def markdown(report: dict) -> str:
         lines += ["## Warnings", ""] + [f"- [{w['kind']}] {w['split']} `{w['file']}`: {w['problem']}" for w in others[:200]]
         if len(others) > 200:
             lines.append(f"- ... and {len(others) - 200} more (validation.json lists them all)")
-    return "\n".join(lines) + "\n"
+    return readable("\n".join(lines) + "\n")
 
 
 def plot(report: dict):

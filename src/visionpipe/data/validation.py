@@ -11,7 +11,7 @@ from pathlib import Path
 from visionpipe.data import duplicates, quality
 from visionpipe.data.formats import ALL_SPLITS, SPLITS, splits_of
 from visionpipe.data.shards import load_record_mask, load_record_rgb, member_bytes, verify_member
-from visionpipe.errors import DataError
+from visionpipe.errors import DataError, readable
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +157,8 @@ def summary_lines(warnings: list[dict], where: str) -> list[str]:
     lines = []
     for kind, items in by_kind.items():
         first = items[0]
-        lines.append(f"{len(items)} {kind.replace('_', ' ')} finding(s) (first: {first['file']}: {first['problem']}); "
-                     f"all are listed in {where}")
+        lines.append(readable(f"{len(items)} {kind.replace('_', ' ')} finding(s) (first: {first['file']}: {first['problem']}); "
+                              f"all are listed in {where}"))
     return lines
 
 
@@ -196,8 +196,8 @@ def apply_policy(task_cls, index: dict, report: dict, policy: str) -> tuple[dict
     clean["problems"] = []
     if findings:
         first = findings[0]
-        logger.warning("Skipped %d data problem(s) (first: %s: %s); each is listed in %s", len(findings), first["file"],
-                       first["problem"], f"data/08_reporting/{task}/validation.json")
+        logger.warning("Skipped %d data problem(s) (first: %s: %s); each is listed in %s", len(findings), readable(first["file"]),
+                       readable(first["problem"]), f"data/08_reporting/{task}/validation.json")
     removed = _drop_untrained_classes(task_cls, clean) if policy == "skip" else []
     if removed:
         logger.warning("Removed class(es) %s: no training image left after validation (their validation images are "

@@ -107,9 +107,9 @@ class Predictor:
         if onnx is not None:
             self.session = onnx_session(onnx)
         else:
-            self.model = self.task.build_model()
+            self.model = self.task.build_for_weights()
             self.model.load_state_dict(bundle["state_dict"])
-            self.task.configure(self.model, self.spec["evaluation"])
+            self.task.configure(self.model, self.task.evaluation)
             self.model.to(self.device).eval()
         mean, std = self.task.input_normalization(self.spec["mean"], self.spec["std"])
         self.transform = self.task.compose([], self.task.eval_image_size(), mean, std, train=False)

@@ -2,39 +2,32 @@
 
 A task is one module in ``visionpipe/tasks/`` holding a :class:`Task` subclass. The engine, the
 pipelines, tracking, serving, export, the CLI and the data layer ask the task object; they never
-branch on a task's name (``tests/test_task_contract.py`` greps for that). A task owns:
+branch on a task's name (``tests/test_task_contract.py`` greps for that). :class:`Task` is five roles;
+each gives defaults, so a new task writes only the mandatory members (``mandatory()``: 15 of ~46;
+``Task.missing()`` names what a class leaves out):
 
-=====================  =====================================================================
-data                   ``formats`` (readers by ``data.format``; the first is the built-in data's),
-                       ``write_builtin`` / ``builtin_classes``, ``check_record`` (per-record
-                       validation beyond decoding the image), ``record_labels`` (class balance)
-samples                ``compose`` (albumentations pipeline; detection does not resize, its model
-                       does, keeping the aspect ratio; segmentation letterboxes), ``make_sample``
-                       (``donors`` for albumentations' Mosaic where ``supports_mosaic``), ``collate``,
-                       ``to_device``, ``batch_size``, ``preprocess`` (one raw image for serving),
-                       ``stack`` (preprocessed images as ``forward`` takes them; detection: a list)
-model                  ``build_model`` (one factory, helpful errors), ``loss`` (a tensor, or a dict of
-                       named terms the trainer sums and records as ``train_<term>``), ``forward``
-                       (inference forward, TTA included), ``configure`` (evaluation-time settings)
-ids                    ``make_spec(cfg, classes, category_ids)``: the user's COCO category ids
-                       (``index["category_ids"]``) travel in the spec; detection outputs speak them
-evaluation             ``evaluator`` (accumulates a split, returns metrics), ``metrics``/
-                       ``per_class_metric`` (what ``registry.metric`` may name)
-post-processing        ONE ``postprocess(outputs, original_sizes)``: network outputs to per-image
-                       results in the original image's pixels; used by evaluation, by the
-                       pyfunc/``Predictor`` and to check the ONNX export
-outputs                ``prediction_outputs`` (what evaluation writes beside metrics.json),
-                       ``plots``, ``format_result`` (a JSON-ready row for serving),
-                       ``inference_params``/``apply_params`` (prediction-time parameters)
-export                 ``export_onnx`` / ``onnx_forward``; ``compare_results`` (torch vs onnxruntime)
-configuration          ``config_model``: a pydantic model with ``extra="forbid"``
-fine-tuning            ``backbone`` (what ``train.freeze_backbone_epochs`` freezes and
-                       ``backbone_lr_scale`` scales; default: none), ``param_groups`` (optimizer
-                       groups; default: decay/no-decay x backbone/head), ``train_batch``
-                       (batch-level augmentation such as mixup; default: none),
-                       ``training_spec`` (loss settings resolved from the train split, such as
-                       ``class_weights: auto``; default: none)
-=====================  =====================================================================
+==============  ======================================================  ===================================
+role            what it owns                                            mandatory
+==============  ======================================================  ===================================
+TaskData        class-level, before a spec exists: ``config_model``,    ``name``, ``formats``,
+                readers by ``data.format``, built-in data, per-record    ``config_model``, ``write_builtin``
+                ``check_record``, ``record_labels``/``relabel``,         (``relabel`` with ``record_labels``)
+                ``make_spec``, metric names ``registry.metric`` may use
+TaskSamples     ``compose`` (albumentations), ``make_sample`` (Mosaic    ``make_sample``
+                donors where ``supports_mosaic``), ``collate``,
+                ``to_device``, ``datasets``
+TaskModel       ``build_model``, ``loss`` (a tensor or named terms),     ``build_model``, ``loss``
+                ``forward`` (TTA included), fine-tuning: ``backbone``,
+                ``param_groups``, ``train_batch``, ``training_spec``
+TaskEvaluation  ``evaluator``, ONE ``postprocess(outputs, sizes)`` to    ``metrics``, ``primary_metric``,
+                the original pixels (evaluation, Predictor, ONNX         ``output_datasets``, ``plot_names``,
+                check), ``configure``, ``prediction_outputs``, ``plots``  ``evaluator``, ``postprocess``,
+                                                                        ``prediction_outputs``, ``plots``
+TaskServing     ``preprocess``/``stack`` for raw images,                 none
+                ``format_result``, ``inference_params``/
+                ``apply_params``, ``export_onnx``/``onnx_forward``/
+                ``compare_results``
+==============  ======================================================  ===================================
 
 Adding a task means adding its module, its ``conf/base/parameters_<task>.yml``, its catalog
 entries for ``output_datasets``, its tests, a dvc.yaml stage and a README line.
@@ -46,6 +39,7 @@ is fine, since the task of a module is its one class whose ``name`` is the modul
 
 from __future__ import annotations
 
+import abc
 import difflib
 import inspect
 import logging
@@ -57,6 +51,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from visionpipe.config import flip_tta, validate_task_params
 from visionpipe.data import transforms
@@ -67,7 +62,7 @@ from visionpipe.data.transforms import compose
 from visionpipe.engine.checkpoint import load_weights
 from visionpipe.engine.recipes import param_groups
 from visionpipe.engine.runtime import Runtime
-from visionpipe.errors import ConfigError, DataError
+from visionpipe.errors import ConfigError, DataError, WeightsUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -134,11 +129,18 @@ def hub_weights(load: Callable[[], Any], where: str, what: str) -> Any:
     except Exception as err:  # each library raises its own (OSError, LocalEntryNotFoundError, URLError, RuntimeError)
         first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
-        raise ConfigError(
+        raise WeightsUnavailable(
             f"{where}: the published weights of {what} could not be loaded{offline}: {type(err).__name__}: {first}. "
             "Run once with network access so the library caches them (HF_HOME / TORCH_HOME), or download the weights file and "
             f"set {where.rsplit('.', 1)[0]}.pretrained_path to it (a local file that can be tracked with DVC)"
         ) from None
+
+
+def wants_hub_weights(model_cfg: dict[str, Any]) -> bool:
+    """Whether a model block asks for the library's published weights: ``pretrained: true`` without a
+    ``pretrained_path`` (``auto`` is resolved before the model is built, see ``stages.build_initial_model``;
+    left unresolved it means no download)."""
+    return model_cfg.get("pretrained") is True and not model_cfg.get("pretrained_path")
 
 
 def pop_reset_head(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -198,34 +200,16 @@ class FlipTTA(torch.nn.Module):
         return flip_tta(self.model, images)
 
 
-class Task:
-    """Base class of every task; see the module docstring for the contract.
-
-    Instances wrap a model *spec* (``spec.json`` beside the weights): ``task``, ``classes``,
-    ``model``, ``image_size``, ``mean``/``std`` and whatever the task adds in :meth:`make_spec`.
-    """
+class TaskData(abc.ABC):
+    """Data role, all class-level (it runs before a model spec exists): the config model, the readers by
+    ``data.format``, the built-in data, per-record checks and labels. Mandatory: ``name``, ``formats``,
+    ``config_model``, :meth:`write_builtin` (and :meth:`relabel` where :meth:`record_labels` is given)."""
 
     name: ClassVar[str]
     formats: ClassVar[dict[str, Callable]]  # data.format -> reader(root, data_cfg) -> index parts
     config_model: ClassVar[type]
-    metrics: ClassVar[tuple[str, ...]]  # scalar metric names the evaluator returns
-    per_class_metric: ClassVar[str | None] = None  # "ap" -> metrics "ap/<class name>"
-    supports_mosaic: ClassVar[bool] = False  # make_sample takes donors for albumentations' Mosaic
-    primary_metric: ClassVar[str]
-    output_datasets: ClassVar[tuple[str, ...]]  # what evaluation writes besides metrics (catalog names)
-    plot_names: ClassVar[tuple[str, ...]]
-    history_plots: ClassVar[dict[str, list[str]]] = {}  # dvc.yaml plots: name -> history.csv columns against epoch
-    # the model's output holds one logit per class on dim 1 (classifiers, per-pixel segmenters): a champion trained
-    # on other classes is re-scored by mapping its outputs to today's classes by name, plus a last OTHER_CLASS column
-    # for "one of the champion's classes that today's data does not have" (always a miss). Other tasks (detectors)
-    # are re-scored with their class rows re-indexed: a class the champion never learnt never fires.
-    per_class_logits: ClassVar[bool] = False
 
-    def __init__(self, spec: dict[str, Any]):
-        self.spec = spec
-        self.classes: list[str] = list(spec["classes"])
-
-    # -------------------------------------------------------------- configuration
+    # configuration
     @classmethod
     def parse_config(cls, params: dict[str, Any]):
         """Validate this task's parameter block (:func:`visionpipe.config.validate_task_params`)."""
@@ -255,7 +239,19 @@ class Task:
         return {"task": cls.name, "classes": list(classes), "model": cfg.model.model_dump(), "image_size": cfg.train.image_size,
                 "mean": list(mean), "std": list(std), "evaluation": cfg.evaluation.model_dump()}
 
-    # -------------------------------------------------------------- data
+    @classmethod
+    def evaluation_settings(cls, spec: dict[str, Any]):
+        """``spec["evaluation"]`` as this task's evaluation model (``config_model``'s ``evaluation`` field): what
+        training stored, or what ``stages.serving_bundle`` put there at evaluation; a ConfigError names a bad key."""
+        model = cls.config_model.model_fields["evaluation"].annotation
+        try:
+            return model.model_validate(spec.get("evaluation") or {})
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+            raise ConfigError(f"{cls.name} model spec: evaluation settings do not validate ({problems}); pass them under "
+                              f"{cls.name}.evaluation, or re-run training to write the spec again") from None
+
+    # data
     @classmethod
     def default_format(cls) -> str:
         """The format of the built-in data (the first reader)."""
@@ -278,6 +274,7 @@ class Task:
         return list(SHAPES[:num_classes])
 
     @classmethod
+    @abc.abstractmethod
     def write_builtin(cls, root: Path, cfg: dict, rng: np.random.Generator) -> None:
         """Write the built-in data under ``root`` in this task's default format."""
         raise NotImplementedError
@@ -298,7 +295,13 @@ class Task:
         when nothing of the record is left. Needed where ``record_labels`` says what a record holds."""
         raise NotImplementedError
 
-    # -------------------------------------------------------------- samples
+
+class TaskSamples(abc.ABC):
+    """Samples role: augmentation pipelines and the torch samples and batches training and evaluation read.
+    Mandatory: :meth:`make_sample`."""
+
+    supports_mosaic: ClassVar[bool] = False  # make_sample takes donors for albumentations' Mosaic
+
     @classmethod
     def input_normalization(cls, mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """What the input transform applies; detectors normalise inside the model instead."""
@@ -331,15 +334,11 @@ class Task:
             raise ConfigError(f"{cls.name}.augment: Mosaic needs donor images with their annotations, which only detection provides; "
                               "remove it from this task's augment list")
 
+    @abc.abstractmethod
     def make_sample(self, pixels: np.ndarray, record: dict, root: Path, transform, index: int, for_eval: bool = False):
         """(input tensor, target, meta) for one decoded image. Tasks with ``supports_mosaic`` also take
         ``donors``: a list of (pixels, record) of other images of the split for albumentations' Mosaic."""
         raise NotImplementedError
-
-    @staticmethod
-    def stack(tensors: list[torch.Tensor]):
-        """Preprocessed images as the batch ``forward`` takes (a stacked tensor; detection: a list)."""
-        return torch.stack(tensors)
 
     @staticmethod
     def collate(batch):
@@ -358,24 +357,31 @@ class Task:
     def batch_size(batch) -> int:
         return len(batch[0])
 
-    def eval_image_size(self) -> int:
-        """The input size evaluation and serving resize to (``image_size`` unless the task slides windows)."""
-        return self.spec["image_size"]
 
-    def preprocess(self, pixels: np.ndarray, transform) -> torch.Tensor:
-        """One decoded HxWx3 image to the network's input tensor (serving path)."""
-        return transform(image=pixels)["image"]
+class TaskModel(abc.ABC):
+    """Model role: the network, its loss, its inference forward and what fine-tuning needs of it. Mandatory:
+    :meth:`build_model`, :meth:`loss`."""
 
-    # -------------------------------------------------------------- model
+    @abc.abstractmethod
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
 
+    def build_for_weights(self) -> torch.nn.Module:
+        """The architecture with fresh weights, to load a saved state dict into: no published weights are fetched
+        and no ``pretrained_path`` is read (evaluation, serving, re-scoring)."""
+        return type(self)({**self.spec, "model": {**self.spec["model"], "pretrained": False, "pretrained_path": None}}).build_model()
+
+    @abc.abstractmethod
     def loss(self, model: torch.nn.Module, batch) -> torch.Tensor | dict[str, torch.Tensor]:
         """The training loss, or a dict of named terms: the trainer sums them, and records each as
         ``train_<term>`` beside ``train_loss`` (history.csv, MLflow)."""
         raise NotImplementedError
 
-    # -------------------------------------------------------------- fine-tuning
+    def forward(self, model: torch.nn.Module, images: torch.Tensor):
+        """The inference forward on a stacked batch of preprocessed images."""
+        return model(images)
+
+    # fine-tuning
     def backbone(self, model: torch.nn.Module) -> torch.nn.Module | None:
         """The pretrained feature extractor inside ``model`` (None: the task names no backbone)."""
         return None
@@ -393,29 +399,65 @@ class Task:
         """Loss settings resolved from the train split (``class_weights: auto``...), added to the spec."""
         return {}
 
-    def forward(self, model: torch.nn.Module, images: torch.Tensor):
-        """The inference forward on a stacked batch of preprocessed images."""
-        return model(images)
 
-    def configure(self, model: torch.nn.Module, evaluation_cfg: dict[str, Any]) -> None:
-        """Apply evaluation-time settings (thresholds...) to a built model."""
+class TaskEvaluation(abc.ABC):
+    """Evaluation role: the evaluator and its metric names, the ONE post-processing to the original pixels, what
+    evaluation writes and plots. Mandatory: ``metrics``, ``primary_metric``, ``output_datasets``, ``plot_names``,
+    :meth:`evaluator`, :meth:`postprocess`, :meth:`prediction_outputs`, :meth:`plots`."""
 
+    metrics: ClassVar[tuple[str, ...]]  # scalar metric names the evaluator returns
+    per_class_metric: ClassVar[str | None] = None  # "ap" -> metrics "ap/<class name>"
+    primary_metric: ClassVar[str]
+    output_datasets: ClassVar[tuple[str, ...]]  # what evaluation writes besides metrics (catalog names)
+    plot_names: ClassVar[tuple[str, ...]]
+    history_plots: ClassVar[dict[str, list[str]]] = {}  # dvc.yaml plots: name -> history.csv columns against epoch
+    # the model's output holds one logit per class on dim 1 (classifiers, per-pixel segmenters): a champion trained
+    # on other classes is re-scored by mapping its outputs to today's classes by name, plus a last OTHER_CLASS column
+    # for "one of the champion's classes that today's data does not have" (always a miss). Other tasks (detectors)
+    # are re-scored with their class rows re-indexed: a class the champion never learnt never fires.
+    per_class_logits: ClassVar[bool] = False
+
+
+    def configure(self, model: torch.nn.Module, evaluation) -> None:
+        """Apply evaluation-time settings (the task's typed evaluation model: thresholds...) to a built model."""
+
+    @abc.abstractmethod
     def evaluator(self, runtime: Runtime, records: list[dict], keep_predictions: bool = False):
         raise NotImplementedError
 
+    @abc.abstractmethod
     def postprocess(self, outputs, original_sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
         """Network outputs to one result per image, in that image's original (height, width) pixels."""
         raise NotImplementedError
 
-    # -------------------------------------------------------------- outputs
+    @abc.abstractmethod
     def prediction_outputs(self, index: dict, evaluator) -> dict[str, Any]:
         """The datasets evaluation writes besides metrics, keyed by ``output_datasets``."""
         raise NotImplementedError
 
     @classmethod
+    @abc.abstractmethod
     def plots(cls, outputs: dict[str, Any], index: dict, history) -> dict[str, Any]:
         """Figures keyed by ``plot_names``."""
         raise NotImplementedError
+
+
+class TaskServing:
+    """Serving role: raw images in, JSON-ready rows out, prediction-time parameters, ONNX export. Every method has
+    a default that fits a model taking one stacked batch of images."""
+
+    def eval_image_size(self) -> int:
+        """The input size evaluation and serving resize to (``image_size`` unless the task slides windows)."""
+        return self.spec["image_size"]
+
+    def preprocess(self, pixels: np.ndarray, transform) -> torch.Tensor:
+        """One decoded HxWx3 image to the network's input tensor (serving path)."""
+        return transform(image=pixels)["image"]
+
+    @staticmethod
+    def stack(tensors: list[torch.Tensor]):
+        """Preprocessed images as the batch ``forward`` takes (a stacked tensor; detection: a list)."""
+        return torch.stack(tensors)
 
     def format_result(self, result: dict[str, Any]) -> dict[str, Any]:
         """One postprocessed result as a JSON-ready row (pyfunc, ``visionpipe predict``)."""
@@ -431,7 +473,6 @@ class Task:
         """A formatted row under the caller's ``inference_params``."""
         return row
 
-    # -------------------------------------------------------------- export
     @staticmethod
     def compare_results(want: dict[str, Any], got: dict[str, Any], tol: float = 1e-3) -> str | None:
         """None when two postprocessed results agree (the ONNX check), else what differs."""
@@ -446,7 +487,7 @@ class Task:
         """Export: input ``images`` (N, 3, S, S) normalised as spec.json says; output ``logits`` (with
         ``evaluation.tta``, the flip-averaged logits :meth:`forward` computes)."""
         size = self.spec["image_size"]
-        if (self.spec.get("evaluation") or {}).get("tta"):
+        if getattr(self.evaluation, "tta", False):  # the tasks whose evaluation model is a TTAEvaluationConfig
             model = FlipTTA(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -456,3 +497,39 @@ class Task:
     def onnx_forward(self, session, images: torch.Tensor):
         """The same outputs as :meth:`forward`, computed by an onnxruntime session."""
         return torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+
+
+class Task(TaskData, TaskSamples, TaskModel, TaskEvaluation, TaskServing):
+    """Base class of every task; see the module docstring for the contract.
+
+    Instances wrap a model *spec* (``spec.json`` beside the weights): ``task``, ``classes``,
+    ``model``, ``image_size``, ``mean``/``std`` and whatever the task adds in :meth:`make_spec`.
+    """
+
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = spec
+        self.classes: list[str] = list(spec["classes"])
+        # the evaluation and serving settings as the task's typed model, validated again on load: code reads
+        # attributes (``self.evaluation.tile``), never ``spec["evaluation"][...]`` with a default repeated by hand
+        self.evaluation = type(self).evaluation_settings(spec)
+
+    @classmethod
+    def missing(cls) -> list[str]:
+        """What this task class leaves out of the contract: mandatory methods it does not implement and mandatory
+        attributes it does not set (empty for a complete task; ``tests/test_task_contract.py`` checks)."""
+        attrs = [a for a in MANDATORY_ATTRIBUTES if not getattr(cls, a, None)]
+        relabel = ["relabel"] if "record_labels" in _own(cls) and "relabel" not in _own(cls) else []
+        return sorted({*cls.__abstractmethods__, *attrs, *relabel})
+
+
+MANDATORY_ATTRIBUTES = ("name", "formats", "config_model", "metrics", "primary_metric", "output_datasets", "plot_names")
+
+
+def _own(cls) -> set[str]:
+    """Names defined by ``cls`` or a task class it extends (not by the roles)."""
+    return {n for k in cls.__mro__ if issubclass(k, Task) and k is not Task for n in vars(k)}
+
+
+def mandatory() -> list[str]:
+    """Every name a new task must provide: the roles' abstract methods and the mandatory attributes."""
+    return sorted({*Task.__abstractmethods__, *MANDATORY_ATTRIBUTES})

@@ -26,6 +26,7 @@ from visionpipe.tasks.base import (
     pop_reset_head,
     signature_keys,
     timm_normalization,
+    wants_hub_weights,
 )
 from visionpipe.engine.distributed import all_gather_objects, global_mean
 from visionpipe.engine.recipes import backbone_ids, class_counts, modules_except, resolve_class_weights, split_groups
@@ -68,7 +69,7 @@ def build_classifier(model_cfg: dict[str, Any], num_classes: int, block: str = "
     kwargs, reset_head = pop_reset_head(model_cfg.get("kwargs") or {})
     if not timm.is_model(name):
         raise ConfigError(f"{block}.model.name: unknown timm model '{name}'.{close_matches(name, timm.list_models())}")
-    hub = bool(model_cfg.get("pretrained")) and not model_cfg.get("pretrained_path")
+    hub = wants_hub_weights(model_cfg)
 
     def create():
         return call_with_model_kwargs(
@@ -80,6 +81,9 @@ def build_classifier(model_cfg: dict[str, Any], num_classes: int, block: str = "
     model = hub_weights(create, f"{block}.model.pretrained", f"timm model '{name}'") if hub else create()
     if model_cfg.get("pretrained_path"):
         load_pretrained(model, model_cfg["pretrained_path"], reset_head, block)
+    if reset_head and (hub or model_cfg.get("pretrained_path")):
+        # always a fresh classifier, also when the weights' head has as many classes as today's data (timm keeps it then)
+        model.reset_classifier(num_classes)
     return model
 
 

@@ -23,7 +23,8 @@ from visionpipe.data.validation import check_annotated_size, check_boxes
 from visionpipe.engine import distributed
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
-from visionpipe.tasks.base import Task, call_with_model_kwargs, close_matches, hub_weights, load_pretrained, pop_reset_head, signature_keys, timm_normalization
+from visionpipe.tasks.base import (Task, call_with_model_kwargs, close_matches, hub_weights, load_pretrained, pop_reset_head,
+                                   signature_keys, timm_normalization, wants_hub_weights)
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
                 raise ConfigError(f"{where}.anchor_sizes/anchor_aspect_ratios: only for fasterrcnn/retinanet models, not '{name}'")
             extra.update(_builder_anchors(name, kwargs))
         # pretrained: the builder's ImageNet backbone weights (its COCO heads are sized for COCO's 91 classes)
-        hub = bool(model_cfg.get("pretrained")) and not model_cfg.get("pretrained_path")
+        hub = wants_hub_weights(model_cfg)
 
         def create():
             return call_with_model_kwargs(torchvision.models.get_model, kwargs, where, name=name, weights=None,
@@ -190,7 +191,7 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
             raise ConfigError(f"detection.model.name: with a timm backbone the detector is one of {list(TIMM_ARCHS)}, got '{name}'."
                               f"{close_matches(name, list(TIMM_ARCHS))}")
         body = TimmFPN(backbone, out_channels, out_indices=out_indices, extra="pool" if name == "fasterrcnn" else "p6p7",
-                       pretrained=bool(model_cfg.get("pretrained")) and not model_cfg.get("pretrained_path"))
+                       pretrained=wants_hub_weights(model_cfg))
         common = dict(**sizes, image_mean=list(mean), image_std=list(std))
         if name == "fcos":
             if out_channels % 32:  # FCOS's head normalises with GroupNorm(32 groups)
@@ -219,8 +220,8 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
             model_cfg = {**model_cfg, "pretrained_path": None}
     if model_cfg.get("pretrained_path"):
         load_pretrained(model, model_cfg["pretrained_path"], reset_head, "detection")
-    ev = spec["evaluation"]
-    set_postprocess(model, ev["score_threshold"], ev["nms_threshold"], ev["max_detections"])
+    ev = DetectionEvaluation.model_validate(spec["evaluation"])
+    set_postprocess(model, ev.score_threshold, ev.nms_threshold, ev.max_detections)
     return model
 
 
@@ -395,7 +396,7 @@ class DetectionEvaluator:
     def compute(self) -> dict[str, float]:
         results = [r for part in distributed.all_gather_objects(self.results) for r in part]
         self.ground_truth = coco_ground_truth(self.records, self.task.classes, self.task.category_ids)
-        metrics, self.last_eval = coco_evaluate(self.ground_truth, results, self.task.classes, self.task.spec["evaluation"]["max_detections"])
+        metrics, self.last_eval = coco_evaluate(self.ground_truth, results, self.task.classes, self.task.evaluation.max_detections)
         self.results = results
         return metrics
 
@@ -506,8 +507,8 @@ class DetectionTask(Task):
         backbone = getattr(model, "backbone", None)
         return getattr(backbone, "body", backbone)
 
-    def configure(self, model: nn.Module, evaluation_cfg: dict[str, Any]) -> None:
-        set_postprocess(model, evaluation_cfg["score_threshold"], evaluation_cfg["nms_threshold"], evaluation_cfg["max_detections"])
+    def configure(self, model: nn.Module, evaluation: DetectionEvaluation) -> None:
+        set_postprocess(model, evaluation.score_threshold, evaluation.nms_threshold, evaluation.max_detections)
 
     @staticmethod
     def _usable_boxes(record: dict, h: int, w: int) -> tuple[np.ndarray, list[int]]:
@@ -568,11 +569,11 @@ class DetectionTask(Task):
     def _tiled(self, run, images: list[torch.Tensor]) -> list[dict]:
         """``run`` (a list of images to raw detections) on whole images, or with ``evaluation.tile`` on each
         image's tiles and the whole image, merged per image."""
-        ev = self.spec.get("evaluation", {})
-        tile = ev.get("tile")
-        if not tile:
+        ev = self.evaluation
+        tile = getattr(ev, "tile", None)  # instance segmentation's evaluation model offers no tiling
+        if tile is None:
             return run(images)
-        return [tiled_detections(run, image, tile["size"], tile["overlap"], ev["nms_threshold"], ev["max_detections"]) for image in images]
+        return [tiled_detections(run, image, tile.size, tile.overlap, ev.nms_threshold, ev.max_detections) for image in images]
 
     def evaluator(self, runtime: Runtime, records: list[dict], keep_predictions: bool = False) -> DetectionEvaluator:
         return DetectionEvaluator(self, records, keep_predictions)
@@ -585,13 +586,13 @@ class DetectionTask(Task):
         """
         from torchvision.ops import nms
 
-        ev = self.spec["evaluation"]
+        ev = self.evaluation
         results = []
         for det, (h, w) in zip(outputs, original_sizes):
             boxes, scores, labels = det["boxes"].float().cpu(), det["scores"].float().cpu(), det["labels"].cpu() - 1
             boxes = boxes.clamp(min=0).minimum(torch.tensor([w, h, w, h], dtype=boxes.dtype))
-            if ev.get("class_agnostic_nms") and len(boxes):
-                keep = nms(boxes, scores, ev["nms_threshold"])
+            if getattr(ev, "class_agnostic_nms", False) and len(boxes):  # instance segmentation has no such key
+                keep = nms(boxes, scores, ev.nms_threshold)
                 boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             results.append({"boxes": boxes, "labels": labels, "scores": scores})
         return results
@@ -613,8 +614,8 @@ class DetectionTask(Task):
     @classmethod
     def inference_params(cls, spec):
         # the model already dropped what is below the run's own settings: a call can raise the threshold, lower the cap
-        ev = spec.get("evaluation") or {}
-        return {"score_threshold": float(ev.get("score_threshold", 0.05)), "max_detections": int(ev.get("max_detections", 100))}
+        ev = cls.evaluation_settings(spec)
+        return {"score_threshold": ev.score_threshold, "max_detections": ev.max_detections}
 
     @classmethod
     def apply_params(cls, row, params):

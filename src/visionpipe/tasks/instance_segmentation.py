@@ -195,8 +195,8 @@ def build_mask_rcnn(spec: dict[str, Any]) -> nn.Module:
             model_cfg = {**model_cfg, "pretrained_path": None}
     if model_cfg.get("pretrained_path"):
         load_pretrained(model, model_cfg["pretrained_path"], reset_head, BLOCK)
-    ev = spec["evaluation"]
-    set_postprocess(model, ev["score_threshold"], ev["nms_threshold"], ev["max_detections"])
+    ev = InstanceSegmentationEvaluation.model_validate(spec["evaluation"])
+    set_postprocess(model, ev.score_threshold, ev.nms_threshold, ev.max_detections)
     return model
 
 
@@ -255,7 +255,7 @@ class InstanceSegmentationEvaluator(DetectionEvaluator):
     def compute(self) -> dict[str, float]:
         results = [r for part in distributed.all_gather_objects(self.results) for r in part]
         self.ground_truth = instances_ground_truth(self.records, self.task.classes, self.task.category_ids)
-        metrics, self.last_eval = instance_metrics(self.ground_truth, results, self.task.classes, self.task.spec["evaluation"]["max_detections"])
+        metrics, self.last_eval = instance_metrics(self.ground_truth, results, self.task.classes, self.task.evaluation.max_detections)
         self.results = results
         return metrics
 

@@ -37,6 +37,7 @@ from visionpipe.tasks.base import (
     pop_reset_head,
     signature_keys,
     timm_normalization,
+    wants_hub_weights,
 )
 
 
@@ -50,7 +51,23 @@ class SlideConfig(_Strict):
 
 
 class SegmentationEvaluation(TTAEvaluationConfig):
-    tile: SlideConfig | None = None  # null: the whole letterboxed image at train.image_size
+    # null: the whole letterboxed image at train.image_size. Detection's ``evaluation.tile`` means tiles of original
+    # pixels; this is another thing (letterbox to slide.size, slide training-size windows), so it has its own key
+    slide: SlideConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tile_is_slide(cls, data):
+        """The key's old name ``tile`` is read as ``slide`` (a ``slide: null`` beside it, as conf/base has, gives way)."""
+        if isinstance(data, dict) and "tile" in data:
+            data = dict(data)
+            tile = data.pop("tile")
+            if data.get("slide") is not None and tile is not None:
+                raise ValueError("evaluation.tile and evaluation.slide are both set; keep slide (tile is its old name)")
+            data["slide"] = data.get("slide") if tile is None else tile
+            logger.warning("segmentation.evaluation.tile is read as segmentation.evaluation.slide (the letterbox size "
+                           "windows slide over); rename the key: detection's evaluation.tile means tiles of original pixels")
+        return data
 
 
 class SegmentationData(DataConfig, CocoFilesMixin):
@@ -78,10 +95,10 @@ class SegmentationConfig(TaskConfig):
 
     @model_validator(mode="after")
     def _slide_size(self):
-        tile = self.evaluation.tile
-        if tile is not None and tile.size < self.train.image_size:
-            raise ValueError(f"evaluation.tile.size {tile.size} is smaller than train.image_size {self.train.image_size}, the "
-                             "window that slides over it; use a larger size, or tile: null")
+        slide = self.evaluation.slide
+        if slide is not None and slide.size < self.train.image_size:
+            raise ValueError(f"evaluation.slide.size {slide.size} is smaller than train.image_size {self.train.image_size}, the "
+                             "window that slides over it; use a larger size, or slide: null")
         return self
 
     @model_validator(mode="after")
@@ -121,7 +138,7 @@ def build_segmenter(spec: dict[str, Any]) -> nn.Module:
     model_cfg = spec["model"]
     kwargs, reset_head = pop_reset_head(model_cfg.get("kwargs") or {})
     encoder = model_cfg.get("backbone") or "resnet18"
-    weights = _encoder_weights(encoder) if model_cfg.get("pretrained") and not model_cfg.get("pretrained_path") else None
+    weights = _encoder_weights(encoder) if wants_hub_weights(model_cfg) else None
 
     def create():
         return call_with_model_kwargs(smp.create_model, kwargs, "segmentation.model.kwargs", arch=model_cfg["name"], encoder_name=encoder,
@@ -363,19 +380,19 @@ class SegmentationTask(Task):
         return compose(augment, image_size, mean, std, train=train, block=cls.name, resize=letterbox)
 
     def forward(self, model, images):
-        ev = self.spec.get("evaluation", {})
+        ev = self.evaluation
 
         def run(batch):
-            return flip_tta(model, batch) if ev.get("tta") else model(batch)
+            return flip_tta(model, batch) if ev.tta else model(batch)
 
-        if ev.get("tile"):  # letterboxed to tile.size; windows of the training size slide over it
-            return slide(run, images, self.spec["image_size"], ev["tile"]["overlap"], len(self.classes))
+        if ev.slide is not None:  # letterboxed to slide.size; windows of the training size slide over it
+            return slide(run, images, self.spec["image_size"], ev.slide.overlap, len(self.classes))
         return run(images)
 
     def onnx_forward(self, session, images):
-        ev = self.spec.get("evaluation", {})
-        if ev.get("tile"):
-            return slide(lambda batch: Task.onnx_forward(self, session, batch), images, self.spec["image_size"], ev["tile"]["overlap"],
+        ev = self.evaluation
+        if ev.slide is not None:
+            return slide(lambda batch: Task.onnx_forward(self, session, batch), images, self.spec["image_size"], ev.slide.overlap,
                          len(self.classes))
         return super().onnx_forward(session, images)
 
@@ -396,8 +413,7 @@ class SegmentationTask(Task):
         return images, masks, metas
 
     def eval_image_size(self) -> int:
-        tile = self.spec.get("evaluation", {}).get("tile")
-        return tile["size"] if tile else self.spec["image_size"]
+        return self.evaluation.slide.size if self.evaluation.slide is not None else self.spec["image_size"]
 
     def datasets(self, index: dict, aug: dict, cfg, eval_split: str = "val"):
         adapter, train_ds, eval_ds = super().datasets(index, aug, cfg, eval_split)

@@ -1,8 +1,11 @@
-"""Engine callback that streams per-epoch metrics and run tags to the active MLflow run."""
+"""Engine callbacks: per-epoch metrics and run tags streamed to the active MLflow run, and the registry
+metric reported to an Optuna trial (a sweep with ``--prune``)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import platform
 from typing import Any
 
@@ -95,7 +98,42 @@ def tracking_callbacks(cfg) -> list[Callback]:
     if not distributed.is_main_process():
         return []
     logger_cb = MlflowEpochLogger.for_active_run(runtime_tags(resolve_runtime(cfg.train, cfg.data)))
-    return [logger_cb] if logger_cb else []
+    # after the logger: a pruned trial's last epoch is in MLflow too
+    return [cb for cb in (logger_cb, _TRIAL_REPORTER[0]) if cb is not None]
+
+
+class TrialReporter(Callback):
+    """Reports ``metric`` after each epoch (step = the 1-based epoch) to an Optuna trial; raises
+    ``optuna.TrialPruned`` when the study's pruner stops the trial."""
+
+    def __init__(self, trial, metric: str):
+        self.trial = trial
+        self.metric = metric
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        import optuna
+
+        value = metrics.get(self.metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return
+        step = int(metrics.get("epoch", epoch + 1))
+        self.trial.report(float(value), step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"{self.metric}={value:.4g} after epoch {step}: worse than the median of earlier "
+                                     "trials at that epoch")
+
+
+_TRIAL_REPORTER: list[TrialReporter | None] = [None]  # the trial the training in this process reports to
+
+
+@contextlib.contextmanager
+def report_to_trial(trial, metric: str):
+    """While open, ``tracking_callbacks`` adds a ``TrialReporter`` for ``trial`` (one sweep trial at a time)."""
+    _TRIAL_REPORTER[0] = TrialReporter(trial, metric)
+    try:
+        yield
+    finally:
+        _TRIAL_REPORTER[0] = None
 
 
 class MlflowEpochLogger(Callback):

@@ -157,9 +157,9 @@ def rescorer(task, index: dict, cfg) -> Callable[[dict[str, Any]], dict[str, flo
         if not get_task_class(task).per_class_logits or list(spec["classes"]) == classes:
             metrics, _, _ = stages.evaluate(task, index, stages.augmentation(task, own), remap_bundle(bundle, classes), own)
             return metrics
-        plain = {**spec, "model": {**spec["model"], "pretrained": False, "pretrained_path": None}}
-        model = get_task(plain).build_model()
+        model = get_task(spec).build_for_weights()
         model.load_state_dict(bundle["state_dict"])
+        plain = {**spec, "model": {**spec["model"], "pretrained": False, "pretrained_path": None}}
         mapped = {"spec": {**plain, "classes": [*classes, OTHER_CLASS], "class_weights": None}, "state_dict": None}
         metrics, _, _ = stages.evaluate(task, index, stages.augmentation(task, own), mapped, own,
                                         model=OutputClassMap(model, list(spec["classes"]), classes))

@@ -40,6 +40,7 @@ class RunSummary:
     best_epoch: str | None = None  # "6/8"
     data: str | None = None  # "<root> (md5 ...)"
     data_warnings: str | None = None  # "3 leakage, 1 unscored class (data/08_reporting/<task>/data_quality.md)"
+    weights: str | None = None  # model.pretrained: auto without published weights: how to get them
     registration: dict[str, Any] | None = None
     outputs: list[str] = field(default_factory=list)
     tracking_uri: str | None = None
@@ -102,6 +103,7 @@ def collect(task: str, pipeline: str, project: Path | None = None, since: float 
         tags = run.data.tags
         summary.model = tags.get("visionpipe.model_label") or tags.get("visionpipe.model")
         summary.best_epoch = tags.get("visionpipe.best_epoch")
+        summary.weights = tags.get("visionpipe.weights_note")
         if tags.get("data.root"):
             summary.data = f"{tags['data.root']} (dvc md5 {tags.get('data.dvc_md5', 'unknown')})"
         if not summary.metrics:
@@ -146,6 +148,8 @@ def terminal_lines(summary: RunSummary) -> list[str]:
         rows.append(("data", summary.data))
     if summary.data_warnings:
         rows.append(("data warnings", summary.data_warnings))
+    if summary.weights:
+        rows.append(("weights", summary.weights))
     if summary.registration:
         rows.append(("registry", registry_line(summary.registration)))
     if summary.outputs:
