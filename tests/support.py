@@ -102,12 +102,15 @@ def _flatten(prefix: str, value) -> list[str]:
     return [f"{prefix}={value}"]
 
 
-def tiny_params(tasks=TASKS, **extra) -> str:
-    """``--params`` for `kedro run` with every task (or ``tasks``) shrunk to the TINY blocks, on CPU."""
+def tiny_params(tasks=TASKS, onnx: bool = False, **extra) -> str:
+    """``--params`` for `kedro run` with every task (or ``tasks``) shrunk to the TINY blocks, on CPU. ``onnx``:
+    registration exports and checks the pyfunc's model.onnx (registry.onnx, default on; 1-5 CPU-s a task, so
+    only the runs whose tests serve it turn it on)."""
     items = []
     for task in tasks:
         items += _flatten(task, TINY[task])
         items += [f"{task}.data.num_workers=0", f"{task}.train.device=cpu", f"{task}.train.progress_bar=false"]
+        items += [] if onnx else [f"{task}.registry.onnx=false"]
     items += [f"{k}={v}" for k, v in extra.items()]
     return ",".join(items)
 

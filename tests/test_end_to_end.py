@@ -29,7 +29,7 @@ def project(tmp_path_factory):
     """A copy of the project (configuration only: the package is installed) after one default run, started as
     `make run` starts it (`visionpipe run`); its terminal output is kept in run_output.txt."""
     root = make_project(tmp_path_factory.mktemp("project"))
-    proc = kedro(root, "run", f"--params={tiny_params()}", program="visionpipe")
+    proc = kedro(root, "run", f"--params={tiny_params(onnx=True)}", program="visionpipe")  # registered with model.onnx
     (root / "run_output.txt").write_text(proc.stdout + proc.stderr)
     return root
 

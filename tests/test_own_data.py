@@ -272,3 +272,27 @@ def test_reset_head_always_reinitialises_the_classifier(tmp_path, monkeypatch):
     new = build_classifier({"name": "resnet10t", "pretrained_path": str(tmp_path / "five.safetensors"),
                             "kwargs": {"reset_head": True}}, 5)
     assert (new.conv1[0].weight == 0.25).all() and not (new.fc.weight == 0.25).any()
+
+
+def test_data_add_copies_a_folder_into_data_raw_under_dvc(tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from visionpipe.cli import cli
+    from visionpipe.experiments.own_data import dvc_program
+
+    repo = tmp_path / "clone"
+    (repo / "data/01_raw").mkdir(parents=True)
+    shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([dvc_program(), "init", "-q"], cwd=repo, check=True)
+    shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")  # the project's: core.autostage stages the .dvc file
+    _colour_folders(tmp_path / "my photos", {"cat": 20}, per_class=1)
+    result = CliRunner().invoke(cli, ["data", "add", str(tmp_path / "my photos"), "--project", str(repo)])
+    assert result.exit_code == 0, result.output
+    assert (repo / "data/01_raw/my-photos/train/cat/0.png").is_file() and "kedro run" in result.output
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=repo, capture_output=True, text=True).stdout.split()
+    assert "data/01_raw/my-photos.dvc" in staged and "data/01_raw/.gitignore" in staged  # committable, not ignored
+    again = CliRunner().invoke(cli, ["data", "add", str(tmp_path / "my photos"), "--project", str(repo)])
+    assert again.exit_code != 0 and "already exists" in again.output and "Traceback" not in again.output

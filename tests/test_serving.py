@@ -50,3 +50,17 @@ def test_the_logged_pyfunc_carries_its_onnx_model_and_the_registry_settings(bund
         assert (opted_in.engine, opted_in.allow_paths) == ("torch", True)  # no model.onnx: torch; logged with the opt-in
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_serve_names_a_missing_model_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from visionpipe.cli import cli
+
+    store = tmp_path / "mlflow.db"
+    store.touch()
+    result = CliRunner().invoke(cli, ["serve", "--task", "classification", "--model-uri", str(tmp_path / "no-model"),
+                                      "--tracking-uri", f"sqlite:///{store}"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"cannot load {tmp_path / 'no-model'}" in result.output and "--model-uri" in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -374,7 +374,8 @@ def test_every_figure_reads_at_its_saved_size(tmp_path):
     import pandas as pd
 
     from visionpipe import plots
-    from visionpipe.tasks.detection import coco_evaluate, detection_confusion
+    from visionpipe.engine.coco import coco_evaluate
+    from visionpipe.tasks.detection import detection_confusion
 
     gt, preds = _coco(tmp_path)
     history = pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.0], "train_classification": [1.0, 0.5], "lr": [0.1, 0.0],

@@ -1,5 +1,5 @@
 """Command line: ``kedro run`` runs each task in its own session (one MLflow run per task), and the
-``visionpipe`` script adds ``predict`` and ``export-onnx``."""
+``visionpipe`` script adds ``predict`` (torch or ONNX Runtime engine), ``serve`` (MLflow's scoring server) and ``export-onnx``."""
 
 from __future__ import annotations
 
@@ -300,10 +300,11 @@ def export_onnx_command(model_dir: Path, output: Path) -> None:
     click.echo(f"ONNX model written to {output}")
 
 
-from visionpipe.experiments.cli import dvc_sync, exps, reproduce, sweep, tracking_server  # noqa: E402 (the experiments commands)
+from visionpipe.experiments.cli import data, dvc_sync, exps, reproduce, sweep, tracking_server  # noqa: E402 (the experiments commands)
 
 cli.add_command(dvc_sync)
 cli.add_command(exps)
+cli.add_command(data)
 cli.add_command(sweep)
 cli.add_command(reproduce)
 cli.add_command(tracking_server)

@@ -166,3 +166,24 @@ def exps(dvc_args: tuple[str, ...]) -> None:
     cmd = [str(dvc) if dvc.exists() else "dvc", "exp", "show", "--no-pager", "--only-changed",
            "--drop", short_view_drop(), *dvc_args]
     raise SystemExit(subprocess.run(cmd).returncode)
+
+
+@click.group("data")
+def data() -> None:
+    """Your own data under DVC."""
+
+
+@data.command("add")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", default=None, help="Folder name under data/01_raw (default: PATH's name).")
+@click.option("--project", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Project root (a git + DVC clone).")
+@_user_errors
+def data_add(path: Path, name: str | None, project: Path) -> None:
+    """Copy PATH to data/01_raw/<name> and `dvc add` it (a folder already in data/01_raw is added in place)."""
+    from visionpipe.experiments.own_data import add_data
+
+    folder = add_data(project, path, name)
+    click.echo(f"{folder} is DVC-tracked: {folder}.dvc (staged in git). Next:\n"
+               f"  git commit -m 'data: {folder.name}' {folder}.dvc {folder.parent}/.gitignore\n"
+               f"  kedro run --pipelines=<task> --params=<task>.data.root={folder}")

@@ -18,6 +18,7 @@ import mlflow
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from visionpipe import console
 from visionpipe.tracking.callbacks import report_to_trial
 
 logger = logging.getLogger(__name__)
@@ -30,13 +31,19 @@ def run_point(project: Path, point_dir: Path, task: str, run_id: str, runtime_pa
     cwd = Path.cwd()
     os.chdir(point_dir)  # parameters holding relative paths (checkpoints) resolve inside the trial too
     status = "FAILED"
+    kedro_mlflow_logger = logging.getLogger("kedro_mlflow")
+    level = kedro_mlflow_logger.level
     mlflow.start_run(run_id=run_id)
     try:
         with KedroSession.create(project_path=point_dir, conf_source=str(project / "conf"), env=env,
                                  runtime_params=runtime_params) as session:
+            if not console.verbose_requested():
+                # kedro-mlflow warns that the run was opened before the session and stays open: the sweep does it on purpose
+                kedro_mlflow_logger.setLevel(logging.ERROR)
             session.run(pipeline_names=[task])
         status = "FINISHED"
     finally:
+        kedro_mlflow_logger.setLevel(level)
         os.chdir(cwd)
         while mlflow.active_run() is not None:  # kedro-mlflow re-enters the run at every node: close every entry
             mlflow.end_run(status)

@@ -25,10 +25,11 @@ def export_onnx(model_dir: str | Path, output: str | Path, check: bool = True) -
     return export_bundle(load_bundle(model_dir), output, check)
 
 
-def export_bundle(bundle: dict[str, Any], output: str | Path, check: bool = True) -> Path:
+def export_bundle(bundle: dict[str, Any], output: str | Path, check: bool = True, predictor: Predictor | None = None) -> Path:
     """Export a model bundle (spec + state dict) to ``output``; see :func:`export_onnx`. The file appears
-    complete or not at all (written beside, then renamed)."""
-    predictor = Predictor(bundle)
+    complete or not at all (written beside, then renamed). ``predictor``: the bundle's torch Predictor when the
+    caller has one already (registration), so the model is not built twice."""
+    predictor = predictor if predictor is not None and predictor.model is not None else Predictor(bundle)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")

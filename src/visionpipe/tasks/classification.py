@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy
 
 from pydantic import Field
 
@@ -95,6 +94,9 @@ class ClassificationEvaluator:
         self.task = None if isinstance(task, int) else task
         self.num_classes = num_classes
         self.k = min(5, num_classes)
+        # slow optional import: torchmetrics imports all its domains; a served model (no evaluation) never needs it
+        from torchmetrics.classification import MulticlassAccuracy
+
         self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro").to(device)
         self.topk = MulticlassAccuracy(num_classes, top_k=self.k, average="micro").to(device)
         self.loss_sum = torch.zeros((), device=device)

@@ -23,7 +23,9 @@ from pydantic import Field, field_validator
 
 from visionpipe.config import CocoFilesMixin, DataConfig, EvaluationConfig, TaskConfig
 from visionpipe.data import builtin, formats
+from visionpipe.data.images import load_rgb
 from visionpipe.engine import distributed
+from visionpipe.engine.coco import coco_evaluate, coco_ground_truth
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
 from visionpipe.tasks.base import call_with_model_kwargs, close_matches, load_pretrained, pop_reset_head
@@ -36,13 +38,10 @@ from visionpipe.tasks.detection import (
     _class_keys,
     CONFUSION_IOU,
     CONFUSION_SCORE,
-    coco_evaluate,
-    coco_ground_truth,
     detection_confusion,
     detector_sizes,
     set_postprocess,
 )
-from visionpipe.data.images import load_rgb
 
 logger = logging.getLogger(__name__)
 

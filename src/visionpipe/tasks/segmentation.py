@@ -10,7 +10,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from pydantic import Field, model_validator
 
@@ -263,6 +262,9 @@ class SegmentationEvaluator:
     def __init__(self, task: "SegmentationTask", device: torch.device, keep_predictions: bool):
         k, ignore = len(task.classes), task.ignore_index
         self.task = task
+        # slow optional import: torchmetrics imports all its domains; a served model (no evaluation) never needs it
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
         self.iou = MulticlassJaccardIndex(k, average="none", ignore_index=ignore, zero_division=float("nan")).to(device)
         self.acc = MulticlassAccuracy(k, average="micro", ignore_index=ignore).to(device)
         self.loss_sum = torch.zeros((), device=device)

@@ -62,17 +62,18 @@ def log_pyfunc_model(bundle: dict[str, Any], name: str = "model", onnx: bool = T
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "bundle"
         save_bundle(bundle, folder)
+        predictor = Predictor(bundle)  # one torch model for the export's check and the signature's example output
         if onnx:
             started = time.perf_counter()
             try:
-                export_bundle(bundle, folder / ONNX_FILE)
+                export_bundle(bundle, folder / ONNX_FILE, predictor=predictor)
             except Exception as err:  # an export problem must not lose the trained model: it serves with torch
                 logger.warning("No ONNX model in the logged pyfunc (it runs on torch): %s: %s", type(err).__name__,
                                str(err).splitlines()[0][:300] if str(err) else "")
             else:
                 logger.debug("ONNX export and check: %.1f s", time.perf_counter() - started)
         example = pd.DataFrame({"image": [example_image(bundle["spec"])]})
-        output = predictions_frame(Predictor(bundle), example["image"].tolist())
+        output = predictions_frame(predictor, example["image"].tolist())
         params = default_params(bundle["spec"]) or None  # score_threshold, max_detections: MLflow's params schema
         try:
             signature = infer_signature(example, output, params=params)
