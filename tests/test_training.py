@@ -105,3 +105,17 @@ def test_two_micro_batches_of_4_update_like_one_batch_of_8(tmp_path):
     assert moved, "the update moved no weight"
     for key, value in full["state_dict"].items():
         torch.testing.assert_close(accumulated["state_dict"][key], value, atol=1e-6, rtol=1e-5)
+
+
+def test_cpu_training_uses_all_cores_but_one(monkeypatch, tmp_path):
+    from visionpipe.engine import runtime
+
+    before = torch.get_num_threads()
+    try:
+        for cores, threads in ((2, 1), (1, 1), (16, 15)):
+            monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+            cfg = parse_task_config("classification", task_params("classification", tmp_path))
+            assert runtime.resolve_runtime(cfg.train, cfg.data).device.type == "cpu"
+            assert runtime.cpu_threads() == threads and torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)

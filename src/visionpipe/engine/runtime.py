@@ -50,6 +50,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_threads() -> int:
+    """Intra-op threads for training on the CPU: this process's share of the cores less one (at least one), as
+    Ultralytics does. Two OpenMP threads on 2 shared cores stall at every barrier when another process holds a
+    core: a detection step took 4.6 s with 2 threads and 0.49 s with 1 (docs/benchmarks.md, section 14)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, distributed.world_size()) - 1)
+
+
 def resolve_runtime(train_cfg, data_cfg) -> Runtime:
     device = resolve_device(train_cfg.device)
     amp = train_cfg.amp
@@ -68,6 +76,8 @@ def resolve_runtime(train_cfg, data_cfg) -> Runtime:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         cpus //= max(1, distributed.world_size())
         workers = 0 if cpus <= 2 else min(8, cpus - 1)
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads())
     return Runtime(device, dtype, channels_last, int(workers), device.type == "cuda")
 
 
