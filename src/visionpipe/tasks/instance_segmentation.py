@@ -23,7 +23,9 @@ from pydantic import Field, field_validator
 
 from visionpipe.config import CocoFilesMixin, DataConfig, EvaluationConfig, TaskConfig
 from visionpipe.data import builtin, formats
+from visionpipe.data.images import load_rgb
 from visionpipe.engine import distributed
+from visionpipe.engine.coco import coco_evaluate, coco_ground_truth
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
 from visionpipe.tasks.base import call_with_model_kwargs, close_matches, load_pretrained, pop_reset_head
@@ -34,12 +36,9 @@ from visionpipe.tasks.detection import (
     TimmFPN,
     _builder_keys,
     _class_keys,
-    coco_evaluate,
-    coco_ground_truth,
     detector_sizes,
     set_postprocess,
 )
-from visionpipe.data.images import load_rgb
 
 logger = logging.getLogger(__name__)
 
