@@ -255,6 +255,58 @@ def limit_detections(result: dict[str, Any], score_threshold: float | None = Non
     return {**result, **{k: [result[k][i] for i in keep] for k in ("boxes", "labels", "scores")}}
 
 
+CONFUSION_SCORE, CONFUSION_IOU = 0.25, 0.45  # Ultralytics' defaults for its detection confusion matrix
+
+
+def box_ious(truth: list[dict], found: list[dict], image: dict | None = None) -> np.ndarray:
+    """IoU of each true box (rows) with each predicted one (columns), COCO ``[x, y, w, h]`` boxes, torchvision's box_iou."""
+    from torchvision.ops import box_convert, box_iou
+
+    def xyxy(items):
+        return box_convert(torch.tensor([a["bbox"] for a in items], dtype=torch.float64).reshape(-1, 4), "xywh", "xyxy")
+
+    return box_iou(xyxy(truth), xyxy(found)).numpy()
+
+
+def detection_confusion(predictions: list[dict], ground_truth: dict, ious=box_ious, conf: float = CONFUSION_SCORE,
+                        iou_threshold: float = CONFUSION_IOU) -> np.ndarray:
+    """Ultralytics' detection confusion matrix, (classes + 1) square, rows the true class, columns the predicted
+    one, the last of each being background. Per image, the predictions scoring at least ``conf`` are matched to
+    objects whatever their classes, one to one, highest IoU first (IoU > ``iou_threshold``): a match counts at
+    (true class, predicted class); an unmatched object at (its class, background), a missed one; an unmatched
+    prediction at (background, its class), a false positive. ``ious(truth, found, image)``: IoU of true vs predicted
+    annotations (boxes here, masks for instance segmentation). Classes are the categories sorted by id."""
+    order = {c["id"]: k for k, c in enumerate(sorted(ground_truth["categories"], key=lambda c: c["id"]))}
+    n = len(order)
+    matrix = np.zeros((n + 1, n + 1), dtype=np.int64)
+    truth_of: dict[Any, list[dict]] = {}
+    for ann in ground_truth["annotations"]:
+        if not ann.get("iscrowd") and ann["category_id"] in order:
+            truth_of.setdefault(ann["image_id"], []).append(ann)
+    found_of: dict[Any, list[dict]] = {}
+    for det in predictions:
+        if det["score"] >= conf and det["category_id"] in order:
+            found_of.setdefault(det["image_id"], []).append(det)
+    for image in ground_truth["images"]:
+        truth, found = truth_of.get(image["id"], []), found_of.get(image["id"], [])
+        matched_t, matched_f = set(), set()
+        if truth and found:
+            iou = ious(truth, found, image)
+            pairs = sorted(zip(*np.nonzero(iou > iou_threshold)), key=lambda ij: -iou[ij])
+            for i, j in pairs:
+                if i not in matched_t and j not in matched_f:
+                    matched_t.add(i)
+                    matched_f.add(j)
+                    matrix[order[truth[i]["category_id"]], order[found[j]["category_id"]]] += 1
+        for i, ann in enumerate(truth):
+            if i not in matched_t:
+                matrix[order[ann["category_id"]], n] += 1
+        for j, det in enumerate(found):
+            if j not in matched_f:
+                matrix[n, order[det["category_id"]]] += 1
+    return matrix
+
+
 class DetectionEvaluator:
     """Collects COCO results over a split; ``compute`` scores them against the split's COCO ground truth."""
 
@@ -326,7 +378,7 @@ class DetectionTask(Task):
     per_class_metric = "ap"
     primary_metric = "map"
     output_datasets = ("predictions", "ground_truth")
-    plot_names = ("pr_curves", "val_boxes", "loss_curves")
+    plot_names = ("results", "pr_curves", "confusion_matrix", "val_boxes")
     history_plots = {"loss": ["train_loss"], "map": ["map", "map_50"]}
 
     def __init__(self, spec: dict[str, Any]):
@@ -509,9 +561,12 @@ class DetectionTask(Task):
 
         predictions, ground_truth = outputs["predictions"], outputs["ground_truth"]
         _, ev = coco_evaluate(ground_truth, predictions, index["classes"])
-        names = {c["id"]: c["name"] for c in ground_truth["categories"]}  # the user's category ids
+        categories = sorted(ground_truth["categories"], key=lambda c: c["id"])
+        names = {c["id"]: c["name"] for c in categories}  # the user's category ids
         return {"pr_curves": plots.pr_curves(ev, names),
-                "val_boxes": plots.box_grid(predictions, ground_truth, index), "loss_curves": plots.loss_curves(history)}
+                "confusion_matrix": plots.detection_confusion_matrix(detection_confusion(predictions, ground_truth),
+                                                                     [c["name"] for c in categories], CONFUSION_SCORE, CONFUSION_IOU),
+                "val_boxes": plots.box_grid(predictions, ground_truth, index), "results": plots.results(history)}
 
     @staticmethod
     def compare_results(want, got, tol: float = 1e-3):
