@@ -438,7 +438,7 @@ def instance_overlays(predictions: list[dict], ground_truth: dict, index: dict, 
                     label = names.get(cat_id, "?") if score is None else f"{names.get(cat_id, '?')} {score:.2f}"
                     ax.text(xs.min(), ys.min(), label, color=text_colour(c), fontsize=SMALL_PT, va="bottom", clip_on=True,
                             bbox={"facecolor": c, "alpha": 0.85, "edgecolor": "black", "linewidth": 0.6, "pad": 1.2})
-            ax.set_title(f"{Path(image['file_name']).stem}: {title}")
+            ax.set_title(f"{Path(image['file_name']).stem}: {len(regions)} {title}")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     _class_legend(fig, [c["name"] for c in categories], colours)
     return fig
