@@ -22,12 +22,13 @@ from visionpipe.engine import distributed
 from visionpipe.engine.coco import coco_evaluate, coco_ground_truth
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
+from visionpipe.models.rtdet import RTDet
 from visionpipe.tasks.base import (Task, call_with_model_kwargs, close_matches, hub_weights, load_pretrained, pop_reset_head,
                                    signature_keys, timm_normalization, wants_hub_weights)
 
 logger = logging.getLogger(__name__)
 
-TIMM_ARCHS = ("fcos", "retinanet", "fasterrcnn")
+TIMM_ARCHS = ("rtdet", "fcos", "retinanet", "fasterrcnn")
 
 
 class DetectionData(DataConfig, CocoFilesMixin):
@@ -64,24 +65,38 @@ class TimmFPN(nn.Module):
     """Any timm CNN as a multi-scale body (``features_only``) under torchvision's FeaturePyramidNetwork."""
 
     def __init__(self, name: str, out_channels: int = 128, out_indices=(-3, -2, -1), extra: str = "p6p7", pretrained: bool = False,
-                 block: str = "detection"):
-        """``block``: the parameter block errors name (``<block>.model.backbone``)."""
+                 block: str = "detection", neck: bool = True, backbone_kwargs: dict | None = None):
+        """``block``: the parameter block errors name (``<block>.model.backbone``); ``neck=False``: the checked timm
+        extractor only (``.body``), for detectors that bring their own neck (rtdet's PAFPN); ``backbone_kwargs``: passed
+        to ``timm.create_model`` (e.g. ResNet ``channels``/``stem_width`` for a narrower backbone)."""
         super().__init__()
         import timm
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
         if not timm.is_model(name):
             raise ConfigError(f"{block}.model.backbone: unknown timm model '{name}'.{close_matches(name, timm.list_models())}")
+        extra_kwargs = dict(backbone_kwargs or {})
+        if not isinstance(backbone_kwargs or {}, dict):
+            raise ConfigError(f"{block}.model.kwargs.backbone_kwargs: a mapping of timm keywords, got {backbone_kwargs!r}")
+        for key in ("channels", "layers"):  # YAML lists; timm wants tuples
+            if isinstance(extra_kwargs.get(key), list):
+                extra_kwargs[key] = tuple(extra_kwargs[key])
         try:
             # negative indices count from the backbone's last level (timm's feature_info): (-3, -2, -1) are the
             # last three levels of any family (ResNet (2, 3, 4), ConvNeXt (1, 2, 3), EfficientNet, RegNet...)
-            self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(out_indices))
+            self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(out_indices), **extra_kwargs)
+        except TypeError as err:  # a keyword timm's model does not take
+            raise ConfigError(f"{block}.model.kwargs.backbone_kwargs: {err}; use keywords of the timm model '{name}' "
+                              "(e.g. channels, stem_width for ResNets)") from None
         except Exception as err:  # timm raises RuntimeError/AssertionError/IndexError for models without those feature maps
             raise ConfigError(f"{block}.model.backbone: '{name}' cannot serve multi-scale features at model.kwargs.out_indices "
                               f"{list(out_indices)} ({err}); pick a CNN such as resnet18 or other out_indices") from None
         if pretrained:  # timm's published weights for the feature extractor, once the name is known to work
-            self.body = hub_weights(lambda: timm.create_model(name, pretrained=True, features_only=True, out_indices=tuple(out_indices)),
+            self.body = hub_weights(lambda: timm.create_model(name, pretrained=True, features_only=True, out_indices=tuple(out_indices),
+                                                              **extra_kwargs),
                                     f"{block}.model.pretrained", f"timm model '{name}'")
+        if not neck:
+            return
         channels = self.body.feature_info.channels()
         strides = list(self.body.feature_info.reduction())
         blocks = LastLevelP6P7(out_channels, out_channels) if extra == "p6p7" else LastLevelMaxPool()
@@ -164,6 +179,7 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
     anchor_scale = float(kwargs.pop("anchor_scale", 4.0))
     out_channels = int(kwargs.pop("fpn_channels", 128))
     out_indices = kwargs.pop("out_indices", (-3, -2, -1))
+    backbone_kwargs = kwargs.pop("backbone_kwargs", None)
     sizes = detector_sizes(spec, kwargs)
     where = "detection.model.kwargs"
     if backbone is None:
@@ -171,6 +187,8 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
         if name not in builders:
             raise ConfigError(f"detection.model.name: '{name}' is not a torchvision detection model; use one of {builders} "
                               f"or one of {list(TIMM_ARCHS)} with model.backbone set to a timm model.{close_matches(name, builders)}")
+        if backbone_kwargs:
+            raise ConfigError(f"{where}.backbone_kwargs: only for a timm backbone (model.backbone set); '{name}' builds its own")
         extra = sizes if not name.startswith("ssd") else {}
         if "anchor_sizes" in kwargs or "anchor_aspect_ratios" in kwargs:
             if not name.startswith(("fasterrcnn", "retinanet")):
@@ -190,9 +208,17 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
             raise ConfigError(f"detection.model.name: with a timm backbone the detector is one of {list(TIMM_ARCHS)}, got '{name}'."
                               f"{close_matches(name, list(TIMM_ARCHS))}")
         body = TimmFPN(backbone, out_channels, out_indices=out_indices, extra="pool" if name == "fasterrcnn" else "p6p7",
-                       pretrained=wants_hub_weights(model_cfg))
+                       pretrained=wants_hub_weights(model_cfg), neck=name != "rtdet", backbone_kwargs=backbone_kwargs)
         common = dict(**sizes, image_mean=list(mean), image_std=list(std))
-        if name == "fcos":
+        if name == "rtdet":
+            if "anchor_sizes" in kwargs or "anchor_aspect_ratios" in kwargs:
+                raise ConfigError(f"{where}.anchor_sizes/anchor_aspect_ratios: rtdet is anchor-free (one point per location, "
+                                  "task-aligned assignment); use them with retinanet or fasterrcnn")
+            common.update(kwargs)
+            model = call_with_model_kwargs(RTDet, common, where, body=body.body, num_classes=num_classes, width=out_channels,
+                                           accepted=lambda: _class_keys(RTDet) + _class_keys(tvd.FCOS), check_first=True)
+            body = model.backbone  # the PAFPN; its .body is the timm extractor that pretrained_path loads into
+        elif name == "fcos":
             if out_channels % 32:  # FCOS's head normalises with GroupNorm(32 groups)
                 raise ConfigError(f"{where}.fpn_channels: FCOS needs a multiple of 32 (its head uses 32 GroupNorm groups), got {out_channels}")
             if "anchor_sizes" in kwargs or "anchor_aspect_ratios" in kwargs:
@@ -227,7 +253,7 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
 # GeneralizedRCNNTransform's own keys: detectors pass unknown keyword arguments to it, which ignores them
 _TRANSFORM_KEYS = ("size_divisible", "fixed_size")
 # keys build_detector takes out of model.kwargs itself
-_OWN_KEYS = ("fpn_channels", "anchor_scale", "reset_head", "out_indices", "anchor_sizes", "anchor_aspect_ratios")
+_OWN_KEYS = ("fpn_channels", "anchor_scale", "reset_head", "out_indices", "anchor_sizes", "anchor_aspect_ratios", "backbone_kwargs")
 
 
 def _class_keys(cls) -> list[str]:
