@@ -410,6 +410,7 @@ class TaskEvaluation(abc.ABC):
     primary_metric: ClassVar[str]
     output_datasets: ClassVar[tuple[str, ...]]  # what evaluation writes besides metrics (catalog names)
     plot_names: ClassVar[tuple[str, ...]]
+    evaluation_plots: ClassVar[tuple[str, ...]] = ()  # the plot_names drawn by evaluation_figures, from the evaluator
     history_plots: ClassVar[dict[str, list[str]]] = {}  # dvc.yaml plots: name -> history.csv columns against epoch
     # the model's output holds one logit per class on dim 1 (classifiers, per-pixel segmenters): a champion trained
     # on other classes is re-scored by mapping its outputs to today's classes by name, plus a last OTHER_CLASS column
@@ -434,6 +435,12 @@ class TaskEvaluation(abc.ABC):
     def prediction_outputs(self, index: dict, evaluator) -> dict[str, Any]:
         """The datasets evaluation writes besides metrics, keyed by ``output_datasets``."""
         raise NotImplementedError
+
+    @classmethod
+    def evaluation_figures(cls, evaluator) -> dict[str, Any]:
+        """Figures keyed by ``evaluation_plots``, drawn in the evaluation node from what the evaluator computed
+        (detection: its COCOeval), so nothing is evaluated twice; the other ``plot_names`` come from :meth:`plots`."""
+        return {}
 
     @classmethod
     @abc.abstractmethod

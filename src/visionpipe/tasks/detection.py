@@ -327,6 +327,7 @@ class DetectionTask(Task):
     primary_metric = "map"
     output_datasets = ("predictions", "ground_truth")
     plot_names = ("pr_curves", "val_boxes", "loss_curves")
+    evaluation_plots = ("pr_curves",)
     history_plots = {"loss": ["train_loss"], "map": ["map", "map_50"]}
 
     def __init__(self, spec: dict[str, Any]):
@@ -508,10 +509,15 @@ class DetectionTask(Task):
         from visionpipe import plots
 
         predictions, ground_truth = outputs["predictions"], outputs["ground_truth"]
-        _, ev = coco_evaluate(ground_truth, predictions, index["classes"])
-        names = {c["id"]: c["name"] for c in ground_truth["categories"]}  # the user's category ids
-        return {"pr_curves": plots.pr_curves(ev, names),
-                "val_boxes": plots.box_grid(predictions, ground_truth, index), "loss_curves": plots.loss_curves(history)}
+        return {"val_boxes": plots.box_grid(predictions, ground_truth, index), "loss_curves": plots.loss_curves(history)}
+
+    @classmethod
+    def evaluation_figures(cls, evaluator):
+        """The precision-recall curves of the COCOeval the evaluator ran (its ``last_eval``), per user category id."""
+        from visionpipe import plots
+
+        names = {c["id"]: c["name"] for c in evaluator.ground_truth["categories"]}
+        return {"pr_curves": plots.pr_curves(evaluator.last_eval, names)}
 
     @staticmethod
     def compare_results(want, got, tol: float = 1e-3):

@@ -272,6 +272,7 @@ class InstanceSegmentationTask(DetectionTask):
     primary_metric = "mask_map"
     output_datasets = ("predictions", "ground_truth")
     plot_names = ("val_instances", "mask_pr_curves", "loss_curves")
+    evaluation_plots = ("mask_pr_curves",)
     history_plots = {"loss": ["train_loss"], "mask_map": ["mask_map", "box_map"]}
 
     @classmethod
@@ -349,8 +350,16 @@ class InstanceSegmentationTask(DetectionTask):
         from visionpipe import plots
 
         predictions, ground_truth = outputs["predictions"], outputs["ground_truth"]
-        return {"val_instances": instance_overlays(predictions, ground_truth, index),
-                "mask_pr_curves": mask_pr_curves(predictions, ground_truth, index["classes"]), "loss_curves": plots.loss_curves(history)}
+        return {"val_instances": instance_overlays(predictions, ground_truth, index), "loss_curves": plots.loss_curves(history)}
+
+    @classmethod
+    def evaluation_figures(cls, evaluator):
+        """Mask precision-recall from the segm COCOeval the evaluator ran, each class named by its own category id
+        (the user's ids may be sparse)."""
+        from visionpipe import plots
+
+        names = {c["id"]: c["name"] for c in evaluator.ground_truth["categories"]}
+        return {"mask_pr_curves": plots.pr_curves(evaluator.last_eval, names, title="Mask precision-recall at IoU 0.5")}
 
     def export_onnx(self, model, output):
         """Input ``image`` (3, H, W), any size, scaled to [0, 1]; outputs ``boxes``, ``labels`` (class index + 1),
@@ -421,13 +430,3 @@ def instance_overlays(predictions: list[dict], ground_truth: dict, index: dict, 
                ncol=min(len(classes), 6), fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
-
-
-def mask_pr_curves(predictions: list[dict], ground_truth: dict, classes: list[str]):
-    """Per-class mask precision-recall at IoU 0.5 (pycocotools' accumulated precision), each class named by
-    its own category id (the user's ids may be sparse)."""
-    from visionpipe import plots  # matplotlib: only the plot node pays its import
-
-    _, ev = coco_evaluate(_unshared(ground_truth), predictions, classes, iou_type="segm")
-    names = {c["id"]: c["name"] for c in ground_truth["categories"]}
-    return plots.pr_curves(ev, names, title="Mask precision-recall at IoU 0.5")
