@@ -10,20 +10,20 @@ each gives defaults, so a new task writes only the mandatory members (``mandator
 role            what it owns                                            mandatory
 ==============  ======================================================  ===================================
 TaskData        class-level, before a spec exists: ``config_model``,    ``name``, ``formats``,
-                readers by ``data.format``, built-in data, per-record    ``config_model``, ``write_builtin``
-                ``check_record``, ``record_labels``/``relabel``,         (``relabel`` with ``record_labels``)
+                readers by ``data.format``, built-in data, per-record   ``config_model``, ``write_builtin``
+                ``check_record``, ``record_labels``/``relabel``,        (``relabel`` with ``record_labels``)
                 ``make_spec``, metric names ``registry.metric`` may use
-TaskSamples     ``compose`` (albumentations), ``make_sample`` (Mosaic    ``make_sample``
+TaskSamples     ``compose`` (albumentations), ``make_sample`` (Mosaic   ``make_sample``
                 donors where ``supports_mosaic``), ``collate``,
                 ``to_device``, ``datasets``
-TaskModel       ``build_model``, ``loss`` (a tensor or named terms),     ``build_model``, ``loss``
+TaskModel       ``build_model``, ``loss`` (a tensor or named terms),    ``build_model``, ``loss``
                 ``forward`` (TTA included), fine-tuning: ``backbone``,
                 ``param_groups``, ``train_batch``, ``training_spec``
-TaskEvaluation  ``evaluator``, ONE ``postprocess(outputs, sizes)`` to    ``metrics``, ``primary_metric``,
-                the original pixels (evaluation, Predictor, ONNX         ``output_datasets``, ``plot_names``,
-                check), ``configure``, ``prediction_outputs``, ``plots``  ``evaluator``, ``postprocess``,
-                                                                        ``prediction_outputs``, ``plots``
-TaskServing     ``preprocess``/``stack`` for raw images,                 none
+TaskEvaluation  ``evaluator``, ONE ``postprocess(outputs, sizes)`` to   ``metrics``, ``primary_metric``,
+                the original pixels (evaluation, Predictor, ONNX        ``output_datasets``, ``plot_names``,
+                check), ``configure``, ``prediction_outputs``,          ``evaluator``, ``postprocess``,
+                ``plots``, ``evaluation_figures`` (its own COCOeval)    ``prediction_outputs``, ``plots``
+TaskServing     ``preprocess``/``stack`` for raw images,                none
                 ``format_result``, ``inference_params``/
                 ``apply_params``, ``export_onnx``/``onnx_forward``/
                 ``compare_results``
