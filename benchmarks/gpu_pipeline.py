@@ -26,9 +26,16 @@ from visionpipe.engine import distributed
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def params(task: str, epochs: int, scale: int) -> dict:
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def params(task: str, epochs: int, scale: int, override: dict | None = None) -> dict:
     block = yaml.safe_load((PROJECT / "conf/base" / f"parameters_{task}.yml").read_text())[task]
-    block = copy.deepcopy(block)
+    block = merge(copy.deepcopy(block), override or {})
     block["train"].update(epochs=epochs, progress_bar=False)
     block["data"]["builtin"].update(train_images=block["data"]["builtin"]["train_images"] * scale,
                                     val_images=block["data"]["builtin"]["val_images"] * scale)
@@ -41,13 +48,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--scale", type=int, default=8, help="built-in dataset size multiplier")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--yaml", default="", help="YAML merged into each task's block, e.g. '{model: {name: fcos}}'")
     args = ap.parse_args()
     distributed.init_from_env()
     work = Path(args.workdir or os.environ.get("OUT") or tempfile.mkdtemp()) / "gpu_pipeline"
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)
     for task in args.tasks:
-        cfg = parse_task_config(task, params(task, args.epochs, args.scale))
+        cfg = parse_task_config(task, params(task, args.epochs, args.scale, yaml.safe_load(args.yaml) or {}))
         start = time.perf_counter()
         raw = stages.ingest(task, cfg)
         index = stages.enforce_policy(task, raw, stages.validate(task, raw, cfg), cfg)
@@ -58,7 +66,7 @@ def main() -> None:
             bundle, history = stages.train(task, index, aug, cfg, callbacks=[])
             metrics, _, _ = stages.evaluate(task, index, aug, bundle, cfg)
         if distributed.is_main_process():
-            emit({"benchmark": "gpu_pipeline", "task": task, "world_size": distributed.world_size(),
+            emit({"benchmark": "gpu_pipeline", "task": task, "model": bundle["spec"]["model"]["name"], "world_size": distributed.world_size(),
                   "device": bundle["spec"]["runtime"]["device"], "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                   "amp": bundle["spec"]["runtime"]["amp"], "channels_last": bundle["spec"]["runtime"]["channels_last"],
                   "train_images": len(index["train"]), "epochs": args.epochs,

@@ -131,7 +131,7 @@ BACKBONES = ["resnet10t", "convnext_atto", "efficientnet_b0", "regnetx_002", "mo
 
 
 @pytest.mark.slow  # trains
-@pytest.mark.parametrize("arch", ["fcos", "retinanet", "fasterrcnn"])
+@pytest.mark.parametrize("arch", ["rtdet", "fcos", "retinanet", "fasterrcnn"])
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_timm_families_with_every_head_take_a_training_step(tmp_path, backbone, arch):
     spec = _spec(tmp_path, model={"name": arch, "backbone": backbone, "kwargs": {"fpn_channels": 32}})

@@ -146,12 +146,12 @@ def test_kedro_pipeline_under_torchrun_writes_and_logs_once(tmp_path):
                           cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("visionpipe").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("visionpipe-classification").experiment_id])
     assert len(runs) == 1 and runs[0].data.tags["visionpipe.world_size"] == "2"
     assert len(client.search_model_versions("name='visionpipe-classification'")) == 1
     predictions = pd.read_csv(project / "data/07_model_output/classification/predictions.csv")
-    metrics = json.loads((project / "data/08_reporting/classification/metrics.json").read_text())
-    assert len(predictions) == metrics["val_images"] == 12  # both ranks' shards, written once
+    details = json.loads((project / "data/08_reporting/classification/evaluation.json").read_text())
+    assert len(predictions) == details["val_images"] == 12  # both ranks' shards, written once
 
     # a stage pipeline under torchrun reads its inputs (index, augmentation) from what the run above wrote:
     # ranks > 0 keep only the stage's outputs in memory
@@ -162,6 +162,6 @@ def test_kedro_pipeline_under_torchrun_writes_and_logs_once(tmp_path):
                           cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert model_file.stat().st_mtime_ns > before
-    runs = client.search_runs([client.get_experiment_by_name("visionpipe").experiment_id],
+    runs = client.search_runs([client.get_experiment_by_name("visionpipe-classification").experiment_id],
                               filter_string="attributes.run_name LIKE 'classification-%-training-%'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"

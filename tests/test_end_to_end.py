@@ -44,7 +44,7 @@ def client(project):
 
 
 def _runs(client, task):
-    exp = client.get_experiment_by_name("visionpipe")
+    exp = client.get_experiment_by_name(f"visionpipe-{task}")  # one MLflow experiment per task
     return client.search_runs([exp.experiment_id], filter_string=f"tags.`visionpipe.task` = '{task}'",
                               order_by=["attributes.start_time ASC"])
 
@@ -64,7 +64,7 @@ def test_default_run_makes_one_mlflow_run_per_task(project, client):
         assert [m.step for m in history] == [1]  # epochs count from 1, as in the console and history.csv
         assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-        assert "plots/loss_curves.png" in artifacts
+        assert "plots/results.png" in artifacts
         assert {a.path for a in client.list_artifacts(run.info.run_id, "reports")} >= {"reports/validation.json", "reports/history.csv"}
 
 
@@ -78,14 +78,77 @@ def test_terminal_is_quiet_and_ends_each_task_with_a_summary(project, client):
         run = _runs(client, task)[0]
         block = out[out.index(f"{task}  run {run.info.run_name}"):]
         for line in ("  metrics", "  best epoch  1/1 restored", f"  registry    {_registry_name(task)} v1:", "alias 'champion' moved to v1",
-                     f"data/06_models/{task}/model/", f"/runs/{run.info.run_id}"):
+                     f"data/06_models/{task}/model/", f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"):
             assert line in block.split("\n\n")[0], (task, line)
+    # not a terminal: no progress bar fragments, and each epoch line whole (Rich would wrap it at 80 columns)
+    assert "it/s]" not in out and "\r" not in out
+    epoch_lines = [line for line in out.splitlines() if " epoch 1/1 train_loss=" in line]
+    assert len(epoch_lines) == len(TASKS) and all(re.search(r"val_loss=|map=|miou=", line) for line in epoch_lines), epoch_lines
+
+
+def test_each_task_has_its_own_mlflow_experiment_opening_on_loss_and_headline(project, client):
+    from visionpipe.tasks import get_task_class
+
+    experiments = {e.name: e for e in client.search_experiments()}
+    for task in TASKS:
+        exp = experiments[f"visionpipe-{task}"]
+        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's "Model training" view
+        metrics = client.get_run(_runs(client, task)[0].info.run_id).data.metrics
+        # the UI's sections sort by prefix, final metrics last: train/ (loss first), then val/ (headline)
+        sections = sorted({k.split("/")[0] for k in metrics if "/" in k and not k.startswith("system/")})
+        assert sections[:2] == ["train", "val"], sections
+        assert "train/loss" in metrics and f"val/{get_task_class(task).primary_metric}" in metrics
+        assert get_task_class(task).primary_metric in metrics  # the runs list's column
+
+
+def _plot_inputs(project, task):
+    """What the plot node was given: the clean index, history.csv and the task's evaluation outputs, read back."""
+    from visionpipe.tasks import get_task_class
+
+    outputs = {}
+    folder = project / "data/07_model_output" / task
+    for name in get_task_class(task).output_datasets:
+        if (folder / f"{name}.csv").exists():
+            outputs[name] = pd.read_csv(folder / f"{name}.csv")
+        elif (folder / f"{name}.json").exists():
+            outputs[name] = json.loads((folder / f"{name}.json").read_text())
+        else:  # predicted masks: a folder of palette PNGs
+            outputs[name] = {p.stem: np.asarray(Image.open(p)) for p in (folder / "masks").glob("*.png")}
+    index = json.loads((project / "data/03_primary" / task / "clean_index.json").read_text())
+    return outputs, index, pd.read_csv(project / "data/08_reporting" / task / "history.csv")
+
+
+def test_every_plot_of_every_task_reads_at_its_saved_size(project):
+    """Each task's figures, drawn again from what the run saved: text >= 12 px at the saved size (the PNGs the
+    run wrote have that size), one legend colour per class where classes are drawn."""
+    import matplotlib.text
+
+    from visionpipe.tasks import get_task_class
+    from visionpipe.plots import MIN_TEXT_PX
+
+    for task in TASKS:
+        task_cls = get_task_class(task)
+        outputs, index, history = _plot_inputs(project, task)
+        figures = task_cls.plots(outputs, index, history)
+        # evaluation_plots (PR curves) are drawn by the evaluate node from its own COCOeval, not from saved files
+        assert set(figures) | set(task_cls.evaluation_plots) == set(task_cls.plot_names) and "results" in figures, task
+        for name, fig in figures.items():
+            texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+            assert min(t.get_fontsize() for t in texts) * fig.dpi / 72 >= MIN_TEXT_PX, (task, name)
+            with Image.open(project / "data/08_reporting" / task / "plots" / f"{name}.png") as png:
+                assert png.size == tuple((fig.get_size_inches() * fig.dpi).round().astype(int)), (task, name)
+            for legend in fig.legends:  # class legends: one distinct colour per class
+                patches = [h for h in legend.get_patches()]
+                assert len({tuple(np.round(p.get_facecolor(), 3)) for p in patches}) == len(patches), (task, name)
+        if task != "classification":
+            drawn = figures["val_boxes" if task == "detection" else "val_instances" if task == "instance_segmentation" else "val_overlays"]
+            assert len(drawn.legends[0].get_patches()) == len(index["classes"]), task
 
 
 def test_runs_are_named_described_and_carry_their_data_as_a_dataset(project, client):
     from visionpipe.tracking.lineage import dvc_dir_md5
 
-    labels = {"classification": "resnet10t", "detection": "fcos-resnet10t", "segmentation": "Unet-resnet18",
+    labels = {"classification": "resnet10t", "detection": "rtdet-resnet10t_nano", "segmentation": "Unet-resnet18",
               "instance_segmentation": "maskrcnn-resnet10t"}
     for task in TASKS:
         run = _runs(client, task)[0]
@@ -111,16 +174,18 @@ def test_metrics_have_one_name_and_timings_their_own_file(project, client):
         from visionpipe.tasks import get_task_class
 
         curve = "val/loss" if "val_loss" in get_task_class(task).metrics else f"val/{get_task_class(task).primary_metric}"
-        assert {curve, "process/epoch_time_s", "process/data_wait_fraction",
-                "process/rss_gb", "process/eval_time_s"} <= set(metrics)
+        assert {curve, "system/process/epoch_time_s", "system/process/data_wait_fraction",
+                "system/process/rss_gb", "system/process/eval_time_s"} <= set(metrics)
+        assert not [k for k in metrics if k.startswith("val/train")], sorted(metrics)  # loss terms are train/loss_<term>
         report = project / "data/08_reporting" / task
-        assert "eval_time_s" not in json.loads((report / "metrics.json").read_text())
+        assert not {"eval_time_s", "evaluation", "val_images"} & set(json.loads((report / "metrics.json").read_text()))
         history = pd.read_csv(report / "history.csv")
         assert not {"epoch_time_s", "images_per_s", "data_wait_fraction"} & set(history.columns)
         assert history["epoch"].tolist() == [1]
         timings = pd.read_csv(report / "timings.csv")
         assert timings["epoch"].tolist() == [1] and (timings["data_wait_fraction"].between(0, 1)).all()
-        assert json.loads((report / "eval_timings.json").read_text())["eval_time_s"] > 0
+        details = json.loads((report / "evaluation.json").read_text())
+        assert details["eval_time_s"] > 0 and details["val_images"] == TINY[task]["data"]["builtin"]["val_images"] and details["evaluation"]
 
 
 def test_classification_outputs(project, client):

@@ -61,7 +61,7 @@ def test_queued_experiments_log_to_the_project_store(repo):
     names = set(sh(repo, "dvc", "exp", "ls", "--name-only").split())
     assert len(names) == 2
     head = sh(repo, "git", "rev-parse", "HEAD").strip()
-    runs = client(repo).search_runs([client(repo).get_experiment_by_name("visionpipe").experiment_id],
+    runs = client(repo).search_runs([client(repo).get_experiment_by_name("visionpipe-classification").experiment_id],
                                     "tags.`dvc.exp_name` != ''")
     assert {r.data.tags["dvc.exp_name"] for r in runs} == names  # `dvc exp show` and MLflow list the same experiments
     assert {r.data.tags["dvc.exp_baseline_rev"] for r in runs} == {head}
@@ -147,7 +147,7 @@ def test_sweep_of_nested_runs_gates_only_the_best(tmp_path):
              "--grid", "model.name=[resnet10t,no_such_model]")
     assert "no_such_model" in out
     c = client(project)
-    parent = c.search_runs([c.get_experiment_by_name("visionpipe").experiment_id], "tags.`visionpipe.sweep` = 's1' "
+    parent = c.search_runs([c.get_experiment_by_name("visionpipe-classification").experiment_id], "tags.`visionpipe.sweep` = 's1' "
                            "and attributes.run_name = 's1'")[0]
     children = c.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     status = {ch.data.tags["sweep.model.name"]: ch.info.status for ch in children}

@@ -313,7 +313,7 @@ def test_sparse_ids_end_to_end_rescore_with_pycocotools_against_the_users_file(t
     index = stages.enforce_policy("detection", raw, stages.validate("detection", raw, cfg), cfg)
     aug = stages.augmentation("detection", cfg)
     bundle, history = stages.train("detection", index, aug, cfg, callbacks=[])
-    assert bundle["spec"]["category_ids"] == CATEGORY_IDS and "train_bbox_ctrness" in history[0]
+    assert bundle["spec"]["category_ids"] == CATEGORY_IDS and "train_bbox_regression" in history[0]
     metrics, evaluator, task_obj = stages.evaluate("detection", index, aug, bundle, cfg)
     predictions = json.loads(json.dumps(task_obj.prediction_outputs(index, evaluator)["predictions"]))  # as written to JSON
     assert predictions and {p["category_id"] for p in predictions} <= set(CATEGORY_IDS) and {p["image_id"] for p in predictions} == set(IMAGE_IDS)

@@ -331,7 +331,7 @@ def test_kedro_run_writes_rescorable_outputs_and_registers_the_model(tmp_path):
             ev.evaluate(), ev.accumulate(), ev.summarize()
             assert ev.stats[0] == pytest.approx(metrics[name], abs=1e-6)
     assert {p.name for p in (project / f"data/08_reporting/{TASK}/plots").glob("*.png")} == {
-        "val_instances.png", "mask_pr_curves.png", "loss_curves.png", "data_quality.png"}
+        "val_instances.png", "mask_pr_curves.png", "confusion_matrix.png", "results.png", "data_quality.png"}
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     try:

@@ -77,7 +77,7 @@ def test_a_run_logs_registers_and_serves_through_a_tracking_server(tmp_path, ser
     assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()  # nothing went to the local store
 
     client = mlflow.MlflowClient(tracking_uri=url)
-    runs = client.search_runs([client.get_experiment_by_name("visionpipe").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("visionpipe-classification").experiment_id])
     assert len(runs) == 1 and runs[0].data.tags["visionpipe.task"] == "classification" and runs[0].info.status == "FINISHED"
     run = runs[0]
     metrics = json.loads((project / "data/08_reporting/classification/metrics.json").read_text())

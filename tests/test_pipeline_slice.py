@@ -21,7 +21,8 @@ def test_classification_ingest_to_evaluation_in_memory(in_tmp):
     metrics = catalog.load("classification.metrics")
     predictions = catalog.load("classification.predictions")
     assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
-    assert len(predictions) == 12 == metrics["val_images"]
+    assert len(predictions) == 12 == catalog.load("classification.evaluation_details")["val_images"]
+    assert "val_images" not in metrics and "evaluation" not in metrics  # metrics.json: metrics only
     assert list(predictions.columns[:7]) == ["image", "target", "top1", "top2", "top3", "top4", "top5"]
     assert (predictions["target"] == predictions["top1"]).mean() == pytest.approx(metrics["top1"])
     report = catalog.load("classification.validation_report")

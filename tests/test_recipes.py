@@ -405,7 +405,7 @@ def test_early_stop_event_reaches_mlflow(tmp_path):
 
             logger_cb.on_fit_end(FitResult({}, -1, {}))
         data = mlflow.get_run(run.info.run_id).data
-        assert data.metrics["early_stop/epoch"] == 3 and data.metrics["early_stop/best_epoch"] == 1
+        assert data.metrics["train/stopped_epoch"] == 3 and data.metrics["train/stopped_best_epoch"] == 1
         assert data.tags["visionpipe.early_stop"] == "after epoch 3 (best epoch 1)"
         assert "val/early_stop_epoch" not in data.metrics and data.metrics["val/top1"] == 0.4
     finally:

@@ -188,6 +188,35 @@ def test_resume_points_kedro_mlflow_at_the_checkpoints_run(mlflow_store, project
     hook.after_pipeline_run()
 
 
+def test_each_task_runs_in_its_own_experiment(mlflow_store, project):
+    """kedro-mlflow is pointed at visionpipe-<task> before it starts the run: one experiment per task."""
+    client, exp = mlflow_store
+    experiment = SimpleNamespace(name="visionpipe", _experiment=client.get_experiment(exp),
+                                 create_experiment_kwargs=SimpleNamespace(artifact_location=client.art, tags=None))
+    config = SimpleNamespace(server=SimpleNamespace(_mlflow_client=client, mlflow_tracking_uri=client.uri),
+                             tracking=SimpleNamespace(run=SimpleNamespace(id=None), experiment=experiment))
+    import mlflow
+
+    ids = []
+    mlflow.set_tracking_uri(client.uri)
+    mlflow.set_experiment(experiment_id=exp)  # what kedro-mlflow does when the session's context is created
+    try:
+        for _ in range(2):
+            hook = _hook(project, {"classification": {"train": {}}}, config)
+            hook.before_pipeline_run(RUN_PARAMS, _pipeline(), _catalog(project))
+            hook.after_pipeline_run()
+            ids.append(experiment._experiment.experiment_id)
+            # kedro-mlflow re-enters its run at every node with start_run(run_id): the run's experiment must be the active one
+            with mlflow.start_run(run_id=client.create_run(ids[-1]).info.run_id):
+                pass
+    finally:
+        mlflow.set_tracking_uri(None)
+    task_exp = client.get_experiment_by_name("visionpipe-classification")
+    assert ids == [task_exp.experiment_id] * 2 and task_exp.experiment_id != exp  # created once, then reused
+    assert task_exp.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's "Model training" view
+    assert task_exp.artifact_location == client.art
+
+
 def test_checkpoint_run_id_of_a_bad_file_is_none(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"junk")
     assert rs.checkpoint_run_id(tmp_path / "last.pt") is None

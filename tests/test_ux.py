@@ -90,13 +90,15 @@ def test_data_is_logged_as_an_mlflow_dataset_input(tmp_path):
 def test_final_metrics_have_one_name_and_timings_leave_metrics_json():
     from visionpipe.pipelines.evaluation.nodes import mlflow_metrics, split_timings
 
-    metrics, timings = split_timings({"val_loss": 1.2, "top1": 0.5, "eval_time_s": 2.0, "val_images": 10})
-    assert metrics == {"val_loss": 1.2, "top1": 0.5, "val_images": 10}
-    assert timings == {"eval_time_s": 2.0, "eval_images_per_s": 5.0}
+    metrics, timings = split_timings({"val_loss": 1.2, "top1": 0.5, "eval_time_s": 2.0, "val_images": 10,
+                                      "evaluation": {"batch_size": 8}})
+    assert metrics == {"val_loss": 1.2, "top1": 0.5}  # metrics.json: `dvc metrics show` lists results only
+    assert timings == {"evaluation": {"batch_size": 8}, "val_images": 10, "eval_time_s": 2.0, "eval_images_per_s": 5.0}
     logged = mlflow_metrics(metrics, timings)
     # val_loss is the val/loss curve at the best epoch, val_images the dataset input's profile
-    assert logged == {"top1": {"value": 0.5, "step": 0}, "process/eval_time_s": {"value": 2.0, "step": 0},
-                      "process/eval_images_per_s": {"value": 5.0, "step": 0}}
+    assert logged == {"top1": {"value": 0.5, "step": 0}, "system/process/eval_time_s": {"value": 2.0, "step": 0},
+                      "system/process/eval_images_per_s": {"value": 5.0, "step": 0}}
+    assert mlflow_metrics({"ap/circle": 0.25})["ap_circle"]["value"] == 0.25  # a final metric opens no section of its own
 
 
 def test_epoch_history_splits_into_learning_curves_and_timings():
@@ -108,21 +110,26 @@ def test_epoch_history_splits_into_learning_curves_and_timings():
     assert learning == [{"train_loss": 1.0, "lr": 0.1, "val_loss": 0.9, "top1": 0.4, "epoch": 1}]
     assert timings == [{"epoch": 1, "epoch_time_s": 3.0, "images_per_s": 9.0, "data_wait_fraction": 0.2, "rss_gb": 1.5}]
     names = {k: epoch_metric_name(k) for k in history[0] if k != "epoch"}
-    assert names == {"train_loss": "train/loss", "lr": "train/lr", "epoch_time_s": "process/epoch_time_s",
-                     "images_per_s": "process/images_per_s", "data_wait_fraction": "process/data_wait_fraction",
-                     "rss_gb": "process/rss_gb", "val_loss": "val/loss", "top1": "val/top1"}
+    assert names == {"train_loss": "train/loss", "lr": "train/lr", "epoch_time_s": "system/process/epoch_time_s",
+                     "images_per_s": "system/process/images_per_s", "data_wait_fraction": "system/process/data_wait_fraction",
+                     "rss_gb": "system/process/rss_gb", "val_loss": "val/loss", "top1": "val/top1"}
+    # a task's loss terms are training curves (MLflow's train section), per-class curves sort below val/
+    assert [epoch_metric_name(k) for k in ("train_classification", "train_loss_mask", "ap/circle", "early_stop_epoch")] == \
+        ["train/loss_classification", "train/loss_mask", "val_per_class/ap/circle", "train/stopped_epoch"]
     assert best_epoch_tag(5, 8) == "6/8"
 
 
 @pytest.mark.slow  # trains
-def test_trainer_history_counts_epochs_from_one_and_measures_data_wait(in_tmp):
+def test_trainer_history_counts_epochs_from_one_and_measures_data_wait(in_tmp, capfd):
     from support import task_params
     from visionpipe import stages
     from visionpipe.tasks import parse_task_config
 
-    cfg = parse_task_config("classification", task_params("classification", in_tmp, train={"epochs": 2}))
+    cfg = parse_task_config("classification", task_params("classification", in_tmp, train={"epochs": 2, "progress_bar": True}))
     index = stages.ingest("classification", cfg)
     bundle, history = stages.train("classification", index, stages.augmentation("classification", cfg), cfg, callbacks=[])
+    bars = capfd.readouterr()
+    assert "it/s" not in bars.err + bars.out and "\r" not in bars.err  # not a terminal: no tqdm bar, even when asked for
     assert [h["epoch"] for h in history] == [1, 2]
     assert 1 <= bundle["spec"]["best_epoch"] <= 2
     assert all(0.0 <= h["data_wait_fraction"] <= 1.0 for h in history)
@@ -218,6 +225,7 @@ def test_verbose_brings_the_details_back(monkeypatch):
     from visionpipe import console
 
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    monkeypatch.setattr(console, "interactive", lambda: True)  # download bars only where a person watches
     assert console.verbose_requested(True) and not console.verbose_requested(False)
     monkeypatch.setenv(console.VERBOSE_ENV, "1")
     assert console.verbose_requested(False)
@@ -235,6 +243,36 @@ def test_verbose_brings_the_details_back(monkeypatch):
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
         logging.getLogger("py.warnings").addFilter(console.clean_warning)
+
+
+def test_a_log_that_is_not_a_terminal_gets_whole_plain_lines(monkeypatch, capsys):
+    """`make run > run.log`, CI: Rich's 80-column wrapping would split an epoch line over several lines."""
+    from kedro.logging import RichHandler
+
+    from visionpipe import console
+
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    monkeypatch.setattr(console, "interactive", lambda: False)
+    rich_handler = RichHandler(level=logging.INFO)
+    root.handlers = [rich_handler]
+    try:
+        console.plain_logs_when_piped()
+        (plain,) = root.handlers
+        assert type(plain) is logging.StreamHandler and plain.level == logging.INFO
+        line = "epoch 3/8 " + " ".join(f"term{i}=0.{i:04d}" for i in range(20))
+        logging.getLogger("visionpipe.engine.trainer").warning(line)
+        out = capsys.readouterr().out
+        assert out.count("\n") == 1 and out.rstrip().endswith(line) and "WARNING" in out, out
+    finally:
+        root.handlers = saved
+    monkeypatch.setattr(console, "interactive", lambda: True)
+    root.handlers = [rich_handler]
+    try:
+        console.plain_logs_when_piped()  # a terminal keeps Rich (and its live progress bars)
+        assert root.handlers == [rich_handler]
+    finally:
+        root.handlers = saved
 
 
 def test_warnings_lose_colour_codes_and_the_type_hint_nag():
@@ -303,17 +341,77 @@ def test_pr_curves_put_each_class_ap_in_the_legend(tmp_path):
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["circle (AP50 1.000)", "square (AP50 0.000)"]
     grid = box_grid(preds, gt, {"root": str(tmp_path)}, min_score=0.85)
-    assert [t.get_text() for t in grid.axes[0].texts] == ["circle 0.90"]
+    # true boxes labelled with their class, predictions with class and score; one colour per class
+    assert [t.get_text() for t in grid.axes[0].texts] == ["circle", "square", "circle 0.90"]
+    true_circle, true_square, found_circle = grid.axes[0].patches
+    assert true_circle.get_edgecolor() == found_circle.get_edgecolor() != true_square.get_edgecolor()
+    assert true_circle.get_linestyle() == "solid" and found_circle.get_linestyle() != "solid"
+    assert [t.get_text() for t in grid.legends[0].get_texts()][:2] == ["circle", "square"]
+
+
+def test_detection_confusion_matrix_counts_misses_and_false_positives_as_background(tmp_path):
+    from visionpipe.tasks.detection import detection_confusion
+
+    gt, preds = _coco(tmp_path)
+    preds += [{"image_id": 1, "category_id": 1, "bbox": [16, 16, 8, 8], "score": 0.7},  # the square, called a circle
+              {"image_id": 1, "category_id": 2, "bbox": [2, 2, 10, 10], "score": 0.1}]  # under the score threshold
+    # rows true (circle, square, background), columns predicted; the square at [0, 0, 4, 4] overlaps the circle
+    # by IoU 4/112: a false positive
+    assert detection_confusion(preds, gt).tolist() == [[1, 0, 0], [1, 0, 0], [0, 1, 0]]
+    assert detection_confusion(preds[:1], gt).tolist() == [[1, 0, 0], [0, 0, 1], [0, 0, 0]]  # the square missed
+
+
+def _smallest_text_px(fig) -> float:
+    import matplotlib.text
+
+    sizes = [t.get_fontsize() * fig.dpi / 72 for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+    return min(sizes)
+
+
+def test_every_figure_reads_at_its_saved_size(tmp_path):
+    """Text at least 12 px in the saved PNG (MatplotlibDataset saves at the figure's dpi); results.png has a
+    panel per curve, per-class curves coloured by class."""
+    import pandas as pd
+
+    from visionpipe import plots
+    from visionpipe.engine.coco import coco_evaluate
+    from visionpipe.tasks.detection import detection_confusion
+
+    gt, preds = _coco(tmp_path)
+    history = pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.0], "train_classification": [1.0, 0.5], "lr": [0.1, 0.0],
+                            "map": [0.1, 0.3], "ap/circle": [0.1, 0.4], "ap/square": [0.1, 0.2]})
+    classes = ["circle", "square"]
+    predictions = pd.DataFrame({"target": [0, 1, 1], "top1": [0, 1, 0]})
+    _, ev = coco_evaluate(gt, preds, classes)
+    figures = {"results": plots.results(history), "pr": plots.pr_curves(ev, {c["id"]: c["name"] for c in gt["categories"]}),
+               "boxes": plots.box_grid(preds, gt, {"root": str(tmp_path)}),
+               "confusion": plots.detection_confusion_matrix(detection_confusion(preds, gt), classes, 0.25, 0.45),
+               "classification": plots.confusion_matrix(predictions, [0, 1]), "accuracy": plots.per_class_accuracy(predictions, [0, 1])}
+    for name, fig in figures.items():
+        assert _smallest_text_px(fig) >= plots.MIN_TEXT_PX, name
+        fig.savefig(tmp_path / f"{name}.png")
+        with Image.open(tmp_path / f"{name}.png") as png:
+            assert 300 <= png.width <= 2000 and png.size == tuple((fig.get_size_inches() * plots.DPI).round().astype(int)), name
+    titles = [ax.get_title() for ax in figures["results"].axes if ax.has_data()]
+    assert titles == ["loss", "train classification", "learning rate", "map", "ap per class"]
+    per_class = figures["results"].axes[4].get_lines()
+    assert [line.get_label() for line in per_class] == classes and len({tuple(line.get_color()) for line in per_class}) == 2
 
 
 def test_segmentation_overlays_have_a_class_legend(tmp_path):
-    from visionpipe.plots import mask_overlays
+    from visionpipe.plots import class_colours, mask_overlays
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     Image.fromarray(np.ones((8, 8), np.uint8)).save(tmp_path / "a_mask.png")
     index = {"root": str(tmp_path), "classes": ["background", "cat", "dog"], "val": [{"image": "a.png", "mask": "a_mask.png"}]}
-    fig = mask_overlays({"a": np.full((8, 8), 2, np.uint8)}, index)
+    predicted = np.zeros((8, 8), np.uint8)
+    predicted[2:6, 2:6] = 2
+    fig = mask_overlays({"a": predicted}, index)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["background", "cat", "dog"]
+    # each class region outlined in its own colour (over a black stroke), not only tinted
+    outlines = [c for ax in fig.axes for c in ax.collections if c.get_path_effects()]
+    assert len(outlines) == 2 and {tuple(np.round(c.get_edgecolor()[0][:3], 3)) for c in outlines} == \
+        {tuple(np.round(class_colours(3)[k], 3)) for k in (1, 2)}
 
 
 # ---------------------------------------------------------------- pyfunc params

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 
 VERBOSE_ENV = "VISIONPIPE_VERBOSE"
 # the loggers conf/logging.yml keeps at WARNING; verbose lowers them to INFO
@@ -44,6 +45,36 @@ def install_defaults() -> None:
         warnings_logger.addFilter(clean_warning)
 
 
+def interactive() -> bool:
+    """True when a person watches: stdout and stderr both terminals. Otherwise (``make run > run.log``, CI)
+    no progress bars, and log lines are written whole rather than wrapped to 80 columns."""
+    return all(stream is not None and hasattr(stream, "isatty") and stream.isatty() for stream in (sys.stdout, sys.stderr))
+
+
+PLAIN_FORMAT = "[%(asctime)s] %(levelname)-8s %(message)s"
+PLAIN_DATEFMT = "%m/%d/%y %H:%M:%S"
+
+
+def plain_logs_when_piped() -> None:
+    """When stdout is not a terminal, swap the root logger's Rich handlers (conf/logging.yml) for plain stream
+    handlers with the same level and filters: one line per record, never wrapped at Rich's 80-column default,
+    no padding. Kedro accepts only ``logging``/``kedro.logging`` classes in logging.yml, hence the swap here."""
+    if interactive():
+        return
+    import rich.logging  # noqa: PLC0415  (imported by Kedro already; kept out of install_defaults' import path)
+
+    root = logging.getLogger()
+    for i, handler in enumerate(list(root.handlers)):
+        if isinstance(handler, rich.logging.RichHandler):
+            plain = logging.StreamHandler(sys.stdout)
+            plain.setLevel(handler.level)
+            plain.setFormatter(logging.Formatter(PLAIN_FORMAT, PLAIN_DATEFMT))
+            for f in handler.filters:
+                plain.addFilter(f)
+            root.handlers[i] = plain
+            handler.close()
+
+
 def verbose_requested(flag: bool = False) -> bool:
     """``--verbose`` or VISIONPIPE_VERBOSE=1|true|yes|on."""
     return flag or os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
@@ -56,7 +87,8 @@ def set_verbosity(verbose: bool) -> None:
     download bars."""
     import kedro_mlflow  # noqa: F401  its import sets its logger to INFO: import first, then set the level
 
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "true" if verbose else "false"
+    plain_logs_when_piped()
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "true" if verbose and interactive() else "false"
     if not verbose:
         for name in ("kedro_mlflow", "mlflow"):
             logging.getLogger(name).setLevel(logging.WARNING)

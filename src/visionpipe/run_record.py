@@ -114,6 +114,18 @@ class TaskLock:
             self._lock = None
 
 
+# MLflow's UI opens an experiment with this tag in its "Model training" view (runs, metrics, models) rather
+# than the GenAI view (traces, evaluations) it guesses for an untagged one
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def task_experiment(base: str | None, task: str) -> str:
+    """The MLflow experiment of one task's runs: ``visionpipe-detection`` (``<base>-<task>``, the base from
+    conf/base/mlflow.yml), beside the registered model of the same name; the runs list of one task can then show
+    that task's headline metrics as columns."""
+    return f"{base or 'visionpipe'}-{task}"
+
+
 def create_experiment_once(client, name: str, artifact_location: str | None = None, tags: dict | None = None) -> str:
     """The id of experiment ``name``, created when missing; another process creating it at the same moment
     (two runs starting together against a tracking server) is not an error."""
@@ -131,21 +143,21 @@ def create_experiment_once(client, name: str, artifact_location: str | None = No
 
 
 def ensure_store(tracking_uri: str, experiment: str | None = None, artifact_location: str | None = None,
-                 timeout: float = 300) -> None:
+                 timeout: float = 300, tags: dict[str, str] | None = None) -> None:
     """Create a SQLite MLflow store (tables, migrations, the experiment) under a file lock, so that two
     processes starting together on a fresh ``mlflow.db`` do not both create its tables."""
     from mlflow import MlflowClient
 
     if not tracking_uri.startswith("sqlite:///"):
         if experiment:  # a tracking server: no file lock, the database's unique name decides
-            create_experiment_once(MlflowClient(tracking_uri), experiment, artifact_location)
+            create_experiment_once(MlflowClient(tracking_uri), experiment, artifact_location, {**EXPERIMENT_TAGS, **(tags or {})})
         return
     db = Path(tracking_uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(db) + ".lock", timeout=timeout):
         client = MlflowClient(tracking_uri)  # the SQLAlchemy store creates and migrates the tables here
-        if experiment and client.get_experiment_by_name(experiment) is None:
-            client.create_experiment(experiment, artifact_location=artifact_location)
+        if experiment:
+            create_experiment_once(client, experiment, artifact_location, {**EXPERIMENT_TAGS, **(tags or {})})
 
 
 def mark_killed_runs(client, experiment_id: str, project: Path, keep: Iterable[str] = ()) -> list[str]:

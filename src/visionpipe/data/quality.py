@@ -160,6 +160,12 @@ def plot(report: dict):
 
     splits = (report.get("quality") or {}).get("statistics", {}).get("splits", {})
     boxes = {s: e for s, e in splits.items() if "box_size_bins" in e}
+    # saved at 100 dpi: 9 pt and more is at least 12 px in the PNG (as plots.py's figures)
+    with plt.rc_context({"figure.dpi": 100, "font.size": 10.5, "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 9}):
+        return _plot_splits(plt, splits, boxes, report)
+
+
+def _plot_splits(plt, splits: dict, boxes: dict, report: dict):
     fig, axes = plt.subplots(1, 2 if boxes else 1, figsize=(11 if boxes else 7, 4), squeeze=False)
     ax = axes[0][0]
     classes = (report.get("quality") or {}).get("statistics", {}).get("classes", [])

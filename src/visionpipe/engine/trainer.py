@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from visionpipe.data.datasets import BalancedSampler, EpochSampler, ShardSampler
 from visionpipe.data.sampling import GroupedBatchSampler, train_groups
+from visionpipe import console
 from visionpipe.ranking import is_better
 from visionpipe.engine import distributed, recipes
 from visionpipe.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -318,7 +319,7 @@ class Trainer:
         start = time.perf_counter()
         # The bar is updated by hand rather than wrapped around the loader: iterating a DataLoader through
         # tqdm (even disabled) cost 40% of ResNet-50 throughput on an H100 (docs/benchmarks.md).
-        bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress_bar and distributed.is_main_process()),
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress_bar and console.interactive() and distributed.is_main_process()),
                    leave=False, dynamic_ncols=True)
         optimizer.zero_grad(set_to_none=True)
         n_batches = len(loader)

@@ -37,8 +37,9 @@ PACKAGE = "visionpipe"
 RUN_ROOTS = ("visionpipe.settings", "visionpipe.pipeline_registry", "visionpipe.cli")
 BUILTIN_ROOTS = ("visionpipe.data.builtin", "visionpipe.config", "visionpipe.cli")
 
-# The curated top-level DVC plots come from each task's ``history_plots``; a task without any still gets its
-# stage-level history plot against the epoch.
+# The top-level DVC plots (`make plots`), each with explicit x and y: a task's ``history_plots`` (loss and
+# headline metric from history.csv against the epoch) and its per-class metric of the best model (per_class.csv,
+# one bar per class). history.csv is an uncached out, not a stage plot: DVC would draw every column.
 _KINDS = {"out": "outs", "outs": "outs", "metrics": "metrics", "plots": "plots"}
 
 
@@ -224,11 +225,18 @@ def build_dvc_yaml(project: str | Path) -> dict[str, Any]:
     out["stages"].update(stages)
     plots = []
     for task in TASKS:
-        history = next((next(iter(p)) if isinstance(p, dict) else p for p in stages[task].get("plots", [])
-                        if (next(iter(p)) if isinstance(p, dict) else p).endswith("history.csv")), None)
-        for name, columns in get_task_class(task).history_plots.items():
-            if history:
-                plots.append({f"{task}_{name}": {"x": "epoch", "y": {history: columns}}})
+        files = {Path(next(iter(e)) if isinstance(e, dict) else e).name: next(iter(e)) if isinstance(e, dict) else e
+                 for section in ("outs", "plots") for e in stages[task].get(section, [])}
+        task_cls = get_task_class(task)
+        if "history.csv" in files:
+            for name, columns in task_cls.history_plots.items():
+                plots.append({f"{task}_{name}": {"title": f"{task}: {name}", "x": "epoch", "y": {files["history.csv"]: columns},
+                                                 "x_label": "epoch", "y_label": name}})
+        metric = task_cls.per_class_metric
+        if metric and "per_class.csv" in files:
+            plots.append({f"{task}_{metric}_per_class": {"title": f"{task}: {metric} per class (best model)",
+                                                         "template": "bar_horizontal_sorted", "x": metric,
+                                                         "y": {files["per_class.csv"]: "class"}, "x_label": metric, "y_label": "class"}})
     if plots:
         out["plots"] = plots
     return out

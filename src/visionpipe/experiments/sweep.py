@@ -54,7 +54,7 @@ from visionpipe.experiments.sweep_point import pruning, run_point
 from visionpipe.io import ModelBundleDataset
 from visionpipe.pipelines.registration.nodes import register_model
 from visionpipe.ranking import is_better
-from visionpipe.run_record import create_experiment_once
+from visionpipe.run_record import EXPERIMENT_TAGS, create_experiment_once, task_experiment
 from visionpipe.tasks import parse_task_config
 
 logger = logging.getLogger(__name__)
@@ -504,7 +504,8 @@ class SweepWorker:
         session, context = _context(self.project, self.env)
         with session:
             params = context.params[self.task]
-            experiment = context.mlflow.tracking.experiment.name  # kedro-mlflow configured the store and experiment
+            # kedro-mlflow's experiment settings: its name, and where a new experiment keeps its artifacts (None: the server's)
+            experiment = context.mlflow.tracking.experiment
             catalog_conf = context.config_loader["catalog"]
         resolver = CatalogConfigResolver(catalog_conf, default_runtime_patterns={"{default}": {"type": "kedro.io.MemoryDataset"}})
         return params, experiment, resolver
@@ -560,7 +561,10 @@ class SweepWorker:
         """The first worker creates the MLflow parent run (tag ``sweep.study``); the others wait for it and attach."""
         where = shown_url(self.storage)
         if first:
-            experiment_id = create_experiment_once(self.client, self.experiment)
+            # the sweep's parent and trial runs sit beside the task's own runs (run_record.task_experiment), their
+            # artifacts where kedro-mlflow's config says (the project's mlartifacts, or the server's)
+            experiment_id = create_experiment_once(self.client, task_experiment(self.experiment.name, self.task),
+                                                   self.experiment.create_experiment_kwargs.artifact_location, tags=EXPERIMENT_TAGS)
             parent = self.client.create_run(experiment_id, run_name=self.name, tags={
                 "sweep.study": self.name, "visionpipe.sweep": self.name, "visionpipe.task": self.task, "sweep.storage": where,
                 "sweep.sampler": type(study.sampler).__name__, "sweep.pruner": type(study.pruner).__name__})

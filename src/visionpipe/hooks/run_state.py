@@ -91,7 +91,7 @@ class RunStateHook:
             return
         experiment = (tracking.get("experiment") or {})
         kwargs = experiment.get("create_experiment_kwargs") or {}
-        rs.ensure_store(str(uri), experiment.get("name"), kwargs.get("artifact_location"))
+        rs.ensure_store(str(uri), experiment.get("name"), kwargs.get("artifact_location"), tags=kwargs.get("tags"))
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
@@ -108,6 +108,8 @@ class RunStateHook:
         except rs.RunInProgressError:
             self._release()
             raise
+        if len(tasks) == 1:
+            self._use_task_experiment(tasks[0])
         self._mark_killed()
         params = self._context.params if self._context is not None else {}
         for task in tasks:
@@ -127,6 +129,35 @@ class RunStateHook:
             }
             self._manifests[task] = manifest
             rs.write_json_atomic(rs.manifest_path(task, self._project), manifest)
+
+    def _use_task_experiment(self, task: str) -> None:
+        """Point kedro-mlflow at the task's own experiment (``visionpipe-<task>``, created with the store lock held)
+        before it starts the run; a run an orchestrator opened before the session keeps its experiment."""
+        import mlflow
+
+        config = getattr(self._context, "mlflow", None)
+        if config is None or mlflow.active_run() is not None:
+            return
+        try:
+            experiment = config.tracking.experiment
+            client = config.server._mlflow_client
+            name, kwargs = rs.task_experiment(experiment.name, task), experiment.create_experiment_kwargs
+        except AttributeError:  # kedro-mlflow disabled or not set up
+            return
+        uri = getattr(config.server, "mlflow_tracking_uri", None) or mlflow.get_tracking_uri()
+        rs.ensure_store(str(uri), name, kwargs.artifact_location, tags=kwargs.tags)
+        found = client.get_experiment_by_name(name)
+        if found is None:  # a tracking server: it creates the experiment itself
+            client.create_experiment(name, artifact_location=kwargs.artifact_location, tags={**rs.EXPERIMENT_TAGS, **(kwargs.tags or {})})
+            found = client.get_experiment_by_name(name)
+        elif found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        # kedro-mlflow starts its run with experiment_id=tracking.experiment._experiment.experiment_id
+        # (kedro_mlflow/framework/hooks/mlflow_hook.py, before_pipeline_run), and re-enters it at each node with
+        # mlflow.start_run(run_id), which MLflow refuses unless the active experiment is the run's
+        experiment._experiment = found
+        mlflow.set_tracking_uri(str(uri))
+        mlflow.set_experiment(experiment_id=found.experiment_id)
 
     def _mark_killed(self) -> None:
         config = getattr(self._context, "mlflow", None)

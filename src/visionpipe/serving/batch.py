@@ -11,6 +11,7 @@ from typing import Any, Iterable, Iterator, Literal
 
 from tqdm.auto import tqdm
 
+from visionpipe import console
 from visionpipe.data.images import is_image_file, load_rgb
 from visionpipe.errors import DataError
 from visionpipe.files import atomic_write
@@ -50,7 +51,7 @@ def predict_folder(predictor, files: list[Path], root: Path, output: Path, batch
     Lines go to a temporary file beside ``output`` as they are made; the file takes its final name once complete.
     """
     summary = PredictSummary(output=output)
-    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not (progress and console.interactive()), dynamic_ncols=True)
 
     def write(tmp: Path) -> None:
         with open(tmp, "w") as fh:

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
+from visionpipe import models  # noqa: F401  (registers visionpipe's timm backbones, e.g. resnet10t_nano, for every task)
 from visionpipe.config import flip_tta, validate_task_params
 from visionpipe.data import transforms
 from visionpipe.data.builtin import SHAPES

@@ -92,6 +92,7 @@ class ClassificationEvaluator:
     def __init__(self, task: "ClassificationTask | int", device: torch.device, keep_predictions: bool):
         num_classes = task if isinstance(task, int) else len(task.classes)
         self.task = None if isinstance(task, int) else task
+        self.num_classes = num_classes
         self.k = min(5, num_classes)
         # slow optional import: torchmetrics imports all its domains; a served model (no evaluation) never needs it
         from torchmetrics.classification import MulticlassAccuracy
@@ -119,19 +120,22 @@ class ClassificationEvaluator:
     def compute(self) -> dict[str, float]:
         if self.keep:  # under DDP each rank saw one shard of the split
             self.predictions = sorted((p for part in all_gather_objects(self.predictions) for p in part), key=lambda p: p["index"])
-        return {"val_loss": global_mean(self.loss_sum, self.count)[0], "top1": self.top1.compute().item(), "top5": self.topk.compute().item()}
+        metrics = {"val_loss": global_mean(self.loss_sum, self.count)[0], "top1": self.top1.compute().item()}
+        if self.num_classes > 5:  # with 5 classes or fewer every label is among the top 5: top-5 would always be 1.0
+            metrics["top5"] = self.topk.compute().item()
+        return metrics
 
 
 class ClassificationTask(Task):
     name = "classification"
     config_model = ClassificationConfig
     formats = {"imagefolder": lambda root, d: formats.read_imagefolder(root, d.val_fraction, d.split_seed, d.classes)}
-    metrics = ("top1", "top5", "val_loss")
+    metrics = ("top1", "top5", "val_loss")  # top5 only with more than 5 classes
     primary_metric = "top1"
     per_class_logits = True
     output_datasets = ("predictions",)
-    plot_names = ("confusion_matrix", "per_class_accuracy", "loss_curves")
-    history_plots = {"loss": ["train_loss", "val_loss"], "top1": ["top1", "top5"]}
+    plot_names = ("results", "confusion_matrix", "per_class_accuracy")
+    history_plots = {"loss": ["train_loss", "val_loss"], "top1": ["top1"]}  # top5 exists with > 5 classes only
 
     @classmethod
     def normalization(cls, model_cfg: dict[str, Any]):
@@ -268,4 +272,4 @@ class ClassificationTask(Task):
         predictions = outputs["predictions"]
         return {"confusion_matrix": plots.confusion_matrix(predictions, index["classes"]),
                 "per_class_accuracy": plots.per_class_accuracy(predictions, index["classes"]),
-                "loss_curves": plots.loss_curves(history)}
+                "results": plots.results(history)}

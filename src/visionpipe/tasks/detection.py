@@ -22,12 +22,13 @@ from visionpipe.engine import distributed
 from visionpipe.engine.coco import coco_evaluate, coco_ground_truth
 from visionpipe.engine.runtime import Runtime
 from visionpipe.errors import ConfigError
+from visionpipe.models.rtdet import RTDet
 from visionpipe.tasks.base import (Task, call_with_model_kwargs, close_matches, hub_weights, load_pretrained, pop_reset_head,
                                    signature_keys, timm_normalization, wants_hub_weights)
 
 logger = logging.getLogger(__name__)
 
-TIMM_ARCHS = ("fcos", "retinanet", "fasterrcnn")
+TIMM_ARCHS = ("rtdet", "fcos", "retinanet", "fasterrcnn")
 
 
 class DetectionData(DataConfig, CocoFilesMixin):
@@ -64,24 +65,38 @@ class TimmFPN(nn.Module):
     """Any timm CNN as a multi-scale body (``features_only``) under torchvision's FeaturePyramidNetwork."""
 
     def __init__(self, name: str, out_channels: int = 128, out_indices=(-3, -2, -1), extra: str = "p6p7", pretrained: bool = False,
-                 block: str = "detection"):
-        """``block``: the parameter block errors name (``<block>.model.backbone``)."""
+                 block: str = "detection", neck: bool = True, backbone_kwargs: dict | None = None):
+        """``block``: the parameter block errors name (``<block>.model.backbone``); ``neck=False``: the checked timm
+        extractor only (``.body``), for detectors that bring their own neck (rtdet's PAFPN); ``backbone_kwargs``: passed
+        to ``timm.create_model`` (e.g. ResNet ``channels``/``stem_width`` for a narrower backbone)."""
         super().__init__()
         import timm
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
         if not timm.is_model(name):
             raise ConfigError(f"{block}.model.backbone: unknown timm model '{name}'.{close_matches(name, timm.list_models())}")
+        extra_kwargs = dict(backbone_kwargs or {})
+        if not isinstance(backbone_kwargs or {}, dict):
+            raise ConfigError(f"{block}.model.kwargs.backbone_kwargs: a mapping of timm keywords, got {backbone_kwargs!r}")
+        for key in ("channels", "layers"):  # YAML lists; timm wants tuples
+            if isinstance(extra_kwargs.get(key), list):
+                extra_kwargs[key] = tuple(extra_kwargs[key])
         try:
             # negative indices count from the backbone's last level (timm's feature_info): (-3, -2, -1) are the
             # last three levels of any family (ResNet (2, 3, 4), ConvNeXt (1, 2, 3), EfficientNet, RegNet...)
-            self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(out_indices))
+            self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(out_indices), **extra_kwargs)
+        except TypeError as err:  # a keyword timm's model does not take
+            raise ConfigError(f"{block}.model.kwargs.backbone_kwargs: {err}; use keywords of the timm model '{name}' "
+                              "(e.g. channels, stem_width for ResNets)") from None
         except Exception as err:  # timm raises RuntimeError/AssertionError/IndexError for models without those feature maps
             raise ConfigError(f"{block}.model.backbone: '{name}' cannot serve multi-scale features at model.kwargs.out_indices "
                               f"{list(out_indices)} ({err}); pick a CNN such as resnet18 or other out_indices") from None
         if pretrained:  # timm's published weights for the feature extractor, once the name is known to work
-            self.body = hub_weights(lambda: timm.create_model(name, pretrained=True, features_only=True, out_indices=tuple(out_indices)),
+            self.body = hub_weights(lambda: timm.create_model(name, pretrained=True, features_only=True, out_indices=tuple(out_indices),
+                                                              **extra_kwargs),
                                     f"{block}.model.pretrained", f"timm model '{name}'")
+        if not neck:
+            return
         channels = self.body.feature_info.channels()
         strides = list(self.body.feature_info.reduction())
         blocks = LastLevelP6P7(out_channels, out_channels) if extra == "p6p7" else LastLevelMaxPool()
@@ -164,6 +179,7 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
     anchor_scale = float(kwargs.pop("anchor_scale", 4.0))
     out_channels = int(kwargs.pop("fpn_channels", 128))
     out_indices = kwargs.pop("out_indices", (-3, -2, -1))
+    backbone_kwargs = kwargs.pop("backbone_kwargs", None)
     sizes = detector_sizes(spec, kwargs)
     where = "detection.model.kwargs"
     if backbone is None:
@@ -171,6 +187,8 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
         if name not in builders:
             raise ConfigError(f"detection.model.name: '{name}' is not a torchvision detection model; use one of {builders} "
                               f"or one of {list(TIMM_ARCHS)} with model.backbone set to a timm model.{close_matches(name, builders)}")
+        if backbone_kwargs:
+            raise ConfigError(f"{where}.backbone_kwargs: only for a timm backbone (model.backbone set); '{name}' builds its own")
         extra = sizes if not name.startswith("ssd") else {}
         if "anchor_sizes" in kwargs or "anchor_aspect_ratios" in kwargs:
             if not name.startswith(("fasterrcnn", "retinanet")):
@@ -190,9 +208,17 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
             raise ConfigError(f"detection.model.name: with a timm backbone the detector is one of {list(TIMM_ARCHS)}, got '{name}'."
                               f"{close_matches(name, list(TIMM_ARCHS))}")
         body = TimmFPN(backbone, out_channels, out_indices=out_indices, extra="pool" if name == "fasterrcnn" else "p6p7",
-                       pretrained=wants_hub_weights(model_cfg))
+                       pretrained=wants_hub_weights(model_cfg), neck=name != "rtdet", backbone_kwargs=backbone_kwargs)
         common = dict(**sizes, image_mean=list(mean), image_std=list(std))
-        if name == "fcos":
+        if name == "rtdet":
+            if "anchor_sizes" in kwargs or "anchor_aspect_ratios" in kwargs:
+                raise ConfigError(f"{where}.anchor_sizes/anchor_aspect_ratios: rtdet is anchor-free (one point per location, "
+                                  "task-aligned assignment); use them with retinanet or fasterrcnn")
+            common.update(kwargs)
+            model = call_with_model_kwargs(RTDet, common, where, body=body.body, num_classes=num_classes, width=out_channels,
+                                           accepted=lambda: _class_keys(RTDet) + _class_keys(tvd.FCOS), check_first=True)
+            body = model.backbone  # the PAFPN; its .body is the timm extractor that pretrained_path loads into
+        elif name == "fcos":
             if out_channels % 32:  # FCOS's head normalises with GroupNorm(32 groups)
                 raise ConfigError(f"{where}.fpn_channels: FCOS needs a multiple of 32 (its head uses 32 GroupNorm groups), got {out_channels}")
             if "anchor_sizes" in kwargs or "anchor_aspect_ratios" in kwargs:
@@ -227,7 +253,7 @@ def build_detector(spec: dict[str, Any]) -> nn.Module:
 # GeneralizedRCNNTransform's own keys: detectors pass unknown keyword arguments to it, which ignores them
 _TRANSFORM_KEYS = ("size_divisible", "fixed_size")
 # keys build_detector takes out of model.kwargs itself
-_OWN_KEYS = ("fpn_channels", "anchor_scale", "reset_head", "out_indices", "anchor_sizes", "anchor_aspect_ratios")
+_OWN_KEYS = ("fpn_channels", "anchor_scale", "reset_head", "out_indices", "anchor_sizes", "anchor_aspect_ratios", "backbone_kwargs")
 
 
 def _class_keys(cls) -> list[str]:
@@ -253,6 +279,58 @@ def limit_detections(result: dict[str, Any], score_threshold: float | None = Non
     keep = [i for i, s in enumerate(result["scores"]) if score_threshold is None or s >= score_threshold]
     keep = sorted(keep, key=lambda i: -result["scores"][i])[:max_detections]
     return {**result, **{k: [result[k][i] for i in keep] for k in ("boxes", "labels", "scores")}}
+
+
+CONFUSION_SCORE, CONFUSION_IOU = 0.25, 0.45  # Ultralytics' defaults for its detection confusion matrix
+
+
+def box_ious(truth: list[dict], found: list[dict], image: dict | None = None) -> np.ndarray:
+    """IoU of each true box (rows) with each predicted one (columns), COCO ``[x, y, w, h]`` boxes, torchvision's box_iou."""
+    from torchvision.ops import box_convert, box_iou
+
+    def xyxy(items):
+        return box_convert(torch.tensor([a["bbox"] for a in items], dtype=torch.float64).reshape(-1, 4), "xywh", "xyxy")
+
+    return box_iou(xyxy(truth), xyxy(found)).numpy()
+
+
+def detection_confusion(predictions: list[dict], ground_truth: dict, ious=box_ious, conf: float = CONFUSION_SCORE,
+                        iou_threshold: float = CONFUSION_IOU) -> np.ndarray:
+    """Ultralytics' detection confusion matrix, (classes + 1) square, rows the true class, columns the predicted
+    one, the last of each being background. Per image, the predictions scoring at least ``conf`` are matched to
+    objects whatever their classes, one to one, highest IoU first (IoU > ``iou_threshold``): a match counts at
+    (true class, predicted class); an unmatched object at (its class, background), a missed one; an unmatched
+    prediction at (background, its class), a false positive. ``ious(truth, found, image)``: IoU of true vs predicted
+    annotations (boxes here, masks for instance segmentation). Classes are the categories sorted by id."""
+    order = {c["id"]: k for k, c in enumerate(sorted(ground_truth["categories"], key=lambda c: c["id"]))}
+    n = len(order)
+    matrix = np.zeros((n + 1, n + 1), dtype=np.int64)
+    truth_of: dict[Any, list[dict]] = {}
+    for ann in ground_truth["annotations"]:
+        if not ann.get("iscrowd") and ann["category_id"] in order:
+            truth_of.setdefault(ann["image_id"], []).append(ann)
+    found_of: dict[Any, list[dict]] = {}
+    for det in predictions:
+        if det["score"] >= conf and det["category_id"] in order:
+            found_of.setdefault(det["image_id"], []).append(det)
+    for image in ground_truth["images"]:
+        truth, found = truth_of.get(image["id"], []), found_of.get(image["id"], [])
+        matched_t, matched_f = set(), set()
+        if truth and found:
+            iou = ious(truth, found, image)
+            pairs = sorted(zip(*np.nonzero(iou > iou_threshold)), key=lambda ij: -iou[ij])
+            for i, j in pairs:
+                if i not in matched_t and j not in matched_f:
+                    matched_t.add(i)
+                    matched_f.add(j)
+                    matrix[order[truth[i]["category_id"]], order[found[j]["category_id"]]] += 1
+        for i, ann in enumerate(truth):
+            if i not in matched_t:
+                matrix[order[ann["category_id"]], n] += 1
+        for j, det in enumerate(found):
+            if j not in matched_f:
+                matrix[n, order[det["category_id"]]] += 1
+    return matrix
 
 
 class DetectionEvaluator:
@@ -326,8 +404,8 @@ class DetectionTask(Task):
     per_class_metric = "ap"
     primary_metric = "map"
     output_datasets = ("predictions", "ground_truth")
-    plot_names = ("pr_curves", "val_boxes", "loss_curves")
-    evaluation_plots = ("pr_curves",)
+    plot_names = ("results", "pr_curves", "confusion_matrix", "val_boxes")
+    evaluation_plots = ("pr_curves",)  # drawn by evaluation_figures from the evaluator's COCOeval
     history_plots = {"loss": ["train_loss"], "map": ["map", "map_50"]}
 
     def __init__(self, spec: dict[str, Any]):
@@ -509,14 +587,17 @@ class DetectionTask(Task):
         from visionpipe import plots
 
         predictions, ground_truth = outputs["predictions"], outputs["ground_truth"]
-        return {"val_boxes": plots.box_grid(predictions, ground_truth, index), "loss_curves": plots.loss_curves(history)}
+        categories = sorted(ground_truth["categories"], key=lambda c: c["id"])
+        return {"confusion_matrix": plots.detection_confusion_matrix(detection_confusion(predictions, ground_truth),
+                                                                     [c["name"] for c in categories], CONFUSION_SCORE, CONFUSION_IOU),
+                "val_boxes": plots.box_grid(predictions, ground_truth, index), "results": plots.results(history)}
 
     @classmethod
     def evaluation_figures(cls, evaluator):
         """The precision-recall curves of the COCOeval the evaluator ran (its ``last_eval``), per user category id."""
         from visionpipe import plots
 
-        names = {c["id"]: c["name"] for c in evaluator.ground_truth["categories"]}
+        names = {c["id"]: c["name"] for c in evaluator.ground_truth["categories"]}  # the user's category ids
         return {"pr_curves": plots.pr_curves(evaluator.last_eval, names)}
 
     @staticmethod

@@ -36,6 +36,9 @@ from visionpipe.tasks.detection import (
     TimmFPN,
     _builder_keys,
     _class_keys,
+    CONFUSION_IOU,
+    CONFUSION_SCORE,
+    detection_confusion,
     detector_sizes,
     set_postprocess,
 )
@@ -214,6 +217,16 @@ def instances_ground_truth(records: list[dict], classes: list[str], category_ids
     return gt
 
 
+def mask_ious(truth: list[dict], found: list[dict], image: dict) -> np.ndarray:
+    """Mask IoU of each true instance (rows) with each predicted one (columns) of ``image``, pycocotools' RLE IoU."""
+    from pycocotools import mask as mask_utils
+
+    def rles(items):
+        return [to_rle(a["segmentation"], image["height"], image["width"]) for a in items]
+
+    return np.asarray(mask_utils.iou(rles(found), rles(truth), [0] * len(truth)), dtype=np.float64).reshape(len(found), len(truth)).T
+
+
 def _unshared(ground_truth: dict) -> dict:
     """The ground truth with its own annotation dicts: pycocotools' segm evaluation replaces each
     annotation's segmentation by RLE with bytes counts, which must not leak into the JSON we write."""
@@ -271,8 +284,8 @@ class InstanceSegmentationTask(DetectionTask):
     per_class_metric = "mask_ap"
     primary_metric = "mask_map"
     output_datasets = ("predictions", "ground_truth")
-    plot_names = ("val_instances", "mask_pr_curves", "loss_curves")
-    evaluation_plots = ("mask_pr_curves",)
+    plot_names = ("results", "mask_pr_curves", "confusion_matrix", "val_instances")
+    evaluation_plots = ("mask_pr_curves",)  # drawn by evaluation_figures from the evaluator's segm COCOeval
     history_plots = {"loss": ["train_loss"], "mask_map": ["mask_map", "box_map"]}
 
     @classmethod
@@ -350,7 +363,11 @@ class InstanceSegmentationTask(DetectionTask):
         from visionpipe import plots
 
         predictions, ground_truth = outputs["predictions"], outputs["ground_truth"]
-        return {"val_instances": instance_overlays(predictions, ground_truth, index), "loss_curves": plots.loss_curves(history)}
+        classes = [c["name"] for c in sorted(ground_truth["categories"], key=lambda c: c["id"])]
+        confusion = detection_confusion(predictions, _unshared(ground_truth), mask_ious, CONFUSION_SCORE, CONFUSION_IOU)
+        return {"val_instances": instance_overlays(predictions, ground_truth, index),
+                "confusion_matrix": plots.detection_confusion_matrix(confusion, classes, CONFUSION_SCORE, CONFUSION_IOU),
+                "results": plots.results(history)}
 
     @classmethod
     def evaluation_figures(cls, evaluator):
@@ -395,16 +412,19 @@ class InstanceSegmentationTask(DetectionTask):
 # ---------------------------------------------------------------- plots
 
 def instance_overlays(predictions: list[dict], ground_truth: dict, index: dict, min_score: float = 0.5):
-    """True and predicted instances (score >= ``min_score``) over the first validation images; colour = class."""
-    from matplotlib.patches import Patch
+    """True and predicted instances (score >= ``min_score``) over the first validation images: each filled and
+    outlined in its class's colour (over black, so it reads on any image), true ones labelled with the class,
+    predicted ones with class and score; a legend of the class colours."""
     from pycocotools import mask as mask_utils
 
-    from visionpipe.plots import MAX_IMAGES, _grid, plt
+    from visionpipe.plots import MAX_IMAGES, SMALL_PT, _class_legend, _grid, _outlined, object_colours, plt, text_colour
 
     images = ground_truth["images"][:MAX_IMAGES // 2]
-    classes = [c["name"] for c in sorted(ground_truth["categories"], key=lambda c: c["id"])]
-    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-    fig, axes = _grid(len(images) * 2, cols=4)
+    categories = sorted(ground_truth["categories"], key=lambda c: c["id"])
+    colours = object_colours(len(categories))
+    colour = {c["id"]: colours[k] for k, c in enumerate(categories)}
+    names = {c["id"]: c["name"] for c in categories}
+    fig, axes = _grid(len(images) * 2, cols=4, cell=3.6)
     for i, image in enumerate(images):
         pixels = load_rgb(Path(index["root"]) / image["file_name"])
         h, w = pixels.shape[:2]
@@ -412,21 +432,22 @@ def instance_overlays(predictions: list[dict], ground_truth: dict, index: dict, 
                  if a["image_id"] == image["id"] and a.get("segmentation")]
         found = [(p["category_id"], p["segmentation"], p["score"]) for p in predictions
                  if p["image_id"] == image["id"] and p["score"] >= min_score]
-        for j, (title, instances) in enumerate((("true", truth), (f"predicted (score >= {min_score})", found))):
+        for j, (title, instances) in enumerate((("true", truth), (f"predicted (score >= {min_score:g})", found))):
             ax = axes[i * 2 + j]
             overlay = pixels.astype(np.float32) / 255
             regions = [(cat_id, mask_utils.decode(rle).astype(bool), score) for cat_id, rle, score in instances]
             for cat_id, region, _ in regions:
-                overlay[region] = 0.45 * overlay[region] + 0.55 * np.asarray(colours((cat_id - 1) % colours.N)[:3])
+                overlay[region] = 0.5 * overlay[region] + 0.5 * np.asarray(colour.get(cat_id, (1, 1, 1))[:3])
             ax.imshow(overlay)
             for cat_id, region, score in regions:  # each instance outlined, so touching objects of one class stay apart
                 if region.any():
-                    ax.contour(region, levels=[0.5], colors="white", linewidths=0.8)
-                    if score is not None:
-                        ys, xs = np.nonzero(region)
-                        ax.text(xs.min(), ys.min(), f"{score:.2f}", color="white", fontsize=6, va="bottom")
-            ax.set_title(f"{Path(image['file_name']).stem}: {title}", fontsize=7)
-    fig.legend(handles=[Patch(color=colours(k % colours.N), label=name) for k, name in enumerate(classes)], loc="lower center",
-               ncol=min(len(classes), 6), fontsize=8)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+                    c = colour.get(cat_id, (1, 1, 1))
+                    ax.contour(region, levels=[0.5], colors=[c], linewidths=1.6, path_effects=_outlined(3))
+                    ys, xs = np.nonzero(region)
+                    label = names.get(cat_id, "?") if score is None else f"{names.get(cat_id, '?')} {score:.2f}"
+                    ax.text(xs.min(), ys.min(), label, color=text_colour(c), fontsize=SMALL_PT, va="bottom", clip_on=True,
+                            bbox={"facecolor": c, "alpha": 0.85, "edgecolor": "black", "linewidth": 0.6, "pad": 1.2})
+            ax.set_title(f"{Path(image['file_name']).stem}: {len(regions)} {title}")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    _class_legend(fig, [c["name"] for c in categories], colours)
     return fig

@@ -311,7 +311,7 @@ class SegmentationTask(Task):
     primary_metric = "miou"
     per_class_logits = True
     output_datasets = ("predicted_masks",)
-    plot_names = ("val_overlays", "loss_curves")
+    plot_names = ("results", "val_overlays")
     history_plots = {"loss": ["train_loss", "val_loss"], "miou": ["miou", "pixel_accuracy"]}
 
     def __init__(self, spec: dict[str, Any]):
@@ -471,4 +471,4 @@ class SegmentationTask(Task):
     def plots(cls, outputs, index, history):
         from visionpipe import plots
 
-        return {"val_overlays": plots.mask_overlays(outputs["predicted_masks"], index), "loss_curves": plots.loss_curves(history)}
+        return {"val_overlays": plots.mask_overlays(outputs["predicted_masks"], index), "results": plots.results(history)}

@@ -17,20 +17,41 @@ from visionpipe.engine.trainer import Callback
 
 logger = logging.getLogger(__name__)
 
-# Engine history keys -> MLflow metric names. Curves: train/<key> and val/<key>, step = the 1-based epoch.
-# process/<key>: what this training process costs (time, memory, data-loader wait); MLflow's system/<key>
-# describe the whole host. The final metrics of the restored best model keep their plain names (top1, map,
-# miou): the runs list's columns and the registry gate read those.
-_TRAIN_KEYS = {"train_loss": "train/loss", "lr": "train/lr"}
+# Engine history keys -> MLflow metric names, chosen for how the MLflow UI shows a run: its "Model metrics"
+# tab has one section per prefix, sorted by name, the unprefixed final metrics last, so the tab opens on
+# train/ (loss first, then each named loss term, then lr) and val/ (val loss, the headline metric).
+# Curves: step = the 1-based epoch. Per-class curves (``ap/<class>``) go to val_per_class/, below.
+# Process figures (time, memory, data-loader wait) go to system/process/: MLflow's "System metrics" tab,
+# beside the host's system/ metrics. The final metrics of the restored best model keep their plain names
+# (top1, map, miou): the runs list's columns and the registry gate read those.
+_TRAIN_KEYS = {"train_loss": "train/loss", "lr": "train/lr",
+               "early_stop_epoch": "train/stopped_epoch", "early_stop_best_epoch": "train/stopped_best_epoch"}
+PROCESS_PREFIX = "system/process/"
 # timing and process keys of an epoch record (the engine's, for every task): timings.csv, not history.csv/DVC
 PROCESS_KEYS = ("epoch_time_s", "images_per_s", "data_wait_fraction", "rss_gb", "gpu_peak_gb")
 
 
 def epoch_metric_name(key: str) -> str:
-    """The MLflow name of an epoch-history key: ``train_loss`` -> ``train/loss``, ``top1`` -> ``val/top1``."""
+    """The MLflow name of an epoch-history key: ``train_loss`` -> ``train/loss``, a task's named loss term
+    ``train_classification`` -> ``train/loss_classification``, ``top1`` -> ``val/top1``, ``val_loss`` ->
+    ``val/loss``, ``ap/circle`` -> ``val_per_class/ap/circle``, ``images_per_s`` -> ``system/process/images_per_s``."""
     if key in PROCESS_KEYS:
-        return f"process/{key}"
-    return _TRAIN_KEYS.get(key, f"val/{key.removeprefix('val_')}")
+        return PROCESS_PREFIX + key
+    if key in _TRAIN_KEYS:
+        return _TRAIN_KEYS[key]
+    if key.startswith("train_"):
+        term = key.removeprefix("train_")
+        return f"train/{term if term.startswith('loss') else 'loss_' + term}"
+    if "/" in key:
+        return f"val_per_class/{key}"
+    return f"val/{key.removeprefix('val_')}"
+
+
+def final_metric_name(key: str) -> str:
+    """The MLflow name of a final (best-model) metric: plain, in the "Model metrics" section and the runs
+    list's columns; a per-class one without its slash (``ap/circle`` -> ``ap_circle``) so it does not open a
+    section of its own above the curves."""
+    return key.replace("/", "_")
 
 
 def process_figures(device: torch.device | None = None) -> dict[str, float]:
@@ -151,7 +172,8 @@ class MlflowEpochLogger(Callback):
     def on_early_stop(self, epoch: int, best_epoch: int) -> None:
         import mlflow
 
-        mlflow.log_metrics({"early_stop/epoch": float(epoch), "early_stop/best_epoch": float(best_epoch)}, step=epoch,
+        mlflow.log_metrics({epoch_metric_name("early_stop_epoch"): float(epoch),
+                            epoch_metric_name("early_stop_best_epoch"): float(best_epoch)}, step=epoch,
                            run_id=self.run_id, synchronous=False)
         mlflow.MlflowClient().set_tag(self.run_id, "visionpipe.early_stop", f"after epoch {epoch} (best epoch {best_epoch})")
 

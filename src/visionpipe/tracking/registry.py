@@ -27,6 +27,7 @@ from visionpipe.serving.bundle import ONNX_FILE, save_bundle
 from visionpipe.serving.export import export_bundle
 from visionpipe.serving.predictor import Predictor, encode_png
 from visionpipe.serving.pyfunc import MODEL_CONFIG_DEFAULTS, default_params, predictions_frame
+from visionpipe.tracking.callbacks import final_metric_name
 from visionpipe.tracking.champion import classes_note, download_bundle
 
 logger = logging.getLogger(__name__)
@@ -179,7 +180,10 @@ def _recorded_score(client: MlflowClient, version, metric: str) -> float | None:
     tagged = version.tags.get(f"metric.{metric}")
     if tagged is not None:
         return float(tagged)
-    return client.get_run(version.run_id).data.metrics.get(metric) if version.run_id else None
+    if not version.run_id:
+        return None
+    logged = client.get_run(version.run_id).data.metrics
+    return logged.get(final_metric_name(metric), logged.get(metric))  # runs logged before per-class names lost "/"
 
 
 def gate(client: MlflowClient, champion, metric: str, new_score: float, greater_is_better: bool, fingerprint: str | None,
