@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run exps serve test test-fast test-viz clean-data viz viz-build notebook notebook-html mlflow-ui repro plots help \
+.PHONY: install run exps metrics serve test test-fast test-viz clean-data viz viz-build notebook notebook-html mlflow-ui repro plots help \
 	tracking-server tracking-server-stop
 
 help:
@@ -24,7 +24,7 @@ help:
 	@echo "make tracking-server - a team's MLflow server on PostgreSQL (data/server/), in the background; make tracking-server-stop"
 	@echo "make viz      - kedro-viz on one task's pipeline (VIZ_TASK=detection ...; others in the left panel)"
 	@echo "make notebook - JupyterLab on notebooks/compare_champions.ipynb; make notebook-html renders it"
-	@echo "make repro / make plots - dvc repro; dvc plots show, rendered offline"
+	@echo "make repro / make plots - dvc repro; dvc plots show, rendered offline; make metrics - dvc metrics show by task"
 	@echo "make exps    - dvc experiments: changed parameters and headline metrics (visionpipe exps)"
 
 $(BIN)/kedro: pyproject.toml
@@ -114,6 +114,10 @@ $(DVC_PLOTS_TEMPLATE):
 	  printf '<style>table { border-spacing: 15px; }</style>\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n'; } > $@.tmp
 	mv $@.tmp $@
 	rm -rf .dvc/tmp/vega
+
+# `dvc metrics show`, one block per task (DVC's own table has a column per metric name of every task)
+metrics: install
+	source $(BIN)/activate && python -m visionpipe.experiments.metrics_view
 
 plots: install $(DVC_PLOTS_TEMPLATE)
 	source $(BIN)/activate && dvc config --local plots.html_template offline_plots.html && dvc plots show

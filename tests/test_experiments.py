@@ -170,7 +170,9 @@ def test_a_worker_records_complete_pruned_and_failed_trials_and_gates_only_the_b
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = task_params("classification")
-    monkeypatch.setattr(sweep.SweepWorker, "_load_project", lambda self: (params, "visionpipe", None))
+    experiment = SimpleNamespace(name="visionpipe",
+                                 create_experiment_kwargs=SimpleNamespace(artifact_location=(tmp_path / "art").as_uri()))
+    monkeypatch.setattr(sweep.SweepWorker, "_load_project", lambda self: (params, experiment, None))
     monkeypatch.setattr(sweep.SweepWorker, "catalog_path", lambda self, dataset: f"out/{dataset}.json")
     monkeypatch.setattr(sweep.SweepWorker, "_builtin_data", lambda self: None)
     monkeypatch.setattr(sweep, "PRUNER", {"n_startup_trials": 2, "n_warmup_steps": 2})
@@ -199,8 +201,8 @@ def test_a_worker_records_complete_pruned_and_failed_trials_and_gates_only_the_b
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL", "COMPLETE"]
     assert study.trials[2].intermediate_values == {1: 0.1, 2: 0.1}  # stopped after epoch 2, below the median
     client = mlflow.MlflowClient()
-    runs = {r.data.tags["sweep.trial"]: r for r in client.search_runs([client.get_experiment_by_name("visionpipe-classification").experiment_id],
-                                                                       "tags.`sweep.trial` != ''")}  # beside the task's runs
+    experiment = client.get_experiment_by_name("visionpipe-classification")  # the task's own experiment
+    runs = {r.data.tags["sweep.trial"]: r for r in client.search_runs([experiment.experiment_id], "tags.`sweep.trial` != ''")}  # beside the task's runs
     assert [runs[str(i)].info.status for i in range(5)] == ["FINISHED", "FINISHED", "KILLED", "FAILED", "FINISHED"]
     assert runs["2"].data.tags["sweep.state"] == "PRUNED" and "after epoch 2" in runs["2"].data.tags["sweep.pruned"]
     assert runs["3"].data.tags["visionpipe.error"] == "ConfigError: classification.train.lr: out of range"
@@ -208,6 +210,7 @@ def test_a_worker_records_complete_pruned_and_failed_trials_and_gates_only_the_b
     parent = client.get_run(summary.parent_run_id)
     assert parent.data.tags["sweep.study"] == "s" and parent.data.tags["sweep.best_run_id"] == runs["4"].info.run_id
     assert parent.data.metrics["best_top1"] == 0.9 and parent.info.status == "FINISHED"
+    assert parent.info.artifact_uri.startswith((tmp_path / "art").as_uri())  # the project's artifact root, not ./mlruns
     assert gated == [runs["4"].info.run_id]  # only the best went through the registration node
     frame = pd.read_csv(tmp_path / "data/sweeps/classification/s/comparison.csv")
     assert list(frame["status"]) == ["finished", "finished", "pruned", "failed", "finished"]

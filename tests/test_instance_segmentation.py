@@ -365,10 +365,11 @@ def test_kedro_run_writes_rescorable_outputs_and_registers_the_model(tmp_path):
     assert export_onnx(project / f"data/06_models/{TASK}/model", tmp_path / "model.onnx").is_file()
 
 
-def test_mask_pr_curves_name_each_class_by_its_own_sparse_category_id():
+def test_mask_pr_curves_name_each_class_by_its_own_sparse_category_id(monkeypatch):
     """COCO ids need not be 1..K: each curve is labelled with the name of its own category id (issue 22:
-    ``classes[cat_id - 1]`` named the wrong class, or failed, on sparse ids)."""
-    from visionpipe.tasks.instance_segmentation import mask_pr_curves
+    ``classes[cat_id - 1]`` named the wrong class, or failed, on sparse ids). The curves are drawn from the COCOeval
+    the evaluator already ran: nothing is evaluated a second time."""
+    import visionpipe.engine.coco as coco
 
     square = [[2.0, 2.0, 12.0, 2.0, 12.0, 12.0, 2.0, 12.0]]
     other = [[16.0, 16.0, 26.0, 16.0, 26.0, 26.0, 16.0, 26.0]]
@@ -378,7 +379,13 @@ def test_mask_pr_curves_name_each_class_by_its_own_sparse_category_id():
           "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]}
     preds = [{"image_id": 1, "category_id": 7, "bbox": [2, 2, 10, 10], "score": 0.9, "segmentation": square},
              {"image_id": 1, "category_id": 3, "bbox": [16, 16, 10, 10], "score": 0.8, "segmentation": other}]
-    fig = mask_pr_curves(preds, gt, ["cat", "dog"])
+    _, segm_eval = instance_metrics(gt, preds, ["cat", "dog"])
+    evaluator = type("Evaluated", (), {"ground_truth": gt, "last_eval": segm_eval})()
+    import visionpipe.tasks.instance_segmentation as module
+
+    for where in (coco, module):
+        monkeypatch.setattr(where, "coco_evaluate", lambda *a, **k: pytest.fail("COCOeval ran a second time"))
+    fig = InstanceSegmentationTask.evaluation_figures(evaluator)["mask_pr_curves"]
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["cat (AP50 1.000)", "dog (AP50 1.000)"]
 

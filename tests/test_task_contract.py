@@ -132,7 +132,9 @@ def test_task_contract_end_to_end(trained, task, tmp_path):
     outputs = task_obj.prediction_outputs(index, t["evaluator"])
     assert set(outputs) == set(cls.output_datasets)
     figures = cls.plots(outputs, index, pd.DataFrame(t["history"]))
-    assert set(figures) == set(cls.plot_names)
+    drawn_at_evaluation = task_obj.evaluation_figures(t["evaluator"])  # from the evaluator's own COCOeval, not a second one
+    assert set(drawn_at_evaluation) == set(cls.evaluation_plots) and not set(figures) & set(drawn_at_evaluation)
+    assert set(figures) | set(drawn_at_evaluation) == set(cls.plot_names)
     # serving: raw images of odd sizes in, one JSON-ready row out per image, at the image's own size
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8), rng.integers(0, 256, size=(64, 40, 3), dtype=np.uint8)]

@@ -498,3 +498,19 @@ def test_dvc_plots_page_needs_no_internet(tmp_path):
     page = (tmp_path / "out" / "index.html").read_text()
     assert "cdn.jsdelivr" not in page and "<script src=" not in page  # nothing to fetch
     assert page.count("<script>") >= 3 and "vegaEmbed(" in page and '"train_loss"' in page
+
+
+def test_metrics_view_reads_at_120_columns():
+    """`make metrics`: DVC's one table has a column per metric name of every task; one block per task instead."""
+    from visionpipe.experiments.metrics_view import render
+
+    per_class = {f"mask_ap/class_{i}": 0.5 for i in range(12)}
+    shown = {"": {"data": {"data/08_reporting/instance_segmentation/metrics.json": {"data": {"mask_map": 0.25, **per_class}},
+                           "data/08_reporting/classification/metrics.json": {"data": {"top1": 0.93333, "val_loss": 0.3}},
+                           "data/08_reporting/detection/metrics.json": {"error": {"type": "FileNotFoundError"}}}}}
+    lines = render(shown).splitlines()
+    assert max(len(line) for line in lines) <= 120 and len(lines) > 5
+    assert lines[0] == "classification  data/08_reporting/classification/metrics.json"
+    assert lines[1] == "  top1 0.9333  val_loss 0.3000"
+    assert lines[2].startswith("detection") and "cannot read" in lines[3]
+    assert sum(line.count("mask_ap/") for line in lines) == 12  # every metric shown, none cut

@@ -77,8 +77,10 @@ def sweep(task, trials, searches, grids, sweep_file, fixed, prune, storage, name
     """Run (or join) an Optuna study of TASK: one nested MLflow run per trial; only the best is gated.
 
     More workers join with the same --name and --storage, anywhere (one per GPU: CUDA_VISIBLE_DEVICES=i)."""
+    from visionpipe import console
     from visionpipe.experiments.sweep import parse_grid, points_from_file, run_sweep, split_params
 
+    console.set_verbosity(console.verbose_requested())  # quiet as `visionpipe run`; VISIONPIPE_VERBOSE=1 for all
     if jobs is not None or gpus is not None:
         raise click.UsageError("--jobs/--gpus are gone: start one worker per GPU with the same --name, e.g. "
                                "CUDA_VISIBLE_DEVICES=1 visionpipe sweep ... --name NAME &")

@@ -429,7 +429,7 @@ def trial_results(study, points: list[dict] | None) -> list[PointResult]:
         params = points[t.params["point"]] if points is not None and "point" in t.params else dict(t.params)
         error = t.user_attrs.get("error", "")
         if t.state.name == "FAIL" and not error:
-            error = "its worker stopped (no heartbeat); queued again"
+            error = "its worker stopped mid-trial (killed or interrupted)"
         out.append(PointResult(t.number, params, t.user_attrs.get("mlflow_run_id", ""), Path(t.user_attrs.get("point_dir", "")),
                                _STATUS.get(t.state.name, t.state.name.lower()), error, dict(t.user_attrs.get("metrics", {})),
                                t.user_attrs.get("worker", "")))
@@ -504,7 +504,8 @@ class SweepWorker:
         session, context = _context(self.project, self.env)
         with session:
             params = context.params[self.task]
-            experiment = context.mlflow.tracking.experiment.name  # kedro-mlflow configured the store and experiment
+            # kedro-mlflow's experiment settings: its name, and where a new experiment keeps its artifacts (None: the server's)
+            experiment = context.mlflow.tracking.experiment
             catalog_conf = context.config_loader["catalog"]
         resolver = CatalogConfigResolver(catalog_conf, default_runtime_patterns={"{default}": {"type": "kedro.io.MemoryDataset"}})
         return params, experiment, resolver
@@ -560,8 +561,10 @@ class SweepWorker:
         """The first worker creates the MLflow parent run (tag ``sweep.study``); the others wait for it and attach."""
         where = shown_url(self.storage)
         if first:
-            # the sweep's parent and trial runs sit beside the task's own runs (run_record.task_experiment)
-            experiment_id = create_experiment_once(self.client, task_experiment(self.experiment, self.task), tags=EXPERIMENT_TAGS)
+            # the sweep's parent and trial runs sit beside the task's own runs (run_record.task_experiment), their
+            # artifacts where kedro-mlflow's config says (the project's mlartifacts, or the server's)
+            experiment_id = create_experiment_once(self.client, task_experiment(self.experiment.name, self.task),
+                                                   self.experiment.create_experiment_kwargs.artifact_location, tags=EXPERIMENT_TAGS)
             parent = self.client.create_run(experiment_id, run_name=self.name, tags={
                 "sweep.study": self.name, "visionpipe.sweep": self.name, "visionpipe.task": self.task, "sweep.storage": where,
                 "sweep.sampler": type(study.sampler).__name__, "sweep.pruner": type(study.pruner).__name__})

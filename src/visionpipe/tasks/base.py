@@ -10,20 +10,20 @@ each gives defaults, so a new task writes only the mandatory members (``mandator
 role            what it owns                                            mandatory
 ==============  ======================================================  ===================================
 TaskData        class-level, before a spec exists: ``config_model``,    ``name``, ``formats``,
-                readers by ``data.format``, built-in data, per-record    ``config_model``, ``write_builtin``
-                ``check_record``, ``record_labels``/``relabel``,         (``relabel`` with ``record_labels``)
+                readers by ``data.format``, built-in data, per-record   ``config_model``, ``write_builtin``
+                ``check_record``, ``record_labels``/``relabel``,        (``relabel`` with ``record_labels``)
                 ``make_spec``, metric names ``registry.metric`` may use
-TaskSamples     ``compose`` (albumentations), ``make_sample`` (Mosaic    ``make_sample``
+TaskSamples     ``compose`` (albumentations), ``make_sample`` (Mosaic   ``make_sample``
                 donors where ``supports_mosaic``), ``collate``,
                 ``to_device``, ``datasets``
-TaskModel       ``build_model``, ``loss`` (a tensor or named terms),     ``build_model``, ``loss``
+TaskModel       ``build_model``, ``loss`` (a tensor or named terms),    ``build_model``, ``loss``
                 ``forward`` (TTA included), fine-tuning: ``backbone``,
                 ``param_groups``, ``train_batch``, ``training_spec``
-TaskEvaluation  ``evaluator``, ONE ``postprocess(outputs, sizes)`` to    ``metrics``, ``primary_metric``,
-                the original pixels (evaluation, Predictor, ONNX         ``output_datasets``, ``plot_names``,
-                check), ``configure``, ``prediction_outputs``, ``plots``  ``evaluator``, ``postprocess``,
-                                                                        ``prediction_outputs``, ``plots``
-TaskServing     ``preprocess``/``stack`` for raw images,                 none
+TaskEvaluation  ``evaluator``, ONE ``postprocess(outputs, sizes)`` to   ``metrics``, ``primary_metric``,
+                the original pixels (evaluation, Predictor, ONNX        ``output_datasets``, ``plot_names``,
+                check), ``configure``, ``prediction_outputs``,          ``evaluator``, ``postprocess``,
+                ``plots``, ``evaluation_figures`` (its own COCOeval)    ``prediction_outputs``, ``plots``
+TaskServing     ``preprocess``/``stack`` for raw images,                none
                 ``format_result``, ``inference_params``/
                 ``apply_params``, ``export_onnx``/``onnx_forward``/
                 ``compare_results``
@@ -411,6 +411,7 @@ class TaskEvaluation(abc.ABC):
     primary_metric: ClassVar[str]
     output_datasets: ClassVar[tuple[str, ...]]  # what evaluation writes besides metrics (catalog names)
     plot_names: ClassVar[tuple[str, ...]]
+    evaluation_plots: ClassVar[tuple[str, ...]] = ()  # the plot_names drawn by evaluation_figures, from the evaluator
     history_plots: ClassVar[dict[str, list[str]]] = {}  # dvc.yaml plots: name -> history.csv columns against epoch
     # the model's output holds one logit per class on dim 1 (classifiers, per-pixel segmenters): a champion trained
     # on other classes is re-scored by mapping its outputs to today's classes by name, plus a last OTHER_CLASS column
@@ -435,6 +436,12 @@ class TaskEvaluation(abc.ABC):
     def prediction_outputs(self, index: dict, evaluator) -> dict[str, Any]:
         """The datasets evaluation writes besides metrics, keyed by ``output_datasets``."""
         raise NotImplementedError
+
+    @classmethod
+    def evaluation_figures(cls, evaluator) -> dict[str, Any]:
+        """Figures keyed by ``evaluation_plots``, drawn in the evaluation node from what the evaluator computed
+        (detection: its COCOeval), so nothing is evaluated twice; the other ``plot_names`` come from :meth:`plots`."""
+        return {}
 
     @classmethod
     @abc.abstractmethod

@@ -405,6 +405,7 @@ class DetectionTask(Task):
     primary_metric = "map"
     output_datasets = ("predictions", "ground_truth")
     plot_names = ("results", "pr_curves", "confusion_matrix", "val_boxes")
+    evaluation_plots = ("pr_curves",)  # drawn by evaluation_figures from the evaluator's COCOeval
     history_plots = {"loss": ["train_loss"], "map": ["map", "map_50"]}
 
     def __init__(self, spec: dict[str, Any]):
@@ -586,13 +587,18 @@ class DetectionTask(Task):
         from visionpipe import plots
 
         predictions, ground_truth = outputs["predictions"], outputs["ground_truth"]
-        _, ev = coco_evaluate(ground_truth, predictions, index["classes"])
         categories = sorted(ground_truth["categories"], key=lambda c: c["id"])
-        names = {c["id"]: c["name"] for c in categories}  # the user's category ids
-        return {"pr_curves": plots.pr_curves(ev, names),
-                "confusion_matrix": plots.detection_confusion_matrix(detection_confusion(predictions, ground_truth),
+        return {"confusion_matrix": plots.detection_confusion_matrix(detection_confusion(predictions, ground_truth),
                                                                      [c["name"] for c in categories], CONFUSION_SCORE, CONFUSION_IOU),
                 "val_boxes": plots.box_grid(predictions, ground_truth, index), "results": plots.results(history)}
+
+    @classmethod
+    def evaluation_figures(cls, evaluator):
+        """The precision-recall curves of the COCOeval the evaluator ran (its ``last_eval``), per user category id."""
+        from visionpipe import plots
+
+        names = {c["id"]: c["name"] for c in evaluator.ground_truth["categories"]}  # the user's category ids
+        return {"pr_curves": plots.pr_curves(evaluator.last_eval, names)}
 
     @staticmethod
     def compare_results(want, got, tol: float = 1e-3):

@@ -285,6 +285,7 @@ class InstanceSegmentationTask(DetectionTask):
     primary_metric = "mask_map"
     output_datasets = ("predictions", "ground_truth")
     plot_names = ("results", "mask_pr_curves", "confusion_matrix", "val_instances")
+    evaluation_plots = ("mask_pr_curves",)  # drawn by evaluation_figures from the evaluator's segm COCOeval
     history_plots = {"loss": ["train_loss"], "mask_map": ["mask_map", "box_map"]}
 
     @classmethod
@@ -365,9 +366,17 @@ class InstanceSegmentationTask(DetectionTask):
         classes = [c["name"] for c in sorted(ground_truth["categories"], key=lambda c: c["id"])]
         confusion = detection_confusion(predictions, _unshared(ground_truth), mask_ious, CONFUSION_SCORE, CONFUSION_IOU)
         return {"val_instances": instance_overlays(predictions, ground_truth, index),
-                "mask_pr_curves": mask_pr_curves(predictions, ground_truth, index["classes"]),
                 "confusion_matrix": plots.detection_confusion_matrix(confusion, classes, CONFUSION_SCORE, CONFUSION_IOU),
                 "results": plots.results(history)}
+
+    @classmethod
+    def evaluation_figures(cls, evaluator):
+        """Mask precision-recall from the segm COCOeval the evaluator ran, each class named by its own category id
+        (the user's ids may be sparse)."""
+        from visionpipe import plots
+
+        names = {c["id"]: c["name"] for c in evaluator.ground_truth["categories"]}
+        return {"mask_pr_curves": plots.pr_curves(evaluator.last_eval, names, title="Mask precision-recall at IoU 0.5")}
 
     def export_onnx(self, model, output):
         """Input ``image`` (3, H, W), any size, scaled to [0, 1]; outputs ``boxes``, ``labels`` (class index + 1),
@@ -442,13 +451,3 @@ def instance_overlays(predictions: list[dict], ground_truth: dict, index: dict, 
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     _class_legend(fig, [c["name"] for c in categories], colours)
     return fig
-
-
-def mask_pr_curves(predictions: list[dict], ground_truth: dict, classes: list[str]):
-    """Per-class mask precision-recall at IoU 0.5 (pycocotools' accumulated precision), each class named by
-    its own category id (the user's ids may be sparse)."""
-    from visionpipe import plots  # matplotlib: only the plot node pays its import
-
-    _, ev = coco_evaluate(_unshared(ground_truth), predictions, classes, iou_type="segm")
-    names = {c["id"]: c["name"] for c in ground_truth["categories"]}
-    return plots.pr_curves(ev, names, title="Mask precision-recall at IoU 0.5")

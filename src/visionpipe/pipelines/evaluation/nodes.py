@@ -54,11 +54,12 @@ def evaluate_model(model: dict, index: dict, augmentation: dict, params: dict[st
     per_class = task_cls.per_class_metric
     return {"metrics": metrics, "evaluation_details": details, "mlflow_metrics": mlflow_metrics(metrics, details),
             **({"per_class": per_class_table(metrics, per_class)} if per_class else {}),
-            **task_obj.prediction_outputs(index, evaluator)}
+            **task_obj.prediction_outputs(index, evaluator),
+            **{f"plot_{name}": figure for name, figure in task_obj.evaluation_figures(evaluator).items()}}
 
 
 def plot_evaluation(index: dict, history: pd.DataFrame, *outputs, task: str) -> dict[str, Any]:
     """The task's figures from the evaluation outputs (``outputs`` in the task's ``output_datasets`` order)."""
     task_cls = get_task_class(task)
     figures = task_cls.plots(dict(zip(task_cls.output_datasets, outputs)), index, history)
-    return {f"plot_{name}": figures[name] for name in task_cls.plot_names}
+    return {f"plot_{name}": figures[name] for name in task_cls.plot_names if name not in task_cls.evaluation_plots}
