@@ -77,13 +77,10 @@ def test_terminal_is_quiet_and_ends_each_task_with_a_summary(project, client):
     for task in TASKS:
         run = _runs(client, task)[0]
         block = out[out.index(f"{task}  run {run.info.run_name}"):]
-        first = block.split("\n\n")[0]
-        for line in ("  metrics", "alias 'champion' moved to v1", f"data/06_models/{task}/model/",
-                     f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"):
-            assert line in first, (task, line)
-        # the key column is as wide as the longest key shown (e.g. "data warnings")
-        for pattern in (r"\n  best epoch +1/1 restored", rf"\n  registry +{_registry_name(task)} v1:"):
-            assert re.search(pattern, first), (task, pattern)
+        for line in ("  metrics", "  best epoch  1/1 restored", f"  registry    {_registry_name(task)} v1:", "alias 'champion' moved to v1",
+                     f"data/06_models/{task}/model/", f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"):
+            # the label column is as wide as the widest label shown ("data warnings" when there are some)
+            assert re.sub(r" {2,}", "  ", line) in re.sub(r" {2,}", "  ", block.split("\n\n")[0]), (task, line)
     # not a terminal: no progress bar fragments, and each epoch line whole (Rich would wrap it at 80 columns)
     assert "it/s]" not in out and "\r" not in out
     epoch_lines = [line for line in out.splitlines() if " epoch 1/1 train_loss=" in line]
@@ -219,7 +216,7 @@ def test_detection_outputs_can_be_rescored(project):
     image_ids = {i["id"] for i in gt["images"]}
     assert all(set(p) == {"image_id", "category_id", "bbox", "score"} and p["image_id"] in image_ids for p in predictions)
     per_image = pd.Series([p["image_id"] for p in predictions]).value_counts()
-    assert per_image.max() <= 100
+    assert per_image.empty or per_image.max() <= 100  # a 1-epoch detector may find nothing
     if predictions:
         coco = COCO(str(out / "ground_truth.json"))
         ev = COCOeval(coco, coco.loadRes(str(out / "predictions.json")), "bbox")

@@ -429,7 +429,7 @@ def trial_results(study, points: list[dict] | None) -> list[PointResult]:
         params = points[t.params["point"]] if points is not None and "point" in t.params else dict(t.params)
         error = t.user_attrs.get("error", "")
         if t.state.name == "FAIL" and not error:
-            error = "its worker stopped (no heartbeat); queued again"
+            error = "its worker stopped mid-trial (killed or interrupted)"
         out.append(PointResult(t.number, params, t.user_attrs.get("mlflow_run_id", ""), Path(t.user_attrs.get("point_dir", "")),
                                _STATUS.get(t.state.name, t.state.name.lower()), error, dict(t.user_attrs.get("metrics", {})),
                                t.user_attrs.get("worker", "")))

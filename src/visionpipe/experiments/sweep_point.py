@@ -33,6 +33,8 @@ def run_point(project: Path, point_dir: Path, task: str, run_id: str, runtime_pa
     status = "FAILED"
     kedro_mlflow_logger = logging.getLogger("kedro_mlflow")
     level = kedro_mlflow_logger.level
+    # the run's own experiment (the task's) becomes the active one: MLflow refuses to resume a run in another
+    mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
     mlflow.start_run(run_id=run_id)
     try:
         with KedroSession.create(project_path=point_dir, conf_source=str(project / "conf"), env=env,
