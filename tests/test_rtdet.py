@@ -195,7 +195,8 @@ def test_rtdet_exports_to_onnx_with_the_torch_models_detections(tmp_path):
 
 @pytest.mark.slow
 def test_rtdet_learns_the_builtin_shapes(tmp_path):
-    cfg = parse_task_config("detection", task_params("detection", tmp_path, train={"epochs": 4, "lr": 0.004}))  # the default: rtdet
+    cfg = parse_task_config("detection", task_params("detection", tmp_path, data={"builtin": {"train_images": 96, "val_images": 24}},
+                                                     train={"epochs": 8, "batch_size": 8, "lr": 0.004}))  # the default model: rtdet
     index = stages.ingest("detection", cfg)
     aug = stages.augmentation("detection", cfg)
     bundle, history = stages.train("detection", index, aug, cfg, callbacks=[])
