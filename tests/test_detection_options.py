@@ -71,7 +71,7 @@ def test_detector_loss_terms_are_recorded_and_sum_to_the_loss(tmp_path):
     _, history = stages.train("detection", index, stages.augmentation("detection", cfg), cfg, callbacks=[])
     row = history[0]
     terms = {k: v for k, v in row.items() if k.startswith("train_") and k != "train_loss"}
-    assert set(terms) == {"train_classification", "train_bbox_regression", "train_bbox_ctrness"}  # FCOS
+    assert set(terms) == {"train_classification", "train_bbox_regression"}  # rtdet, the default (FCOS adds train_bbox_ctrness)
     assert sum(terms.values()) == pytest.approx(row["train_loss"], rel=1e-5)
 
 
