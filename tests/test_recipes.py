@@ -74,7 +74,8 @@ def test_frozen_backbone_is_unchanged_bit_for_bit_then_trains(tmp_path, task):
 
 
 def test_each_task_names_its_backbone(tmp_path):
-    from visionpipe.tasks.detection import DetectionTask, TimmFPN
+    from visionpipe.models.rtdet import PAFPN
+    from visionpipe.tasks.detection import DetectionTask
     from visionpipe.tasks.segmentation import SegmentationTask
 
     cls_cfg, cls_index, _ = _prepare(tmp_path)
@@ -91,7 +92,7 @@ def test_each_task_names_its_backbone(tmp_path):
     det_cfg = parse_task_config("detection", task_params("detection"))
     det = get_task(stages.make_spec("detection", det_cfg, ["a"]))
     det_model = det.build_model()
-    assert isinstance(det, DetectionTask) and isinstance(det_model.backbone, TimmFPN)
+    assert isinstance(det, DetectionTask) and isinstance(det_model.backbone, PAFPN)  # the default detector is rtdet
     assert det.backbone(det_model) is det_model.backbone.body  # the timm body; the FPN and heads are trained from the start
 
 
