@@ -59,11 +59,14 @@ HOST ?= 127.0.0.1
 serve: install
 	$(BIN)/visionpipe serve --task $(TASK) --host $(HOST) --port $(PORT) $(if $(MODEL),--model-uri $(MODEL))
 
+# Two pytest workers, one test file each (`--dist loadfile`: a file's module fixtures are built once): most tests are
+# kedro/dvc subprocesses or single-threaded CPU training, so two cores run the suite in about half the time.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 # extras are installed once, on first use
 $(BIN)/kedro-viz-installed: pyproject.toml | install
