@@ -6,8 +6,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +169,24 @@ def write_yolo_scenes(root: Path):
             lines = [f"{c} {(x0 + x1) / 2 / w} {(y0 + y1) / 2 / h} {(x1 - x0) / w} {(y1 - y0) / h}" for c, x0, y0, x1, y1 in objs]
             (root / "labels" / split).mkdir(parents=True, exist_ok=True)
             (root / "labels" / split / f"{Path(name).stem}.txt").write_text("\n".join(lines))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, interval: float = 1.0) -> None:
+    """Wait until ``url`` answers 200 while ``proc`` lives; otherwise fail with the tail of the server's ``log``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, f"{url} did not answer:\n{Path(log).read_text()[-3000:]}"
+        time.sleep(interval)

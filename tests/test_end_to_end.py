@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from support import PROJECT, TASKS, TINY, kedro, make_project, tiny_params
+from support import PROJECT, TASKS, TINY, free_port, kedro, make_project, tiny_params, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -338,20 +338,11 @@ def test_predict_command_and_onnx_export(project, tmp_path):
     assert export_onnx(project / "data/06_models/classification/model", tmp_path / "classification.onnx").is_file()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_served_models_answer_base64_images_and_refuse_server_paths(project, tmp_path):
     """`visionpipe serve` (what `make serve` runs) starts MLflow's real scoring server with the venv not activated;
     base64 images posted to /invocations get the in-process model's answers; a server-local path gets a 400."""
     import base64
     import signal
-    import time
     import urllib.error
     import urllib.request
 
@@ -369,21 +360,12 @@ def test_served_models_answer_base64_images_and_refuse_server_paths(project, tmp
 
     try:
         for task, extra in (("classification", ["--model-uri", "models:/visionpipe-classification@champion"]), ("detection", [])):
-            port, log = _free_port(), open(tmp_path / f"{task}.log", "w")
+            port, log = free_port(), open(tmp_path / f"{task}.log", "w")
             proc = subprocess.Popen([str(Path(sys.executable).parent / "visionpipe"), "serve", "--task", task, "--port", str(port), *extra],
                                     cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             servers[task] = (proc, f"http://127.0.0.1:{port}", log)
         for task, (proc, url, log) in servers.items():
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / f"{task}.log").read_text()[-3000:]
-                time.sleep(1)
+            wait_for_http(f"{url}/ping", proc, tmp_path / f"{task}.log", timeout=300)
             folder = project / "data/01_raw/builtin" / task
             images = sorted(folder.rglob("*.png"))[:2]
             served = post(url, {"dataframe_split": {"columns": ["image"],

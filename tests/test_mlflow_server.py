@@ -5,31 +5,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from support import TINY, make_project
+from support import TINY, free_port, make_project, wait_for_http
 from support import tiny_params
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
     """``mlflow server`` on 127.0.0.1 with its own SQLite database and artifact folder; stopped afterwards."""
-    port = _free_port()
+    port = free_port()
     store = tmp_path / "server"
     store.mkdir()
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -39,17 +30,7 @@ def server(tmp_path):
                             env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start:\n{(store / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_for_http(f"{url}/health", proc, store / "server.log", timeout=120, interval=0.5)
         yield url, store
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group: uvicorn and its worker
