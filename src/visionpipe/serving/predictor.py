@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from visionpipe.data.images import load_rgb, to_rgb
+from visionpipe.engine.runtime import cpu_threads
 from visionpipe.errors import DataError
 from visionpipe.serving.bundle import ONNX_FILE, load_bundle
 from visionpipe.tasks import get_task
@@ -111,6 +112,8 @@ class Predictor:
             self.model.load_state_dict(bundle["state_dict"])
             self.task.configure(self.model, self.task.evaluation)
             self.model.to(self.device).eval()
+            if self.device.type == "cpu":  # the training rule (engine.runtime.cpu_threads): all cores stall under load
+                torch.set_num_threads(cpu_threads())
         mean, std = self.task.input_normalization(self.spec["mean"], self.spec["std"])
         self.transform = self.task.compose([], self.task.eval_image_size(), mean, std, train=False)
         self.batch_size = batch_size
