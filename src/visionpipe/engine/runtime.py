@@ -75,7 +75,9 @@ def resolve_runtime(train_cfg, data_cfg) -> Runtime:
     if workers == "auto":
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         cpus //= max(1, distributed.world_size())
-        workers = 0 if cpus <= 2 else min(8, cpus - 1)
+        # one core: load in the training process; more: cores less one loader workers (at most 8) beside the
+        # cores-less-one intra-op threads (cpu_threads): on 2 cores decoding and augmenting overlap the step
+        workers = 0 if cpus <= 1 else min(8, cpus - 1)
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads())
     return Runtime(device, dtype, channels_last, int(workers), device.type == "cuda")
