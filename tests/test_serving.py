@@ -81,3 +81,16 @@ def test_the_torch_engine_on_cpu_uses_all_cores_but_one(bundle, monkeypatch):
             assert Predictor(bundle).engine == "torch" and torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_onnx_engine_uses_all_cores_but_one_without_spinning(tmp_path, monkeypatch):
+    import torch
+
+    from visionpipe.engine import runtime
+    from visionpipe.serving.predictor import onnx_session
+
+    torch.onnx.export(torch.nn.Conv2d(3, 4, 3), (torch.zeros(1, 3, 8, 8),), str(tmp_path / "conv.onnx"), dynamo=False)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    options = onnx_session(tmp_path / "conv.onnx").get_session_options()
+    assert options.intra_op_num_threads == 15
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
