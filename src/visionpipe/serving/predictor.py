@@ -117,8 +117,9 @@ class Predictor:
             self.model.load_state_dict(bundle["state_dict"])
             self.task.configure(self.model, self.task.evaluation)
             self.model.to(self.device).eval()
-            if self.device.type == "cpu":  # the training rule (engine.runtime.cpu_threads): all cores stall under load
+            if self.device.type == "cpu":  # training's rules (engine.runtime): cores less one; NHWC (max pooling 23x faster)
                 torch.set_num_threads(cpu_threads())
+                self.model.to(memory_format=torch.channels_last)
         mean, std = self.task.input_normalization(self.spec["mean"], self.spec["std"])
         self.transform = self.task.compose([], self.task.eval_image_size(), mean, std, train=False)
         self.batch_size = batch_size
