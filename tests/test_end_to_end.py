@@ -179,7 +179,12 @@ def test_metrics_have_one_name_and_timings_their_own_file(project, client):
                 "system/process/rss_gb", "system/process/eval_time_s"} <= set(metrics)
         assert not [k for k in metrics if k.startswith("val/train")], sorted(metrics)  # loss terms are train/loss_<term>
         report = project / "data/08_reporting" / task
-        assert not {"eval_time_s", "evaluation", "val_images"} & set(json.loads((report / "metrics.json").read_text()))
+        full = json.loads((report / "all_metrics.json").read_text())
+        assert not {"eval_time_s", "evaluation", "val_images"} & set(full)
+        # metrics.json (DVC's): the task's few table metrics of all_metrics.json, at 4 decimals
+        task_cls = get_task_class(task)
+        assert json.loads((report / "metrics.json").read_text()) == {k: round(full[k], 4) for k in task_cls.table_metrics if k in full}
+        assert metrics[task_cls.primary_metric] == pytest.approx(full[task_cls.primary_metric])  # MLflow's final metric
         history = pd.read_csv(report / "history.csv")
         assert not {"epoch_time_s", "images_per_s", "data_wait_fraction"} & set(history.columns)
         assert history["epoch"].tolist() == [1]
@@ -190,7 +195,7 @@ def test_metrics_have_one_name_and_timings_their_own_file(project, client):
 
 
 def test_classification_outputs(project, client):
-    metrics = json.loads((project / "data/08_reporting/classification/metrics.json").read_text())
+    metrics = json.loads((project / "data/08_reporting/classification/all_metrics.json").read_text())
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 1
     predictions = pd.read_csv(project / "data/07_model_output/classification/predictions.csv")
     assert list(predictions.columns[:7]) == ["image", "target", "top1", "top2", "top3", "top4", "top5"]
@@ -209,7 +214,7 @@ def test_detection_outputs_can_be_rescored(project):
     from pycocotools.cocoeval import COCOeval
 
     out = project / "data/07_model_output/detection"
-    metrics = json.loads((project / "data/08_reporting/detection/metrics.json").read_text())
+    metrics = json.loads((project / "data/08_reporting/detection/all_metrics.json").read_text())
     assert {"map", "map_50", "map_75"} <= set(metrics) and any(k.startswith("ap/") for k in metrics)
     predictions = json.loads((out / "predictions.json").read_text())
     gt = json.loads((out / "ground_truth.json").read_text())
@@ -228,7 +233,7 @@ def test_segmentation_masks_can_be_rescored(project):
     import torch
     from torchmetrics.classification import MulticlassJaccardIndex
 
-    metrics = json.loads((project / "data/08_reporting/segmentation/metrics.json").read_text())
+    metrics = json.loads((project / "data/08_reporting/segmentation/all_metrics.json").read_text())
     index = json.loads((project / "data/03_primary/segmentation/clean_index.json").read_text())
     masks = sorted((project / "data/07_model_output/segmentation/masks").glob("*.png"))
     assert len(masks) == len(index["val"])

@@ -85,7 +85,7 @@ def collect(task: str, pipeline: str, project: Path | None = None, since: float 
     validation = project / "data/08_reporting" / task / "validation.json"
     if _fresh(validation, since):
         summary.data_warnings = warnings_line(json.loads(validation.read_text()), f"data/08_reporting/{task}/data_quality.md")
-    metrics_file = project / "data/08_reporting" / task / "metrics.json"
+    metrics_file = project / "data/08_reporting" / task / "all_metrics.json"
     if _fresh(metrics_file, since):
         summary.metrics = headline_metrics(task, json.loads(metrics_file.read_text()))
     for layer in OUTPUT_LAYERS:
