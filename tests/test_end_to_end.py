@@ -78,7 +78,8 @@ def test_terminal_is_quiet_and_ends_each_task_with_a_summary(project, client):
         run = _runs(client, task)[0]
         block = out[out.index(f"{task}  run {run.info.run_name}"):]
         for line in ("  metrics", "  best epoch  1/1 restored", f"  registry    {_registry_name(task)} v1:", "alias 'champion' moved to v1",
-                     f"data/06_models/{task}/model/", f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"):
+                     f"data/06_models/{task}/model/", f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}",
+                     f"  compare     http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs?viewStateShareKey=visionpipe-headline"):
             # the label column is as wide as the widest label shown ("data warnings" when there are some)
             assert re.sub(r" {2,}", "  ", line) in re.sub(r" {2,}", "  ", block.split("\n\n")[0]), (task, line)
     # not a terminal: no progress bar fragments, and each epoch line whole (Rich would wrap it at 80 columns)
@@ -100,6 +101,12 @@ def test_each_task_has_its_own_mlflow_experiment_opening_on_loss_and_headline(pr
         assert sections[:2] == ["train", "val"], sections
         assert "train/loss" in metrics and f"val/{get_task_class(task).primary_metric}" in metrics
         assert get_task_class(task).primary_metric in metrics  # the runs list's column
+        # the summary's `compare` link opens the saved view the run tagged its experiment with: these columns, best first
+        view = json.loads(exp.tags["mlflow.sharedViewState.visionpipe-headline"])
+        state = json.loads(view["state"])
+        assert state["orderByKey"] == f"metrics.`{get_task_class(task).primary_metric}`" and state["orderByAsc"] is False
+        shown = [c.split("`")[1] for c in state["selectedColumns"] if c.startswith("metrics.")]
+        assert {c for c in shown if c in metrics} == set(get_task_class(task).table_metrics) & set(metrics) != set(), shown
 
 
 def _plot_inputs(project, task):

@@ -189,6 +189,34 @@ def test_summary_reads_back_only_what_this_run_wrote(tmp_path):
     assert any(line.startswith("  outputs") and "data/06_models/detection/model/" in line for line in lines)
 
 
+def test_the_runs_view_is_saved_once_per_experiment_and_linked_from_the_summary(tmp_path):
+    """MLflow 3's runs list opens a saved view (an experiment tag) named in the URL: the task's table metrics as
+    columns, sorted by its primary metric, best first; saved again only when it changed."""
+    from mlflow import MlflowClient
+
+    from visionpipe.tracking.summary import RUNS_VIEW_TAG, RunSummary, runs_view_url, save_runs_view, terminal_lines
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("visionpipe-detection", artifact_location=str(tmp_path / "a"))
+    save_runs_view(client, exp, "detection")
+    view = json.loads(client.get_experiment(exp).tags[RUNS_VIEW_TAG])
+    assert view["name"] == "detection: headline metrics, best first" and isinstance(view["createdAt"], int)
+    assert json.loads(view["state"]) == {
+        "searchFilter": "", "orderByKey": "metrics.`map`", "orderByAsc": False,
+        "selectedColumns": ["attributes.`Dataset`", "metrics.`map`", "metrics.`map_50`", "metrics.`test_map`", "metrics.`test_map_50`"]}
+    client.set_experiment_tag(exp, RUNS_VIEW_TAG, json.dumps({**view, "createdAt": 7}))
+    save_runs_view(client, exp, "detection")  # unchanged: not rewritten
+    assert json.loads(client.get_experiment(exp).tags[RUNS_VIEW_TAG])["createdAt"] == 7
+    client.set_experiment_tag(exp, RUNS_VIEW_TAG, "not json")
+    save_runs_view(client, exp, "detection")
+    assert json.loads(client.get_experiment(exp).tags[RUNS_VIEW_TAG])["state"] == view["state"]
+    url = runs_view_url(exp)
+    assert url == f"http://127.0.0.1:5000/#/experiments/{exp}/runs?viewStateShareKey=visionpipe-headline"
+    lines = terminal_lines(RunSummary(task="detection", pipeline="detection", run_id="abc", experiment_id=exp))
+    assert lines[-2:] == [f"  browse   make mlflow-ui, then http://127.0.0.1:5000/#/experiments/{exp}/runs/abc",
+                          f"  compare  {url} (every detection run, best first)"]
+
+
 def test_run_note_describes_task_model_data_results_and_best_epoch():
     from visionpipe.tracking.summary import run_note
 
