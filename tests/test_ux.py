@@ -203,7 +203,7 @@ def test_the_runs_view_is_saved_once_per_experiment_and_linked_from_the_summary(
     assert view["name"] == "detection: headline metrics, best first" and isinstance(view["createdAt"], int)
     assert json.loads(view["state"]) == {
         "searchFilter": "", "orderByKey": "metrics.`map`", "orderByAsc": False,
-        "selectedColumns": ["attributes.`Dataset`", "metrics.`map`", "metrics.`map_50`", "metrics.`test_map`", "metrics.`test_map_50`"]}
+        "selectedColumns": ["metrics.`map`", "metrics.`map_50`", "metrics.`test_map`", "metrics.`test_map_50`"]}
     client.set_experiment_tag(exp, RUNS_VIEW_TAG, json.dumps({**view, "createdAt": 7}))
     save_runs_view(client, exp, "detection")  # unchanged: not rewritten
     assert json.loads(client.get_experiment(exp).tags[RUNS_VIEW_TAG])["createdAt"] == 7

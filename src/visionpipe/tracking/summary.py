@@ -31,12 +31,12 @@ RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_ID}"
 
 
 def runs_view_state(task: str) -> dict[str, Any]:
-    """The runs list of ``task``'s experiment: the Dataset column and the task's table metrics (MLflow names, and
-    their ``test_`` twins when a run has a test split) as columns, sorted by the primary metric, best first."""
+    """The runs list of ``task``'s experiment: the task's table metrics (MLflow names, and their ``test_`` twins
+    when a run has a test split) as its only optional columns, sorted by the primary metric, best first."""
     task_cls = get_task_class(task)
     names = [final_metric_name(n) for n in task_cls.table_metrics or (task_cls.primary_metric,)]
     return {"searchFilter": "", "orderByKey": f"metrics.`{final_metric_name(task_cls.primary_metric)}`", "orderByAsc": False,
-            "selectedColumns": ["attributes.`Dataset`", *(f"metrics.`{p}{n}`" for p in ("", "test_") for n in names)]}
+            "selectedColumns": [*(f"metrics.`{p}{n}`" for p in ("", "test_") for n in names)]}
 
 
 def save_runs_view(client, experiment_id: str, task: str) -> None:
