@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from support import task_params
+from support import free_port, task_params
 
 pytestmark = pytest.mark.slow
 
@@ -45,12 +44,6 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
     distributed.barrier()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     """The reference: one process, global batch 8."""
@@ -75,7 +68,7 @@ def _assert_matches_one_process(ddp: dict, one_process) -> None:
 
 
 def test_two_gloo_processes_match_one_process(tmp_path, one_process):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     _assert_matches_one_process(torch.load(tmp_path / "ddp.pt", weights_only=False), one_process)
 
 
@@ -105,7 +98,7 @@ def test_two_torchrun_nodes_match_one_process(tmp_path, one_process):
 
     script = tmp_path / "node.py"
     script.write_text(_NODE_SCRIPT.format(tests=str(Path(__file__).parent)))
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     nodes = [subprocess.Popen([str(torchrun), "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
@@ -141,7 +134,7 @@ def test_kedro_pipeline_under_torchrun_writes_and_logs_once(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
     env.update(KEDRO_DISABLE_TELEMETRY="true", OMP_NUM_THREADS="1")
     bin_dir = Path(sys.executable).parent
-    proc = subprocess.run([str(bin_dir / "torchrun"), "--nproc_per_node=2", "--master_port", str(_free_port()), str(bin_dir / "kedro"),
+    proc = subprocess.run([str(bin_dir / "torchrun"), "--nproc_per_node=2", "--master_port", str(free_port()), str(bin_dir / "kedro"),
                            "run", "--pipelines=classification", f"--params={tiny_params(('classification',))}"],
                           cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -157,7 +150,7 @@ def test_kedro_pipeline_under_torchrun_writes_and_logs_once(tmp_path):
     # ranks > 0 keep only the stage's outputs in memory
     model_file = project / "data/06_models/classification/model/model.safetensors"
     before = model_file.stat().st_mtime_ns
-    proc = subprocess.run([str(bin_dir / "torchrun"), "--nproc_per_node=2", "--master_port", str(_free_port()), str(bin_dir / "kedro"),
+    proc = subprocess.run([str(bin_dir / "torchrun"), "--nproc_per_node=2", "--master_port", str(free_port()), str(bin_dir / "kedro"),
                            "run", "--pipelines=training", "--namespaces=classification", f"--params={tiny_params(('classification',))}"],
                           cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -78,7 +78,8 @@ def test_terminal_is_quiet_and_ends_each_task_with_a_summary(project, client):
         run = _runs(client, task)[0]
         block = out[out.index(f"{task}  run {run.info.run_name}"):]
         for line in ("  metrics", "  best epoch  1/1 restored", f"  registry    {_registry_name(task)} v1:", "alias 'champion' moved to v1",
-                     f"data/06_models/{task}/model/", f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"):
+                     f"data/06_models/{task}/model/", f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}",
+                     f"  compare     http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs?viewStateShareKey=visionpipe-headline"):
             # the label column is as wide as the widest label shown ("data warnings" when there are some)
             assert re.sub(r" {2,}", "  ", line) in re.sub(r" {2,}", "  ", block.split("\n\n")[0]), (task, line)
     # not a terminal: no progress bar fragments, and each epoch line whole (Rich would wrap it at 80 columns)
@@ -100,6 +101,12 @@ def test_each_task_has_its_own_mlflow_experiment_opening_on_loss_and_headline(pr
         assert sections[:2] == ["train", "val"], sections
         assert "train/loss" in metrics and f"val/{get_task_class(task).primary_metric}" in metrics
         assert get_task_class(task).primary_metric in metrics  # the runs list's column
+        # the summary's `compare` link opens the saved view the run tagged its experiment with: these columns, best first
+        view = json.loads(exp.tags["mlflow.sharedViewState.visionpipe-headline"])
+        state = json.loads(view["state"])
+        assert state["orderByKey"] == f"metrics.`{get_task_class(task).primary_metric}`" and state["orderByAsc"] is False
+        shown = [c.split("`")[1] for c in state["selectedColumns"] if c.startswith("metrics.")]
+        assert {c for c in shown if c in metrics} == set(get_task_class(task).table_metrics) & set(metrics) != set(), shown
 
 
 def _plot_inputs(project, task):
@@ -179,7 +186,12 @@ def test_metrics_have_one_name_and_timings_their_own_file(project, client):
                 "system/process/rss_gb", "system/process/eval_time_s"} <= set(metrics)
         assert not [k for k in metrics if k.startswith("val/train")], sorted(metrics)  # loss terms are train/loss_<term>
         report = project / "data/08_reporting" / task
-        assert not {"eval_time_s", "evaluation", "val_images"} & set(json.loads((report / "metrics.json").read_text()))
+        full = json.loads((report / "all_metrics.json").read_text())
+        assert not {"eval_time_s", "evaluation", "val_images"} & set(full)
+        # metrics.json (DVC's): the task's few table metrics of all_metrics.json, at 4 decimals
+        task_cls = get_task_class(task)
+        assert json.loads((report / "metrics.json").read_text()) == {k: round(full[k], 4) for k in task_cls.table_metrics if k in full}
+        assert metrics[task_cls.primary_metric] == pytest.approx(full[task_cls.primary_metric])  # MLflow's final metric
         history = pd.read_csv(report / "history.csv")
         assert not {"epoch_time_s", "images_per_s", "data_wait_fraction"} & set(history.columns)
         assert history["epoch"].tolist() == [1]
@@ -190,7 +202,7 @@ def test_metrics_have_one_name_and_timings_their_own_file(project, client):
 
 
 def test_classification_outputs(project, client):
-    metrics = json.loads((project / "data/08_reporting/classification/metrics.json").read_text())
+    metrics = json.loads((project / "data/08_reporting/classification/all_metrics.json").read_text())
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 1
     predictions = pd.read_csv(project / "data/07_model_output/classification/predictions.csv")
     assert list(predictions.columns[:7]) == ["image", "target", "top1", "top2", "top3", "top4", "top5"]
@@ -209,7 +221,7 @@ def test_detection_outputs_can_be_rescored(project):
     from pycocotools.cocoeval import COCOeval
 
     out = project / "data/07_model_output/detection"
-    metrics = json.loads((project / "data/08_reporting/detection/metrics.json").read_text())
+    metrics = json.loads((project / "data/08_reporting/detection/all_metrics.json").read_text())
     assert {"map", "map_50", "map_75"} <= set(metrics) and any(k.startswith("ap/") for k in metrics)
     predictions = json.loads((out / "predictions.json").read_text())
     gt = json.loads((out / "ground_truth.json").read_text())
@@ -228,7 +240,7 @@ def test_segmentation_masks_can_be_rescored(project):
     import torch
     from torchmetrics.classification import MulticlassJaccardIndex
 
-    metrics = json.loads((project / "data/08_reporting/segmentation/metrics.json").read_text())
+    metrics = json.loads((project / "data/08_reporting/segmentation/all_metrics.json").read_text())
     index = json.loads((project / "data/03_primary/segmentation/clean_index.json").read_text())
     masks = sorted((project / "data/07_model_output/segmentation/masks").glob("*.png"))
     assert len(masks) == len(index["val"])

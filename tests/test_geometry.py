@@ -407,7 +407,7 @@ def test_kedro_run_on_a_users_coco_folder_rescores_against_the_users_own_file(tm
     kedro(project, "run", "--pipelines=detection",
           f"--params={tiny_params(('detection',))},detection.data.root={root},detection.evaluation.score_threshold=0.0,"
           "detection.train.epochs=2,detection.train.batch_size=2")
-    metrics = json.loads((project / "data/08_reporting/detection/metrics.json").read_text())
+    metrics = json.loads((project / "data/08_reporting/detection/all_metrics.json").read_text())
     predictions = json.loads((project / "data/07_model_output/detection/predictions.json").read_text())
     ground_truth = json.loads((project / "data/07_model_output/detection/ground_truth.json").read_text())
     assert {c["id"] for c in ground_truth["categories"]} == set(CATEGORY_IDS) and {i["id"] for i in ground_truth["images"]} <= set(IMAGE_IDS)

@@ -317,7 +317,7 @@ def test_kedro_run_writes_rescorable_outputs_and_registers_the_model(tmp_path):
     params += [f"{TASK}.data.num_workers=0", f"{TASK}.train.device=cpu", f"{TASK}.train.progress_bar=false"]
     _kedro(project, "run", f"--pipelines={TASK}", f"--params={','.join(params)}")
 
-    metrics = json.loads((project / f"data/08_reporting/{TASK}/metrics.json").read_text())
+    metrics = json.loads((project / f"data/08_reporting/{TASK}/all_metrics.json").read_text())
     assert {"mask_map", "mask_map_50", "mask_map_75", "box_map", "box_map_50", "mask_ap/circle"} <= set(metrics)
     out = project / f"data/07_model_output/{TASK}"
     gt = json.loads((out / "ground_truth.json").read_text())

@@ -61,7 +61,7 @@ def test_a_run_logs_registers_and_serves_through_a_tracking_server(tmp_path, ser
     runs = client.search_runs([client.get_experiment_by_name("visionpipe-classification").experiment_id])
     assert len(runs) == 1 and runs[0].data.tags["visionpipe.task"] == "classification" and runs[0].info.status == "FINISHED"
     run = runs[0]
-    metrics = json.loads((project / "data/08_reporting/classification/metrics.json").read_text())
+    metrics = json.loads((project / "data/08_reporting/classification/all_metrics.json").read_text())
     assert run.data.metrics["top1"] == pytest.approx(metrics["top1"])
     assert run.data.params["classification.train.epochs"] == "1"
     version = client.get_model_version_by_alias("visionpipe-classification", "champion")

@@ -176,7 +176,7 @@ def test_summary_reads_back_only_what_this_run_wrote(tmp_path):
 
     report = tmp_path / "data/08_reporting/detection"
     report.mkdir(parents=True)
-    (report / "metrics.json").write_text(json.dumps({"map": 0.25, "map_50": 0.5, "ap/circle": 0.1, "val_images": 6}))
+    (report / "all_metrics.json").write_text(json.dumps({"map": 0.25, "map_50": 0.5, "ap/circle": 0.1, "val_images": 6}))
     (report / "registration.json").write_text(json.dumps(DECISION))
     old = time.time() - 3600
     os.utime(report / "registration.json", (old, old))  # from an earlier run: not news
@@ -188,6 +188,34 @@ def test_summary_reads_back_only_what_this_run_wrote(tmp_path):
     assert lines[0] == "detection"
     assert "  metrics  map 0.2500  map_50 0.5000" in lines
     assert any(line.startswith("  outputs") and "data/06_models/detection/model/" in line for line in lines)
+
+
+def test_the_runs_view_is_saved_once_per_experiment_and_linked_from_the_summary(tmp_path):
+    """MLflow 3's runs list opens a saved view (an experiment tag) named in the URL: the task's table metrics as
+    columns, sorted by its primary metric, best first; saved again only when it changed."""
+    from mlflow import MlflowClient
+
+    from visionpipe.tracking.summary import RUNS_VIEW_TAG, RunSummary, runs_view_url, save_runs_view, terminal_lines
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("visionpipe-detection", artifact_location=str(tmp_path / "a"))
+    save_runs_view(client, exp, "detection")
+    view = json.loads(client.get_experiment(exp).tags[RUNS_VIEW_TAG])
+    assert view["name"] == "detection: headline metrics, best first" and isinstance(view["createdAt"], int)
+    assert json.loads(view["state"]) == {
+        "searchFilter": "", "orderByKey": "metrics.`map`", "orderByAsc": False,
+        "selectedColumns": ["metrics.`map`", "metrics.`map_50`", "metrics.`test_map`", "metrics.`test_map_50`"]}
+    client.set_experiment_tag(exp, RUNS_VIEW_TAG, json.dumps({**view, "createdAt": 7}))
+    save_runs_view(client, exp, "detection")  # unchanged: not rewritten
+    assert json.loads(client.get_experiment(exp).tags[RUNS_VIEW_TAG])["createdAt"] == 7
+    client.set_experiment_tag(exp, RUNS_VIEW_TAG, "not json")
+    save_runs_view(client, exp, "detection")
+    assert json.loads(client.get_experiment(exp).tags[RUNS_VIEW_TAG])["state"] == view["state"]
+    url = runs_view_url(exp)
+    assert url == f"http://127.0.0.1:5000/#/experiments/{exp}/runs?viewStateShareKey=visionpipe-headline"
+    lines = terminal_lines(RunSummary(task="detection", pipeline="detection", run_id="abc", experiment_id=exp))
+    assert lines[-2:] == [f"  browse   make mlflow-ui, then http://127.0.0.1:5000/#/experiments/{exp}/runs/abc",
+                          f"  compare  {url} (every detection run, best first)"]
 
 
 def test_run_note_describes_task_model_data_results_and_best_epoch():
@@ -501,17 +529,67 @@ def test_dvc_plots_page_needs_no_internet(tmp_path):
     assert page.count("<script>") >= 3 and "vegaEmbed(" in page and '"train_loss"' in page
 
 
+def test_plain_dvc_metrics_show_reads_at_120_columns(tmp_path):
+    """Plain `dvc metrics show` on the project's dvc.yaml: the four tasks' metrics.json as the evaluation node writes
+    them through the catalog's dataset, from every metric a task has at its widest (0.98765..., top5 present):
+    one table, only the table metrics, at most 120 columns (COLUMNS=120, as in a terminal of that width)."""
+    from kedro.config import OmegaConfigLoader
+    from kedro.io import DataCatalog
+
+    from visionpipe.pipelines.evaluation.nodes import dvc_metrics
+    from visionpipe.tasks import TASKS, get_task_class
+
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "COLUMNS": "120"}
+    (tmp_path / "dvc.yaml").write_text((PROJECT / "dvc.yaml").read_text())
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env, timeout=120)
+    catalog = DataCatalog.from_config(OmegaConfigLoader(str(PROJECT / "conf"), base_env="base", default_run_env="base")["catalog"])
+    expected = set()
+    for task in TASKS:
+        task_cls = get_task_class(task)
+        written = dvc_metrics(task_cls, {name: 0.987654321 for name in task_cls.metrics} | {f"{task_cls.per_class_metric}/c": 0.5})
+        dataset = catalog.get(f"{task}.dvc_metrics")
+        path = tmp_path / Path(dataset._filepath).relative_to(PROJECT) if Path(dataset._filepath).is_absolute() \
+            else tmp_path / dataset._filepath
+        type(dataset)(str(path)).save(written)
+        assert written == {k: 0.9877 for k in task_cls.table_metrics}
+        expected |= set(written)
+    shown = subprocess.run([str(BIN / "dvc"), "metrics", "show"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           check=True, timeout=120).stdout.splitlines()
+    assert shown[0].split() == ["Path", *sorted(expected)] and len(shown) == 1 + len(TASKS)
+    assert {line.split()[0] for line in shown[1:]} == {f"data/08_reporting/{t}/metrics.json" for t in TASKS}
+    assert max(len(line) for line in shown) <= 120, "\n".join(shown)
+
+
+def test_make_metrics_shows_every_metric_of_each_task(tmp_path, monkeypatch, capsys):
+    """`make metrics` reads each task's all_metrics.json (not DVC's metrics file): every metric, per-class ones too,
+    one block per task; paths among the arguments replace them."""
+    from visionpipe.experiments import metrics_view
+
+    for task, metrics in (("detection", {"map": 0.43027, "ap/circle": 0.26}), ("classification", {"top1": 0.9})):
+        (tmp_path / "data/08_reporting" / task).mkdir(parents=True)
+        (tmp_path / "data/08_reporting" / task / "all_metrics.json").write_text(json.dumps(metrics))
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=tmp_path, check=True, timeout=120)
+    assert metrics_view.targets(["-A"], tmp_path) == [f"data/08_reporting/{t}/all_metrics.json" for t in ("classification", "detection")]
+    assert metrics_view.targets(["--precision", "3", "data/x.json"], tmp_path) == []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    assert metrics_view.main([]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "classification  data/08_reporting/classification/all_metrics.json", "  top1 0.9000",
+        "detection  data/08_reporting/detection/all_metrics.json", "  map 0.4303  ap/circle 0.2600"]
+
+
 def test_metrics_view_reads_at_120_columns():
-    """`make metrics`: DVC's one table has a column per metric name of every task; one block per task instead."""
+    """`make metrics`: DVC's one table would have a column per metric name of every task; one block per task instead."""
     from visionpipe.experiments.metrics_view import render
 
     per_class = {f"mask_ap/class_{i}": 0.5 for i in range(12)}
-    shown = {"": {"data": {"data/08_reporting/instance_segmentation/metrics.json": {"data": {"mask_map": 0.25, **per_class}},
-                           "data/08_reporting/classification/metrics.json": {"data": {"top1": 0.93333, "val_loss": 0.3}},
-                           "data/08_reporting/detection/metrics.json": {"error": {"type": "FileNotFoundError"}}}}}
+    shown = {"": {"data": {"data/08_reporting/instance_segmentation/all_metrics.json": {"data": {"mask_map": 0.25, **per_class}},
+                           "data/08_reporting/classification/all_metrics.json": {"data": {"top1": 0.93333, "val_loss": 0.3}},
+                           "data/08_reporting/detection/all_metrics.json": {"error": {"type": "FileNotFoundError"}}}}}
     lines = render(shown).splitlines()
     assert max(len(line) for line in lines) <= 120 and len(lines) > 5
-    assert lines[0] == "classification  data/08_reporting/classification/metrics.json"
+    assert lines[0] == "classification  data/08_reporting/classification/all_metrics.json"
     assert lines[1] == "  top1 0.9333  val_loss 0.3000"
     assert lines[2].startswith("detection") and "cannot read" in lines[3]
     assert sum(line.count("mask_ap/") for line in lines) == 12  # every metric shown, none cut

@@ -258,7 +258,7 @@ def reproduce_version(model_uri: str, project: str | Path = ".", tracking_uri: s
             raise TrainingError(f"the re-run failed (log: {worktree.parent / 'rerun.log'}): "
                                 f"{(proc.stderr or proc.stdout).strip().splitlines()[-1][:500]}")
         metrics_file = worktree / _metrics_path(worktree, task)
-        # MLflow names of metrics.json's keys (tracking.callbacks.final_metric_name: ap/circle -> ap_circle;
+        # MLflow names of all_metrics.json's keys (tracking.callbacks.final_metric_name: ap/circle -> ap_circle;
         # not imported, it would bring torch into `visionpipe --help`)
         reproduced = {k.replace("/", "_"): float(v) for k, v in json.loads(metrics_file.read_text()).items()
                       if isinstance(v, (int, float)) and not math.isnan(v)}

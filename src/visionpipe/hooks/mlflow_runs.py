@@ -11,7 +11,7 @@ from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
 from visionpipe.engine import distributed
 from visionpipe.tracking.lineage import log_data_lineage
-from visionpipe.tracking.summary import run_note
+from visionpipe.tracking.summary import run_note, save_runs_view
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ class MlflowRunHook:
         client = mlflow.MlflowClient()
         run = client.get_run(self._tagged_run_id)
         client.set_tag(run.info.run_id, "mlflow.note.content", run_note(self._task, run.data.tags, run.data.metrics, self._decision))
+        save_runs_view(client, run.info.experiment_id, self._task)  # the summary's `compare` link opens it
 
     def _close_runs(self) -> None:
         """kedro-mlflow re-enters its run at every node; close what is left."""

@@ -413,6 +413,9 @@ class TaskEvaluation(abc.ABC):
     metrics: ClassVar[tuple[str, ...]]  # scalar metric names the evaluator returns
     per_class_metric: ClassVar[str | None] = None  # "ap" -> metrics "ap/<class name>"
     primary_metric: ClassVar[str]
+    # the few metrics of tables that list many runs, at most 120 columns for the four tasks: metrics.json
+    # (`dvc metrics show`, `dvc exp show`) and the MLflow runs list's columns; empty: the primary metric alone
+    table_metrics: ClassVar[tuple[str, ...]] = ()
     output_datasets: ClassVar[tuple[str, ...]]  # what evaluation writes besides metrics (catalog names)
     plot_names: ClassVar[tuple[str, ...]]
     evaluation_plots: ClassVar[tuple[str, ...]] = ()  # the plot_names drawn by evaluation_figures, from the evaluator

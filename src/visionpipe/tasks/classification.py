@@ -132,6 +132,7 @@ class ClassificationTask(Task):
     formats = {"imagefolder": lambda root, d: formats.read_imagefolder(root, d.val_fraction, d.split_seed, d.classes)}
     metrics = ("top1", "top5", "val_loss")  # top5 only with more than 5 classes
     primary_metric = "top1"
+    table_metrics = ("top1", "top5")  # top5 only with more than 5 classes
     per_class_logits = True
     output_datasets = ("predictions",)
     plot_names = ("results", "confusion_matrix", "per_class_accuracy")

@@ -403,6 +403,7 @@ class DetectionTask(Task):
     metrics = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
     per_class_metric = "ap"
     primary_metric = "map"
+    table_metrics = ("map", "map_50")
     output_datasets = ("predictions", "ground_truth")
     plot_names = ("results", "pr_curves", "confusion_matrix", "val_boxes")
     evaluation_plots = ("pr_curves",)  # drawn by evaluation_figures from the evaluator's COCOeval

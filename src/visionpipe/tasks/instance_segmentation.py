@@ -283,6 +283,7 @@ class InstanceSegmentationTask(DetectionTask):
     metrics = ("mask_map", "mask_map_50", "mask_map_75", "box_map", "box_map_50", "box_map_75")
     per_class_metric = "mask_ap"
     primary_metric = "mask_map"
+    table_metrics = ("mask_map", "box_map")
     output_datasets = ("predictions", "ground_truth")
     plot_names = ("results", "mask_pr_curves", "confusion_matrix", "val_instances")
     evaluation_plots = ("mask_pr_curves",)  # drawn by evaluation_figures from the evaluator's segm COCOeval

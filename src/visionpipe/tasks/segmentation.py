@@ -309,6 +309,7 @@ class SegmentationTask(Task):
     metrics = ("miou", "pixel_accuracy", "dice", "val_loss")
     per_class_metric = "iou"
     primary_metric = "miou"
+    table_metrics = ("miou",)
     per_class_logits = True
     output_datasets = ("predicted_masks",)
     plot_names = ("results", "val_overlays")

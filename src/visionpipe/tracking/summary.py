@@ -9,15 +9,53 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from visionpipe.tasks import get_task_class
+from visionpipe.tracking.callbacks import final_metric_name
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_LAYERS = ("data/06_models", "data/07_model_output", "data/08_reporting")
+UI = "http://127.0.0.1:5000"  # `make mlflow-ui`
+
+# MLflow 3's runs list keeps its columns and sort in the browser, but opens a *saved view* from an experiment tag
+# (``mlflow.sharedViewState.<id>``: {"name", "createdAt", "state"}, the state a JSON string of the runs list's
+# search facets and UI state) when the URL names it (``?viewStateShareKey=<id>``), and lists it under the runs
+# list's saved views. Each task's experiment gets one: its table metrics as columns, best run first.
+RUNS_VIEW_ID = "visionpipe-headline"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_ID}"
+
+
+def runs_view_state(task: str) -> dict[str, Any]:
+    """The runs list of ``task``'s experiment: the task's table metrics (MLflow names, and their ``test_`` twins
+    when a run has a test split) as its only optional columns, sorted by the primary metric, best first."""
+    task_cls = get_task_class(task)
+    names = [final_metric_name(n) for n in task_cls.table_metrics or (task_cls.primary_metric,)]
+    return {"searchFilter": "", "orderByKey": f"metrics.`{final_metric_name(task_cls.primary_metric)}`", "orderByAsc": False,
+            "selectedColumns": [*(f"metrics.`{p}{n}`" for p in ("", "test_") for n in names)]}
+
+
+def save_runs_view(client, experiment_id: str, task: str) -> None:
+    """Tag ``task``'s experiment with its saved runs view (RUNS_VIEW_TAG), unless it already holds this one."""
+    name, state = f"{task}: headline metrics, best first", json.dumps(runs_view_state(task))
+    current = client.get_experiment(experiment_id).tags.get(RUNS_VIEW_TAG)
+    try:
+        saved = json.loads(current) if current else None
+    except ValueError:
+        saved = None
+    if isinstance(saved, dict) and saved.get("name") == name and saved.get("state") == state:
+        return
+    created = saved.get("createdAt") if isinstance(saved, dict) and isinstance(saved.get("createdAt"), int) else int(time.time() * 1000)
+    client.set_experiment_tag(experiment_id, RUNS_VIEW_TAG, json.dumps({"name": name, "createdAt": created, "state": state}))
+
+
+def runs_view_url(experiment_id: str, ui: str = UI) -> str:
+    """The runs list of an experiment in its saved view (RUNS_VIEW_ID): headline columns, best run first."""
+    return f"{ui}/#/experiments/{experiment_id}/runs?viewStateShareKey={RUNS_VIEW_ID}"
 
 
 def headline_metrics(task: str, metrics: dict[str, float]) -> dict[str, float]:
@@ -85,7 +123,7 @@ def collect(task: str, pipeline: str, project: Path | None = None, since: float 
     validation = project / "data/08_reporting" / task / "validation.json"
     if _fresh(validation, since):
         summary.data_warnings = warnings_line(json.loads(validation.read_text()), f"data/08_reporting/{task}/data_quality.md")
-    metrics_file = project / "data/08_reporting" / task / "metrics.json"
+    metrics_file = project / "data/08_reporting" / task / "all_metrics.json"
     if _fresh(metrics_file, since):
         summary.metrics = headline_metrics(task, json.loads(metrics_file.read_text()))
     for layer in OUTPUT_LAYERS:
@@ -155,8 +193,8 @@ def terminal_lines(summary: RunSummary) -> list[str]:
     if summary.outputs:
         rows.append(("outputs", ", ".join(summary.outputs)))
     if summary.run_id:
-        rows.append(("browse", f"make mlflow-ui, then http://127.0.0.1:5000/#/experiments/{summary.experiment_id}/runs/"
-                               f"{summary.run_id}"))
+        rows.append(("browse", f"make mlflow-ui, then {UI}/#/experiments/{summary.experiment_id}/runs/{summary.run_id}"))
+        rows.append(("compare", f"{runs_view_url(summary.experiment_id)} (every {summary.task} run, best first)"))
     if not rows:
         rows.append(("nothing", f"the {summary.pipeline} pipeline wrote no result for {summary.task}"))
     width = max(len(k) for k, _ in rows)

@@ -18,8 +18,8 @@ _DETAILS = ("evaluation", "val_images", "test_images")
 
 
 def split_timings(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(metrics, details): metrics.json keeps only metrics, so `dvc metrics show/diff` list results and nothing
-    else; evaluation.json gets the evaluation time (it changes on every run), the image counts and the
+    """(metrics, details): all_metrics.json and metrics.json keep only metrics, so `make metrics` and `dvc metrics
+    show/diff` list results and nothing else; evaluation.json gets the evaluation time (it changes on every run), the image counts and the
     evaluation settings used (``evaluation``, also in the task's DVC params)."""
     metrics = dict(metrics)
     details = {k: metrics.pop(k) for k in _DETAILS if k in metrics}
@@ -27,6 +27,20 @@ def split_timings(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     if seconds is not None:
         details.update({"eval_time_s": seconds, "eval_images_per_s": details.get("val_images", 0) / max(seconds, 1e-9)})
     return metrics, details
+
+
+# metrics.json's values: as many decimals as every other view of a run (the summary, `make metrics`), so
+# `dvc metrics show` lists each in at most 6 characters
+TABLE_DECIMALS = 4
+
+
+def dvc_metrics(task_cls, metrics: dict[str, Any]) -> dict[str, float]:
+    """metrics.json, what `dvc metrics show` and `dvc exp show` list: the task's few ``table_metrics`` (its primary
+    metric when it names none), and the same under ``test/`` when there is a test split, at TABLE_DECIMALS
+    decimals. Every metric at full precision is in all_metrics.json (``<task>.metrics``)."""
+    names = task_cls.table_metrics or (task_cls.primary_metric,)
+    return {key: round(float(metrics[key]), TABLE_DECIMALS)
+            for key in (f"{prefix}{name}" for prefix in ("", "test/") for name in names) if key in metrics}
 
 
 def mlflow_metrics(metrics: dict[str, Any], timings: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
@@ -52,7 +66,8 @@ def evaluate_model(model: dict, index: dict, augmentation: dict, params: dict[st
     metrics, evaluator, task_obj = stages.evaluate(task_cls, index, augmentation, model, task_cls.parse_config(params))
     metrics, details = split_timings(metrics)
     per_class = task_cls.per_class_metric
-    return {"metrics": metrics, "evaluation_details": details, "mlflow_metrics": mlflow_metrics(metrics, details),
+    return {"metrics": metrics, "dvc_metrics": dvc_metrics(task_cls, metrics), "evaluation_details": details,
+            "mlflow_metrics": mlflow_metrics(metrics, details),
             **({"per_class": per_class_table(metrics, per_class)} if per_class else {}),
             **task_obj.prediction_outputs(index, evaluator),
             **{f"plot_{name}": figure for name, figure in task_obj.evaluation_figures(evaluator).items()}}

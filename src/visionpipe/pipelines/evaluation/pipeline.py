@@ -13,7 +13,7 @@ def _nodes(task: str) -> list[Node]:
     per_class = ["per_class"] if task_cls.per_class_metric else []
     return [
         Node(for_task(evaluate_model, task), inputs=["model", "clean_index", "augmentation", f"params:{task}"],
-             outputs={name: name for name in ["metrics", "evaluation_details", "mlflow_metrics", *per_class, *outputs,
+             outputs={name: name for name in ["metrics", "dvc_metrics", "evaluation_details", "mlflow_metrics", *per_class, *outputs,
                                               *(f"plot_{p}" for p in task_cls.evaluation_plots)]}, name="evaluate"),
         # figures from the saved outputs; those drawn from the evaluator's own state come from evaluate (no second COCOeval)
         Node(for_task(plot_evaluation, task), inputs=["clean_index", "training_history", *outputs],
