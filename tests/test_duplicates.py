@@ -140,3 +140,77 @@ def test_the_built_in_data_raises_no_data_warning(tmp_path, task):
     index = stages.ingest(task, cfg)
     report = stages.validate(task, index, cfg)
     assert report["warnings"] == [] and report["findings"] == [] and index["problems"] == []
+
+
+# ---------------------------------------------------------------- signature cache between runs
+
+def _decodes(monkeypatch) -> list:
+    """The image files validation decodes, recorded."""
+    seen = []
+    real = validation.load_record_rgb
+
+    def counting(root, rec, **kwargs):
+        seen.append(rec["image"])
+        return real(root, rec, **kwargs)
+
+    monkeypatch.setattr(validation, "load_record_rgb", counting)
+    return seen
+
+
+def test_a_rerun_decodes_only_changed_files_and_reports_the_same(tmp_path, monkeypatch):
+    data, cache = tmp_path / "data", tmp_path / "cache" / "signatures.npz"
+    data.mkdir()
+    index = _index(data, pairs=3)
+    task = get_task_class("classification")
+    plain = validation.validate_index(task, index)
+    decoded = _decodes(monkeypatch)
+    first = validation.validate_index(task, index, cache=cache)
+    assert cache.is_file() and len(decoded) == 10  # 5 train + 5 val images, all decoded once
+    decoded.clear()
+    second = validation.validate_index(task, index, cache=cache)
+    assert decoded == []  # nothing changed: nothing decoded
+    assert first == second == plain  # findings, warnings (3 leaking pairs), statistics: identical
+    assert len([w for w in second["warnings"] if w["kind"] == "leakage"]) == 3
+
+    Image.fromarray(_digit(999)).save(data / "val" / "v0.jpg", quality=90)  # v0 no longer copies t0
+    third = validation.validate_index(task, index, cache=cache)
+    assert decoded == ["val/v0.jpg"]
+    assert third == validation.validate_index(task, index)  # as an uncached run sees it
+    assert len([w for w in third["warnings"] if w["kind"] == "leakage"]) == 2
+
+
+def test_the_decoding_limit_is_part_of_the_key_and_failures_are_never_cached(tmp_path, monkeypatch):
+    cache = tmp_path / "signatures.npz"
+    save_image = Image.fromarray(np.full((100, 100, 3), 90, np.uint8)).save
+    (tmp_path / "a").mkdir()
+    save_image(tmp_path / "a" / "big.png")
+    (tmp_path / "a" / "bad.png").write_text("not an image")
+    index = {"task": "classification", "format": "imagefolder", "root": str(tmp_path), "classes": ["a"], "problems": [],
+             "train": [{"image": "a/big.png", "label": 0}, {"image": "a/bad.png", "label": 0}], "val": []}
+    task = get_task_class("classification")
+    decoded = _decodes(monkeypatch)
+    validation.validate_index(task, index, cache=cache)
+    decoded.clear()
+    report = validation.validate_index(task, index, cache=cache)
+    assert decoded == ["a/bad.png"]  # the unreadable file is checked again, the good one is not decoded
+    assert any(f["file"].endswith("bad.png") and "cannot decode" in f["problem"] for f in report["findings"])
+    decoded.clear()
+    report = validation.validate_index(task, index, cache=cache, max_pixels=1000)  # a lower limit: decoded again
+    assert decoded == ["a/big.png", "a/bad.png"]
+    assert any(f["file"].endswith("big.png") and "over the limit" in f["problem"] for f in report["findings"])
+
+
+def test_a_damaged_cache_is_ignored_with_a_warning_and_replaced(tmp_path, caplog):
+    cache = tmp_path / "signatures.npz"
+    cache.write_bytes(b"not a cache")
+    (tmp_path / "data").mkdir()
+    index = _index(tmp_path / "data", pairs=1)
+    task = get_task_class("classification")
+    with caplog.at_level(logging.WARNING):
+        report = validation.validate_index(task, index, cache=cache)
+    assert any("Ignoring the validation cache" in r.getMessage() for r in caplog.records)
+    assert report == validation.validate_index(task, index)
+    loaded = duplicates.SignatureCache(cache)
+    assert len(loaded._old) == 6  # rewritten: 3 train + 3 val images
+    sig = next(iter(loaded._old.values()))
+    assert sig.thumb.dtype == np.uint8 and sig.thumb.shape == (28, 28) and sig.size == (28, 28)

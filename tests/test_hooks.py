@@ -9,7 +9,8 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 
-from visionpipe.hooks import DistributedHook, MlflowRunHook, SystemMetricsHook
+from visionpipe.hooks import DistributedHook, FrozenStartupHook, MlflowRunHook, SystemMetricsHook
+from visionpipe.hooks import imports as imports_hook
 from visionpipe.io import AtomicJSONDataset
 
 
@@ -123,6 +124,49 @@ def test_system_metrics_stop_on_error_and_can_be_switched_off(store, fake_monito
 def test_no_monitor_without_an_active_run(store, fake_monitor):
     SystemMetricsHook().before_node_run(_namespaced_node())
     assert fake_monitor.started == []
+
+
+# ---------------------------------------------------------------- FrozenStartupHook
+
+class _FakeGc:
+    """gc's freeze calls, recorded instead of freezing the test process."""
+
+    def __init__(self, frozen=0):
+        self.frozen, self.calls = frozen, []
+
+    def get_freeze_count(self):
+        return self.frozen
+
+    def collect(self, generation=2):
+        self.calls.append(("collect", generation))
+
+    def freeze(self):
+        self.calls.append(("freeze",))
+        self.frozen = 500_000
+
+
+def test_startup_objects_are_frozen_once_per_process_after_a_young_collection(monkeypatch):
+    fake = _FakeGc()
+    monkeypatch.setattr(imports_hook, "gc", fake)
+    hook = FrozenStartupHook()
+    hook.before_pipeline_run()
+    assert fake.calls == [("collect", 1), ("freeze",)]
+    FrozenStartupHook().before_pipeline_run()  # the next session of the process (one per task): nothing more
+    hook.before_pipeline_run()
+    assert fake.calls == [("collect", 1), ("freeze",)]
+
+
+def test_nothing_is_frozen_when_something_already_was(monkeypatch):
+    fake = _FakeGc(frozen=10)
+    monkeypatch.setattr(imports_hook, "gc", fake)
+    FrozenStartupHook().before_pipeline_run()
+    assert fake.calls == []
+
+
+def test_the_hook_is_registered_first_so_it_runs_after_the_others():
+    from visionpipe import settings
+
+    assert isinstance(settings.HOOKS[0], FrozenStartupHook)  # pluggy calls the last registered first
 
 
 # ---------------------------------------------------------------- MlflowRunHook

@@ -10,6 +10,7 @@ from visionpipe.hooks import (
     CacheIntegrityHook,
     DistributedHook,
     DvcExperimentHook,
+    FrozenStartupHook,
     MlflowRunHook,
     ProjectMlflowHook,
     RunStateHook,
@@ -33,7 +34,7 @@ _MAIN_RANK = int(os.environ.get("RANK", "0")) == 0
 # kedro-mlflow's plugin hook is replaced by the project's subclass (run-control keys are tags, not params); it is
 # registered last so that, as the plugin's would, it runs before the project's hooks. Under torchrun, ranks other
 # than 0 must not open MLflow runs: they get no MLflow hook at all.
-HOOKS = (DistributedHook(), SystemMetricsHook(), MlflowRunHook(), RunStateHook(), DvcExperimentHook(), CacheIntegrityHook(),
+HOOKS = (FrozenStartupHook(), DistributedHook(), SystemMetricsHook(), MlflowRunHook(), RunStateHook(), DvcExperimentHook(), CacheIntegrityHook(),
          *((ProjectMlflowHook(),) if _MAIN_RANK else ()))
 
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")

@@ -43,9 +43,10 @@ def ingest(task, cfg: TaskConfig) -> dict:
     return formats.read_dataset(task_cls, data.root, data)
 
 
-def validate(task, index: dict, cfg: TaskConfig) -> dict:
-    """Check every file and annotation; the report lists each finding by file."""
-    report = validation.validate_index(get_task_class(task), index, cfg.data)
+def validate(task, index: dict, cfg: TaskConfig, cache: str | Path | None = None) -> dict:
+    """Check every file and annotation; the report lists each finding by file. ``cache``: where validation keeps
+    what decoding unchanged image files told it between runs (none when None)."""
+    report = validation.validate_index(get_task_class(task), index, cfg.data, cache=cache)
     report["policy"] = cfg.data.validation
     report["leakage"] = cfg.data.leakage
     return report

@@ -23,13 +23,21 @@ normalise) is compared by its grey level. docs/benchmarks.md (section 11) has th
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from visionpipe.files import atomic_write
+
+logger = logging.getLogger(__name__)
 
 THUMB_SIDE = 48  # longest side of the grey thumbnail kept per image for the pixel check (~2 KB an image)
 HASH_BITS = 4  # candidate pairs: pHash distance at most this many bits (of 64)
@@ -98,6 +106,85 @@ def signature(pixels: np.ndarray, md5: str) -> Signature:
     """The duplicate-search signature of decoded ``pixels`` whose bytes hash to ``md5``."""
     thumb = thumbnail(pixels)
     return Signature(md5, (phash(thumb), phash(content_box(thumb))), thumb, (int(pixels.shape[1]), int(pixels.shape[0])))
+
+
+class SignatureCache:
+    """Signatures of image files kept between runs in one ``.npz``, so a re-run decodes and hashes only the
+    files that are new or changed (DVC users re-run a task's pipeline after every parameter change; decoding is
+    most of validation's time). A file is unchanged when its size, inode, mtime and ctime (nanoseconds) are:
+    DVC's own rule for not re-hashing a file, plus the ctime, which no tool sets back; ``max_pixels`` (the
+    decoding limit) is part of the key. A file that fails to decode is never cached: it is checked again.
+
+    ``get`` and ``put`` are safe from several threads. ``save`` keeps the entries asked for or added in this
+    run (a deleted file drops out) and writes atomically; an unreadable cache file is ignored and replaced.
+    Read with ``allow_pickle=False``: the file holds arrays and strings only."""
+
+    VERSION = 1
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = Path(path) if path is not None else None
+        self._old: dict[str, Signature] = {}
+        self._used: dict[str, Signature] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        if self.path is not None and self.path.is_file():
+            try:
+                self._old = self._load(self.path)
+            except Exception as err:  # a damaged or older cache is only slower: rebuilt by this run
+                logger.warning("Ignoring the validation cache %s (%s): every image is decoded again", self.path, err)
+
+    @staticmethod
+    def key(path: str | os.PathLike, max_pixels: int | None) -> str:
+        st = os.stat(path)
+        return f"{os.fspath(path)}|{st.st_size}|{st.st_ino}|{st.st_mtime_ns}|{st.st_ctime_ns}|{max_pixels}"
+
+    def get(self, key: str) -> Signature | None:
+        sig = self._old.get(key)
+        if sig is not None:
+            with self._lock:
+                self._used[key] = sig
+                self.hits += 1
+        return sig
+
+    def put(self, key: str, sig: Signature) -> None:
+        with self._lock:
+            self._used[key] = sig
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        keys = list(self._used)
+        sigs = [self._used[k] for k in keys]
+        arrays = {
+            "version": np.array(self.VERSION),
+            "keys": np.array(keys, dtype=str),
+            "md5": np.array([s.md5 for s in sigs], dtype=str),
+            "hashes": np.array([s.hashes for s in sigs], dtype=np.uint64).reshape(-1, 2),
+            "sizes": np.array([s.size for s in sigs], dtype=np.int64).reshape(-1, 2),
+            "shapes": np.array([s.thumb.shape for s in sigs], dtype=np.int64).reshape(-1, 2),
+            "thumbs": np.concatenate([s.thumb.ravel() for s in sigs]) if sigs else np.zeros(0, np.uint8),
+        }
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+
+        atomic_write(self.path, write)
+
+    @classmethod
+    def _load(cls, path: Path) -> dict[str, Signature]:
+        with np.load(path, allow_pickle=False) as z:
+            if int(z["version"]) != cls.VERSION:
+                raise ValueError(f"version {int(z['version'])}, expected {cls.VERSION}")
+            keys, md5, hashes, sizes, shapes, thumbs = (z[k] for k in ("keys", "md5", "hashes", "sizes", "shapes", "thumbs"))
+        ends = np.cumsum(shapes[:, 0] * shapes[:, 1])
+        if ends.size and ends[-1] != thumbs.size:
+            raise ValueError("thumbnails do not match their shapes")
+        out = {}
+        for k, m, (h0, h1), (w, h), (th, tw), end in zip(keys.tolist(), md5.tolist(), hashes.tolist(), sizes.tolist(),
+                                                          shapes.tolist(), ends.tolist()):
+            out[k] = Signature(m, (int(h0), int(h1)), thumbs[end - th * tw:end].reshape(th, tw), (int(w), int(h)))
+        return out
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -189,24 +276,30 @@ def pixel_difference(a: Signature, b: Signature) -> float:
     return min(_compare(p, q) for p, q in pairs)
 
 
-def _same_frame(sigs: Sequence[Signature], pairs: list[tuple[int, int]], max_difference: float, chunk: int = 8192):
-    """(pair, difference) for the candidate pairs whose thumbnails have one shape, compared in bulk as the
-    same frame: decided when they agree, or when the originals have one size too (no crop to look for)."""
-    by_shape: dict[tuple, list[tuple[int, int]]] = {}
-    for i, j in pairs:
-        if sigs[i].thumb.shape == sigs[j].thumb.shape:
-            by_shape.setdefault(sigs[i].thumb.shape, []).append((i, j))
-    for group in by_shape.values():
-        members = sorted({k for pair in group for k in pair})
-        row = {k: r for r, k in enumerate(members)}
-        ready = np.stack([_prepared(sigs[k].thumb) for k in members]).reshape(len(members), -1)
-        idx = np.array([(row[i], row[j]) for i, j in group])
-        for start in range(0, len(group), chunk):
-            part = idx[start:start + chunk]
-            diffs = np.abs(ready[part[:, 0]] - ready[part[:, 1]]).max(axis=1)
-            for (i, j), diff in zip(group[start:start + chunk], diffs.tolist()):
-                if diff <= max_difference or sigs[i].size == sigs[j].size:
-                    yield (i, j), diff
+def _same_frame(sigs: Sequence[Signature], pairs: np.ndarray, max_difference: float, chunk: int = 8192) -> np.ndarray:
+    """The difference of each candidate pair (rows of ``pairs``, (m, 2)) whose thumbnails have one shape, compared
+    in bulk as the same frame: decided when they agree, or when the originals have one size too (no crop to look
+    for); NaN for the pairs left to :func:`pixel_difference`. Vectorised: built-in data has tens of thousands of
+    candidate pairs (simple shapes hash alike)."""
+    out = np.full(len(pairs), np.nan)
+    if not len(pairs):
+        return out
+    shapes = np.array([s.thumb.shape for s in sigs], dtype=np.int64)
+    sizes = np.array([s.size for s in sigs], dtype=np.int64)
+    a, b = shapes[pairs[:, 0]], shapes[pairs[:, 1]]
+    same = np.flatnonzero((a == b).all(axis=1))
+    groups = np.unique(a[same], axis=0, return_inverse=True)[1].ravel() if same.size else np.zeros(0, np.int64)
+    for g in range(int(groups.max()) + 1 if groups.size else 0):
+        where = same[groups == g]  # rows of ``pairs`` whose thumbnails have this shape
+        members, rows = np.unique(pairs[where], return_inverse=True)
+        rows = rows.reshape(-1, 2)
+        ready = np.stack([_prepared(sigs[k].thumb) for k in members.tolist()]).reshape(len(members), -1)
+        for start in range(0, len(where), chunk):
+            part, idx = where[start:start + chunk], rows[start:start + chunk]
+            diffs = np.abs(ready[idx[:, 0]] - ready[idx[:, 1]]).max(axis=1).astype(np.float64)
+            decided = (diffs <= max_difference) | (sizes[pairs[part, 0]] == sizes[pairs[part, 1]]).all(axis=1)
+            out[part[decided]] = diffs[decided]
+    return out
 
 
 def find(signatures: Sequence[Signature | None], hash_bits: int = HASH_BITS, max_pixel_difference: float = MAX_PIXEL_DIFFERENCE,
@@ -223,25 +316,28 @@ def find(signatures: Sequence[Signature | None], hash_bits: int = HASH_BITS, max
             out.append({"i": live[first[s.md5]], "j": live[k], "kind": "exact", "bits": 0, "difference": 0.0})
         else:
             first[s.md5] = k
-    pairs = [candidate_pairs(np.array([s.hashes[h] for s in sigs], dtype=np.uint64), hash_bits) for h in (0, 1)]
+    content = np.array([first[s.md5] for s in sigs], dtype=np.int64)  # one id per distinct md5
+    hashes = np.array([s.hashes for s in sigs], dtype=np.uint64).reshape(-1, 2)
+    pairs = [candidate_pairs(hashes[:, h], hash_bits) for h in (0, 1)]
     both = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
     n = max(len(sigs), 1)
     codes = np.unique(both[:, 0] * n + both[:, 1]) if both.size else np.zeros(0, dtype=np.int64)
-    todo = [(int(c // n), int(c % n)) for c in codes if sigs[int(c // n)].md5 != sigs[int(c % n)].md5]
-    diffs = dict(_same_frame(sigs, todo, max_pixel_difference))  # most pairs, decided in bulk
-    rest = [pair for pair in todo if pair not in diffs]
+    todo = np.stack([codes // n, codes % n], axis=1)
+    todo = todo[content[todo[:, 0]] != content[todo[:, 1]]]  # exact copies are paired above
+    diffs = _same_frame(sigs, todo, max_pixel_difference)  # most pairs, decided in bulk
+    rest = [tuple(pair) for pair in todo[np.isnan(diffs)].tolist()]
 
     def check(pair):
         return pixel_difference(sigs[pair[0]], sigs[pair[1]])
 
     if len(rest) > 64 and workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:  # OpenCV releases the GIL
-            diffs.update(zip(rest, pool.map(check, rest)))
-    else:
-        diffs.update(zip(rest, map(check, rest)))
-    diffs = [diffs[pair] for pair in todo]
-    for (i, j), diff in zip(todo, diffs):
-        if diff <= max_pixel_difference:
-            bits = int(min(hamming(sigs[i].hashes[h], sigs[j].hashes[h]) for h in (0, 1)))
-            out.append({"i": live[i], "j": live[j], "kind": "near", "bits": bits, "difference": round(diff, 4)})
+            diffs[np.isnan(diffs)] = list(pool.map(check, rest))
+    elif rest:
+        diffs[np.isnan(diffs)] = [check(pair) for pair in rest]
+    near = np.flatnonzero(diffs <= max_pixel_difference)
+    i, j = todo[near, 0], todo[near, 1]
+    bits = np.minimum(hamming(hashes[i, 0], hashes[j, 0]), hamming(hashes[i, 1], hashes[j, 1]))
+    for a, b, d, diff in zip(i.tolist(), j.tolist(), bits.tolist(), diffs[near].tolist()):
+        out.append({"i": live[a], "j": live[b], "kind": "near", "bits": int(d), "difference": round(diff, 4)})
     return sorted(out, key=lambda d: (d["i"], d["j"]))

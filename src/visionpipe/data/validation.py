@@ -56,42 +56,63 @@ def check_mask_file(root: Path, rec: dict, width: int, height: int, classes: lis
     return found
 
 
-def _check_and_sign(task_cls, root: Path, rec: dict, classes: list[str], data_cfg, max_pixels: int):
-    """(problems, duplicate-search Signature or None): the image is decoded once for both."""
+def _check_and_sign(task_cls, root: Path, rec: dict, classes: list[str], data_cfg, max_pixels: int,
+                    cache: duplicates.SignatureCache | None = None):
+    """(problems, duplicate-search Signature or None): the image is decoded once for both, or not at all when
+    ``cache`` holds the signature of the unchanged file."""
     sig: list = []
-    problems = _check_record(task_cls, root, rec, classes, data_cfg, max_pixels, sig)
+    problems = _check_record(task_cls, root, rec, classes, data_cfg, max_pixels, sig, cache)
     return problems, (sig[0] if sig else None)
 
 
 def _check_record(task_cls, root: Path, rec: dict, classes: list[str], data_cfg, max_pixels: int,
-                  signature: list | None = None) -> list[tuple[str, str]]:
+                  signature: list | None = None, cache: duplicates.SignatureCache | None = None) -> list[tuple[str, str]]:
     """Return (file, problem) pairs for one record; an empty list means it is usable. A readable image's
-    duplicate-search signature (content md5, perceptual hashes, thumbnail) is appended to ``signature`` when given."""
+    duplicate-search signature (content md5, perceptual hashes, thumbnail) is appended to ``signature`` when given.
+    With a ``cache`` (and ``signature``), an image file decoded by an earlier run and unchanged since is not
+    decoded again: its signature holds its size; the task's record checks run as always."""
     image_path = root / rec["shard"] / rec["image"] if "shard" in rec else root / rec["image"]
+    key = sig = None
     try:
         if "shard" not in rec and not image_path.is_file():
             raise DataError(image_path, "image file not found")
         if ("shard" in rec and rec["members"]["image"][1] == 0) or ("shard" not in rec and image_path.stat().st_size == 0):
             raise DataError(image_path, "zero-byte file")
-        if "shard" in rec:
-            for kind in rec["members"]:
-                verify_member(root, rec, kind, member_bytes(root, rec, kind))
-        pixels = load_record_rgb(root, rec, max_pixels=max_pixels)
+        if cache is not None and signature is not None and "shard" not in rec:
+            key = cache.key(image_path, max_pixels)  # taken before reading: a file changed meanwhile misses next time
+            sig = cache.get(key)
+        if sig is None:
+            if "shard" in rec:
+                for kind in rec["members"]:
+                    verify_member(root, rec, kind, member_bytes(root, rec, kind))
+            pixels = load_record_rgb(root, rec, max_pixels=max_pixels)
     except DataError as err:
         return [(err.path, err.problem)]
+    if sig is not None:
+        width, height = sig.size
+    else:
+        height, width = pixels.shape[:2]
+        if signature is not None:
+            digest = duplicates.file_md5(image_path) if "shard" not in rec else quality.pixels_hash(pixels)
+            sig = duplicates.signature(pixels, digest)
+            if key is not None:
+                cache.put(key, sig)
     if signature is not None:
-        digest = duplicates.file_md5(image_path) if "shard" not in rec else quality.pixels_hash(pixels)
-        signature.append(duplicates.signature(pixels, digest))
-    height, width = pixels.shape[:2]
+        signature.append(sig)
     return task_cls.check_record(root, rec, width, height, classes, data_cfg)
 
 
-def validate_index(task_cls, index: dict, data_cfg=None, workers: int | None = None, max_pixels: int | None = None) -> dict:
+CHUNK = 64  # records per thread-pool task: one future per image cost more than checking a small one
+
+
+def validate_index(task_cls, index: dict, data_cfg=None, workers: int | None = None, max_pixels: int | None = None,
+                   cache: str | os.PathLike | None = None) -> dict:
     """Check every record with ``task_cls`` (the Task class of the index, handed down by the caller); return a
     report listing each finding (file, problem, split).
 
     ``data_cfg`` is the task's ``data`` block (its defaults when None); ``max_pixels`` overrides its
-    ``max_image_pixels``.
+    ``max_image_pixels``. ``cache``: a :class:`~visionpipe.data.duplicates.SignatureCache` file, read and
+    rewritten, so that unchanged image files are not decoded again (the report is the same with or without it).
     """
     task, root, classes = index["task"], Path(index["root"]), index["classes"]
     if data_cfg is None:
@@ -99,13 +120,19 @@ def validate_index(task_cls, index: dict, data_cfg=None, workers: int | None = N
     max_pixels = max_pixels or data_cfg.max_image_pixels
     findings = [dict(p) for p in index.get("problems", [])]
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    signature_cache = duplicates.SignatureCache(cache) if cache is not None else None
     checked, signatures = {}, {}
+
+    def check_chunk(records: list[dict]) -> list:
+        return [_check_and_sign(task_cls, root, r, classes, data_cfg, max_pixels, signature_cache) for r in records]
+
     for split in dict.fromkeys([*SPLITS, *quality.sample_splits(index)]):  # train, val, and test or others when present
         records = index.get(split) or []
         checked[split] = len(records)
         signatures[split] = []
+        chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(lambda r: _check_and_sign(task_cls, root, r, classes, data_cfg, max_pixels), records)
+            results = (result for part in pool.map(check_chunk, chunks) for result in part)
             for rec, (problems, sig) in zip(records, results):
                 findings += [{"split": split, "file": f, "image": rec["image"], "problem": p} for f, p in problems]
                 signatures[split].append(sig)
@@ -117,6 +144,10 @@ def validate_index(task_cls, index: dict, data_cfg=None, workers: int | None = N
         for i, name in enumerate(classes):
             if counts[i] == 0:
                 findings.append({"split": "train", "file": str(root), "image": None, "problem": f"class '{name}' has no training images"})
+    if signature_cache is not None:
+        signature_cache.save()
+        logger.info("Validation: %d of %d image(s) unchanged since the last run were not decoded again (cache: %s)",
+                    signature_cache.hits, sum(checked.values()), cache)
     near = getattr(data_cfg, "near_duplicates", None)
     dups = quality.duplicates(index, signatures, **(near.model_dump() if near is not None else {}), workers=workers)
     stats = quality.statistics(task_cls, index)

@@ -263,7 +263,9 @@ class Trainer:
                 model = self._wrap()
             sampler.set_epoch(epoch)
             metrics = self._train_epoch(model, train_loader, optimizer, scheduler, scaler, epoch)
+            val_start = time.perf_counter()
             metrics.update(self.evaluate(val_loader, model=self.ema.module if self.ema is not None else model).compute())
+            metrics["val_time_s"] = time.perf_counter() - val_start  # the epoch's evaluation; epoch_time_s is training's
             metrics["epoch"] = epoch + 1  # 1-based, as the console, history.csv, MLflow steps and plots count
             history.append(metrics)
             score = metrics.get(metric, float("nan"))

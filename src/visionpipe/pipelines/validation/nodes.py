@@ -9,10 +9,16 @@ from visionpipe.tasks import get_task_class
 from visionpipe.data import quality
 
 
+def signature_cache_path(task: str) -> str:
+    """Where a run keeps the duplicate-search signatures of the task's image files for the next run (beside the
+    dataset index; no DVC out, so ``dvc repro`` keeps it): unchanged files are not decoded again."""
+    return f"data/02_intermediate/{task}/image_signatures.npz"
+
+
 def check_dataset(index: dict, params: dict[str, Any], task: str) -> dict:
     """Check every image, mask and annotation; return the report of findings."""
     task_cls = get_task_class(task)
-    return stages.validate(task_cls, index, task_cls.parse_config(params))
+    return stages.validate(task_cls, index, task_cls.parse_config(params), cache=signature_cache_path(task))
 
 
 def apply_validation_policy(index: dict, report: dict, params: dict[str, Any], task: str) -> dict:
