@@ -11,7 +11,8 @@ Measured per side: whole run (visionpipe: the whole ``visionpipe run --pipelines
 ingestion, validation, training with per-epoch evaluation, evaluation, plots, registration; Ultralytics:
 ``YOLO(yaml).train`` with per-epoch validation), per-epoch time, accuracy (detection: both sides'
 val predictions scored by the same pycocotools), model load, inference img/s at batch 1 and 16
-(visionpipe: the torch Predictor and onnxruntime with the exported model). One JSON line per side and task.
+(visionpipe: the torch Predictor and onnxruntime with the exported model, and the registered champion loaded as
+MLflow serves it, on base64 PNG requests). One JSON line per side and task.
 
     python benchmarks/peer.py                                  # detection + classification, defaults below
     python benchmarks/peer.py --tasks detection --det-epochs 12 --train 800 --val 200
@@ -213,6 +214,7 @@ def run_visionpipe(task: str, root: Path, override: dict, work: Path) -> dict:
         out["top1"] = metrics["top1"]
         paths = sorted((root / "val").glob("*/*.png"))
     out.update(inference(project / "data" / "06_models" / task / "model", paths, work, override["train"].get("device", "cpu")))
+    out.update(served_pyfunc(project, paths))
     return out
 
 
@@ -257,6 +259,35 @@ def with_load(side) -> dict | None:
     if out is not None:
         out["load_avg"] = [round(before, 1), round(os.getloadavg()[0], 1)]
     return out
+
+
+def served_pyfunc(project: Path, paths: list[Path]) -> dict:
+    """The registered champion as MLflow serves it (``mlflow.pyfunc.load_model``, its default engine): load time
+    (to a first answer) and img/s at batch 1 on base64 PNG requests, decoding included (what a served model reads)."""
+    import base64
+
+    import mlflow
+    import pandas as pd
+
+    here = Path.cwd()
+    os.chdir(project)  # the run's store: mlflow.db, artifacts under ./mlartifacts
+    try:
+        mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+        (registered,) = mlflow.MlflowClient().search_registered_models()
+        frames = [pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode()]}) for p in paths[:64]]
+        start = time.perf_counter()
+        model = mlflow.pyfunc.load_model(f"models:/{registered.name}@champion")
+        model.predict(frames[0])
+        load_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for frame in frames:
+            model.predict(frame)
+        img_s = len(frames) / (time.perf_counter() - start)
+        return {"pyfunc_engine": model.unwrap_python_model().predictor.engine, "load_s_pyfunc": round(load_s, 3),
+                "img_s_b1_pyfunc": round(img_s, 1)}
+    finally:
+        mlflow.set_tracking_uri(None)
+        os.chdir(here)
 
 
 def ratio(vp: dict, peer: dict, key: str) -> float | None:
@@ -316,6 +347,8 @@ def main() -> None:
             vp["ratio_vs_peer"] = {k: ratio(vp, peer, k) for k in ("whole_run_s", "run_cpu_s", "mean_epoch_s", "load_s", "img_s_b1", "img_s_b16")}
             for key in ("img_s_b1", "img_s_b16", "load_s"):  # the ONNX engine against Ultralytics' default one
                 vp["ratio_vs_peer"][f"{key}_onnx"] = ratio({"x": vp.get(f"{key}_onnx")}, {"x": peer.get(key)}, "x")
+            for key in ("img_s_b1", "load_s"):  # the served pyfunc (base64 PNG in) against Ultralytics on arrays
+                vp["ratio_vs_peer"][f"{key}_pyfunc"] = ratio({"x": vp.get(f"{key}_pyfunc")}, {"x": peer.get(key)}, "x")
         emit(vp)
         if peer is not None:
             emit(peer)
