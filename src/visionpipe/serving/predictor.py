@@ -61,9 +61,9 @@ def decode_image(item: Any, allow_paths: bool = True) -> np.ndarray:
 
 def onnx_session(path: str | Path):
     """An onnxruntime CPU session on ``path`` (all graph optimisations, its warnings off), with training's thread
-    rule (cores less one, engine.runtime.cpu_threads) and no spin-waiting between operators: on 2 shared cores
-    ONNX Runtime's default (a thread per core, spinning) took 4.6-7.1 ms per detection image against 2.2-3.9 ms
-    (docs/benchmarks.md, section 13)."""
+    rule (cores less one, engine.runtime.cpu_threads) and no spin-waiting between operators: on 2 cores at load
+    4-5 ONNX Runtime's default (a thread per core, spinning) took 4.6-7.1 ms per detection image against 2.2-3.9
+    ms; even at load ~2 (docs/benchmarks.md, section 13)."""
     import onnxruntime as ort  # slow optional import: only the ONNX engine needs it
 
     options = ort.SessionOptions()
