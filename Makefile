@@ -24,7 +24,7 @@ help:
 	@echo "make tracking-server - a team's MLflow server on PostgreSQL (data/server/), in the background; make tracking-server-stop"
 	@echo "make viz      - kedro-viz on one task's pipeline (VIZ_TASK=detection ...; others in the left panel)"
 	@echo "make notebook - JupyterLab on notebooks/compare_champions.ipynb; make notebook-html renders it"
-	@echo "make repro / make plots - dvc repro; dvc plots show, rendered offline; make metrics - dvc metrics show by task"
+	@echo "make repro / make plots - dvc repro; dvc plots show, rendered offline; make metrics - every metric, by task"
 	@echo "make exps    - dvc experiments: changed parameters and headline metrics (visionpipe exps)"
 
 $(BIN)/kedro: pyproject.toml

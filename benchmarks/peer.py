@@ -15,6 +15,7 @@ val predictions scored by the same pycocotools), model load, inference img/s at 
 
     python benchmarks/peer.py                                  # detection + classification, defaults below
     python benchmarks/peer.py --tasks detection --det-epochs 12 --train 800 --val 200
+    python benchmarks/peer.py --peer-first                     # Ultralytics first in each task (the other order)
     python benchmarks/peer.py --det-yaml '{model: {name: fcos, kwargs: {fpn_channels: 64}}}'  # another visionpipe detector
 """
 
@@ -199,7 +200,10 @@ def run_visionpipe(task: str, root: Path, override: dict, work: Path) -> dict:
     metrics = json.loads((reports / "metrics.json").read_text())
     spec = json.loads((project / "data" / "06_models" / task / "model" / "spec.json").read_text())
     out = {"side": "visionpipe", "task": task, "model": f"{spec['model']['name']}/{spec['model'].get('backbone') or ''}".rstrip("/"),
-           "whole_run_s": round(wall, 1), "run_cpu_s": round(cpu, 1), "epoch_s": [round(float(t), 2) for t in timings["epoch_time_s"]]}
+           "whole_run_s": round(wall, 1), "run_cpu_s": round(cpu, 1),
+           # training + the epoch's validation, as Ultralytics' results.csv times an epoch
+           "epoch_s": [round(float(t), 2) for t in timings["epoch_time_s"] + timings.get("val_time_s", 0.0)],
+           "train_epoch_s": [round(float(t), 2) for t in timings["epoch_time_s"]]}
     if task == "detection":
         outputs = project / "data" / "07_model_output" / task
         out.update(pycocotools_map(json.loads((outputs / "ground_truth.json").read_text()), json.loads((outputs / "predictions.json").read_text())))
@@ -246,6 +250,15 @@ def inference(folder: Path, paths: list[Path], work: Path, device: str = "cpu") 
     return figures
 
 
+def with_load(side) -> dict | None:
+    """``side()``'s figures with the machine's 1-minute load average before and after it (a shared machine)."""
+    before = os.getloadavg()[0]
+    out = side()
+    if out is not None:
+        out["load_avg"] = [round(before, 1), round(os.getloadavg()[0], 1)]
+    return out
+
+
 def ratio(vp: dict, peer: dict, key: str) -> float | None:
     return round(vp[key] / peer[key], 2) if vp.get(key) and peer.get(key) else None
 
@@ -269,6 +282,7 @@ def main() -> None:
     ap.add_argument("--skip-peer", action="store_true", help="visionpipe side only")
     ap.add_argument("--device", default="cpu", help="cpu | cuda: both sides train and predict there")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--peer-first", action="store_true", help="run Ultralytics before visionpipe in each task (default: after)")
     args = ap.parse_args()
     import yaml
 
@@ -282,16 +296,20 @@ def main() -> None:
                 write_scenes(root, images, labels, args.train, args.val, args.det_size)
             override = merge({"train": {"epochs": args.det_epochs, "image_size": args.det_size, "batch_size": args.batch, "device": args.device}},
                              yaml.safe_load(args.det_yaml) or {})
-            vp = run_visionpipe(task, root, override, work / "vp-detection")
-            peer = None if python is None else run_peer(python, "detect", root, args.det_epochs, args.det_size, args.batch, work / "ul-detection", args.device)
+            sides = (lambda: run_visionpipe(task, root, override, work / "vp-detection"),
+                     lambda: None if python is None else run_peer(python, "detect", root, args.det_epochs, args.det_size, args.batch, work / "ul-detection", args.device))
         else:
             root = work / "digits"
             if not (root / "train").exists():
                 write_digits(root, images, labels, args.cls_train, args.cls_val, args.cls_size)
             override = merge({"train": {"epochs": args.cls_epochs, "image_size": args.cls_size, "batch_size": args.batch, "device": args.device}},
                              yaml.safe_load(args.cls_yaml) or {})
-            vp = run_visionpipe(task, root, override, work / "vp-classification")
-            peer = None if python is None else run_peer(python, "classify", root, args.cls_epochs, args.cls_size, args.batch, work / "ul-classification", args.device)
+            sides = (lambda: run_visionpipe(task, root, override, work / "vp-classification"),
+                     lambda: None if python is None else run_peer(python, "classify", root, args.cls_epochs, args.cls_size, args.batch, work / "ul-classification", args.device))
+        if args.peer_first:
+            peer, vp = with_load(sides[1]), with_load(sides[0])
+        else:
+            vp, peer = with_load(sides[0]), with_load(sides[1])
         for side in filter(None, (vp, peer)):
             side["mean_epoch_s"] = round(float(np.mean(side["epoch_s"][1:] or side["epoch_s"])), 2)  # the first epoch warms up
         if peer is not None:

@@ -48,7 +48,7 @@ def main() -> None:
     cfg = parse_task_config(args.task, block)
     os.chdir(tempfile.mkdtemp())
     raw = stages.ingest(args.task, cfg)
-    index = stages.enforce_policy(raw, stages.validate(raw, cfg), cfg)
+    index = stages.enforce_policy(args.task, raw, stages.validate(args.task, raw, cfg), cfg)
     aug = stages.augmentation(args.task, cfg)
     prof = cProfile.Profile()
     start = time.perf_counter()

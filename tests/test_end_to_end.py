@@ -156,7 +156,7 @@ def test_every_plot_of_every_task_reads_at_its_saved_size(project):
 def test_runs_are_named_described_and_carry_their_data_as_a_dataset(project, client):
     from visionpipe.tracking.lineage import dvc_dir_md5
 
-    labels = {"classification": "resnet10t", "detection": "rtdet-resnet10t_nano", "segmentation": "Unet-resnet18",
+    labels = {"classification": "resnet10t_nano", "detection": "rtdet-resnet10t_nano", "segmentation": "Unet-resnet18",
               "instance_segmentation": "maskrcnn-resnet10t"}
     for task in TASKS:
         run = _runs(client, task)[0]

@@ -220,12 +220,12 @@ def _published(fill: float = 0.5) -> dict:
             for k, v in timm.create_model("resnet10t", pretrained=False).state_dict().items()}
 
 
-def _spec(pretrained, **kwargs):
+def _spec(pretrained, name: str = "resnet10t", **kwargs):
     from support import task_params
     from visionpipe import stages
     from visionpipe.tasks import parse_task_config
 
-    cfg = parse_task_config("classification", task_params("classification", model={"pretrained": pretrained, "kwargs": kwargs}))
+    cfg = parse_task_config("classification", task_params("classification", model={"name": name, "pretrained": pretrained, "kwargs": kwargs}))
     return stages.make_spec("classification", cfg, ["cat", "dog"])
 
 
@@ -254,6 +254,11 @@ def test_pretrained_auto_without_weights_trains_from_scratch_and_says_how_to_get
     assert spec["weights_note"].startswith("from scratch (model.pretrained: auto)") and "pretrained_path" in spec["weights_note"]
     with pytest.raises(ConfigError, match="model.pretrained"):  # asked for explicitly, missing weights stay an error
         stages.build_initial_model("classification", _spec(True), {"root": str(tmp_path / "mine")})
+    # the default model (resnet10t_nano) has no published weights at all: the note names a model that has them
+    spec = _spec("auto", name="resnet10t_nano")
+    stages.build_initial_model("classification", spec, {"root": str(tmp_path / "mine")})
+    assert spec["model"]["pretrained"] is False
+    assert "'resnet10t_nano' has no published weights" in spec["weights_note"] and "e.g. resnet10t" in spec["weights_note"]
 
 
 def test_reset_head_always_reinitialises_the_classifier(tmp_path, monkeypatch):

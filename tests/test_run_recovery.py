@@ -149,11 +149,11 @@ def test_kill_during_registration_then_a_clean_run(project):
 
     newest = client.get_model_version(name, decision["version"])
     assert "champion" in client.get_registered_model(name).description
-    assert newest.description.startswith("classification-resnet10t trained on") and "Decision:" in newest.description
+    assert newest.description.startswith("classification-resnet10t_nano trained on") and "Decision:" in newest.description
     assert newest.tags["visionpipe.gate.reason"] == decision["reason"] and newest.tags["visionpipe.registration"] == "complete"
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     try:
-        assert mlflow.get_logged_model(decision["model_uri"].removeprefix("models:/")).name == "classification-resnet10t"
+        assert mlflow.get_logged_model(decision["model_uri"].removeprefix("models:/")).name == "classification-resnet10t_nano"
     finally:
         mlflow.set_tracking_uri(None)
 

@@ -64,3 +64,33 @@ def test_serve_names_a_missing_model_in_one_line(tmp_path):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"cannot load {tmp_path / 'no-model'}" in result.output and "--model-uri" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_the_torch_engine_on_cpu_uses_all_cores_but_one(bundle, monkeypatch):
+    """The serving Predictor applies training's CPU thread rule (engine.runtime.cpu_threads): cores less one."""
+    import torch
+
+    from visionpipe.engine import runtime
+    from visionpipe.serving.predictor import Predictor
+
+    before = torch.get_num_threads()
+    try:
+        for cores, threads in ((16, 15), (2, 1)):
+            monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+            torch.set_num_threads(cores)
+            assert Predictor(bundle).engine == "torch" and torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_onnx_engine_uses_all_cores_but_one_without_spinning(tmp_path, monkeypatch):
+    import torch
+
+    from visionpipe.engine import runtime
+    from visionpipe.serving.predictor import onnx_session
+
+    torch.onnx.export(torch.nn.Conv2d(3, 4, 3), (torch.zeros(1, 3, 8, 8),), str(tmp_path / "conv.onnx"), dynamo=False)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    options = onnx_session(tmp_path / "conv.onnx").get_session_options()
+    assert options.intra_op_num_threads == 15
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -104,13 +104,14 @@ def test_final_metrics_have_one_name_and_timings_leave_metrics_json():
 def test_epoch_history_splits_into_learning_curves_and_timings():
     from visionpipe.tracking.callbacks import best_epoch_tag, epoch_metric_name, split_history
 
-    history = [{"train_loss": 1.0, "lr": 0.1, "epoch_time_s": 3.0, "images_per_s": 9.0, "data_wait_fraction": 0.2,
+    history = [{"train_loss": 1.0, "lr": 0.1, "epoch_time_s": 3.0, "val_time_s": 0.5, "images_per_s": 9.0, "data_wait_fraction": 0.2,
                 "rss_gb": 1.5, "val_loss": 0.9, "top1": 0.4, "epoch": 1}]
     learning, timings = split_history(history)
     assert learning == [{"train_loss": 1.0, "lr": 0.1, "val_loss": 0.9, "top1": 0.4, "epoch": 1}]
-    assert timings == [{"epoch": 1, "epoch_time_s": 3.0, "images_per_s": 9.0, "data_wait_fraction": 0.2, "rss_gb": 1.5}]
+    assert timings == [{"epoch": 1, "epoch_time_s": 3.0, "val_time_s": 0.5, "images_per_s": 9.0, "data_wait_fraction": 0.2, "rss_gb": 1.5}]
     names = {k: epoch_metric_name(k) for k in history[0] if k != "epoch"}
     assert names == {"train_loss": "train/loss", "lr": "train/lr", "epoch_time_s": "system/process/epoch_time_s",
+                     "val_time_s": "system/process/val_time_s",
                      "images_per_s": "system/process/images_per_s", "data_wait_fraction": "system/process/data_wait_fraction",
                      "rss_gb": "system/process/rss_gb", "val_loss": "val/loss", "top1": "val/top1"}
     # a task's loss terms are training curves (MLflow's train section), per-class curves sort below val/

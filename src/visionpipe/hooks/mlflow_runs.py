@@ -156,7 +156,10 @@ class MlflowRunHook:
         client = mlflow.MlflowClient()
         run = client.get_run(self._tagged_run_id)
         client.set_tag(run.info.run_id, "mlflow.note.content", run_note(self._task, run.data.tags, run.data.metrics, self._decision))
-        save_runs_view(client, run.info.experiment_id, self._task)  # the summary's `compare` link opens it
+        try:  # the summary's `compare` link opens it
+            save_runs_view(client, run.info.experiment_id, self._task)
+        except Exception as err:  # e.g. a tracking server that refuses experiment tags to this user
+            logger.warning("Could not save the headline runs view of experiment %s: %s", run.info.experiment_id, err)
 
     def _close_runs(self) -> None:
         """kedro-mlflow re-enters its run at every node; close what is left."""

@@ -129,6 +129,10 @@ def hub_weights(load: Callable[[], Any], where: str, what: str) -> Any:
         raise
     except Exception as err:  # each library raises its own (OSError, LocalEntryNotFoundError, URLError, RuntimeError)
         first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
+        if first.startswith("No pretrained weights exist"):  # timm: the model has none published (e.g. resnet10t_nano)
+            raise WeightsUnavailable(
+                f"{where}: {what} has no published weights. For ImageNet weights on your data pick a model that has them "
+                f"(e.g. resnet10t), or give {where.rsplit('.', 1)[0]}.pretrained_path") from None
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
         raise WeightsUnavailable(
             f"{where}: the published weights of {what} could not be loaded{offline}: {type(err).__name__}: {first}. "

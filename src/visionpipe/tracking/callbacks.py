@@ -28,7 +28,7 @@ _TRAIN_KEYS = {"train_loss": "train/loss", "lr": "train/lr",
                "early_stop_epoch": "train/stopped_epoch", "early_stop_best_epoch": "train/stopped_best_epoch"}
 PROCESS_PREFIX = "system/process/"
 # timing and process keys of an epoch record (the engine's, for every task): timings.csv, not history.csv/DVC
-PROCESS_KEYS = ("epoch_time_s", "images_per_s", "data_wait_fraction", "rss_gb", "gpu_peak_gb")
+PROCESS_KEYS = ("epoch_time_s", "val_time_s", "images_per_s", "data_wait_fraction", "rss_gb", "gpu_peak_gb")
 
 
 def epoch_metric_name(key: str) -> str:
