@@ -119,3 +119,26 @@ def test_cpu_training_uses_all_cores_but_one(monkeypatch, tmp_path):
             assert runtime.cpu_threads() == threads and torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_adam_on_the_cpu_is_fused_and_steps_as_the_per_tensor_loop(name, tmp_path):
+    from visionpipe.engine import recipes
+    from visionpipe.engine.trainer import build_optimizer
+
+    cfg = parse_task_config("classification", task_params("classification", tmp_path, train={"optimizer": name})).train
+    torch.manual_seed(0)
+    # no conv bias under BatchNorm: its gradient is rounding noise, which Adam scales up to whole steps
+    models = [torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused = build_optimizer(models[0], cfg)
+    loop = (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(recipes.param_groups(models[1], None, cfg), lr=cfg.lr, foreach=False)
+    assert fused.defaults["fused"] is True and loop.defaults["fused"] is not True
+    x, target = torch.randn(4, 3, 8, 8), torch.randn(4, 8, 6, 6)
+    for _ in range(3):
+        for model, opt in zip(models, (fused, loop)):
+            opt.zero_grad()
+            model(x).mul(target).mean().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):  # float rounding apart (a step is ~lr = 0.01)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
