@@ -134,6 +134,9 @@ class _FakeGc:
     def __init__(self, frozen=0):
         self.frozen, self.calls = frozen, []
 
+    def set_threshold(self, *thresholds):
+        self.calls.append(("set_threshold", *thresholds))
+
     def get_freeze_count(self):
         return self.frozen
 
@@ -163,10 +166,35 @@ def test_nothing_is_frozen_when_something_already_was(monkeypatch):
     assert fake.calls == []
 
 
-def test_the_hook_is_registered_first_so_it_runs_after_the_others():
+def test_python_thresholds_come_back_once_the_context_exists(monkeypatch):
+    fake = _FakeGc()
+    monkeypatch.setattr(imports_hook, "gc", fake)
+    hook = FrozenStartupHook((700, 10, 10))
+    hook.after_context_created()
+    hook.after_context_created()  # a later session of the process: a user's own thresholds stay
+    FrozenStartupHook().after_context_created()
+    assert fake.calls == [("set_threshold", 700, 10, 10)]
+
+
+def test_settings_relax_start_up_collections_and_hand_python_s_thresholds_to_the_hook():
+    import gc
+    import importlib.util
+
     from visionpipe import settings
 
-    assert isinstance(settings.HOOKS[0], FrozenStartupHook)  # pluggy calls the last registered first
+    saved = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:  # settings executed afresh (its imports are cached): what Kedro's start-up runs first
+        spec = importlib.util.spec_from_file_location("settings_again", settings.__file__)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert gc.get_threshold() == (100_000, 10, 10)
+        hook = module.HOOKS[0]
+        assert isinstance(hook, FrozenStartupHook)  # registered first: pluggy calls it after the others
+        hook.after_context_created()
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*saved)
 
 
 # ---------------------------------------------------------------- MlflowRunHook

@@ -560,6 +560,17 @@ def test_plain_dvc_metrics_show_reads_at_120_columns(tmp_path):
     assert max(len(line) for line in shown) <= 120, "\n".join(shown)
 
 
+def test_dvc_metrics_are_the_table_metrics_and_their_test_twins():
+    from visionpipe.pipelines.evaluation.nodes import dvc_metrics
+    from visionpipe.tasks import get_task_class
+
+    cls = get_task_class("classification")
+    metrics = {"val_loss": 0.3, "top1": 0.123456, "test/top1": 0.5, "test/val_loss": 1.0, "test/top5": 1}
+    assert dvc_metrics(cls, metrics) == {"top1": 0.1235, "test/top1": 0.5, "test/top5": 1.0}  # no top5: 5 classes or fewer
+    untold = type("Untold", (), {"table_metrics": (), "primary_metric": "miou"})
+    assert dvc_metrics(untold, {"miou": 0.25, "dice": 0.3}) == {"miou": 0.25}  # a task naming none: its primary metric
+
+
 def test_make_metrics_shows_every_metric_of_each_task(tmp_path, monkeypatch, capsys):
     """`make metrics` reads each task's all_metrics.json (not DVC's metrics file): every metric, per-class ones too,
     one block per task; paths among the arguments replace them."""

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 from kedro.config import OmegaConfigLoader
 
-from visionpipe.hooks import (
+# Kedro imports this module first when a project starts; the hooks below and then the pipeline registry import
+# torch, MLflow, timm...: about half a million objects that live as long as the process. Collecting young objects
+# every 700 allocations (Python's default) while they are created costs 0.75 of the ~4 CPU-s those imports take on
+# 2 cores (docs/benchmarks.md section 12): every 100,000 until the context exists, when FrozenStartupHook restores
+# Python's thresholds (hooks/imports.py).
+_GC_THRESHOLDS = gc.get_threshold()
+gc.set_threshold(max(_GC_THRESHOLDS[0], 100_000), *_GC_THRESHOLDS[1:])
+
+from visionpipe.hooks import (  # noqa: E402  (after the thresholds: these import torch and MLflow)
     CacheIntegrityHook,
     DistributedHook,
     DvcExperimentHook,
@@ -16,7 +25,7 @@ from visionpipe.hooks import (
     RunStateHook,
     SystemMetricsHook,
 )
-from visionpipe.project import project_root
+from visionpipe.project import project_root  # noqa: E402
 
 
 def tracking_uri() -> str:
@@ -34,7 +43,7 @@ _MAIN_RANK = int(os.environ.get("RANK", "0")) == 0
 # kedro-mlflow's plugin hook is replaced by the project's subclass (run-control keys are tags, not params); it is
 # registered last so that, as the plugin's would, it runs before the project's hooks. Under torchrun, ranks other
 # than 0 must not open MLflow runs: they get no MLflow hook at all.
-HOOKS = (FrozenStartupHook(), DistributedHook(), SystemMetricsHook(), MlflowRunHook(), RunStateHook(), DvcExperimentHook(), CacheIntegrityHook(),
+HOOKS = (FrozenStartupHook(_GC_THRESHOLDS), DistributedHook(), SystemMetricsHook(), MlflowRunHook(), RunStateHook(), DvcExperimentHook(), CacheIntegrityHook(),
          *((ProjectMlflowHook(),) if _MAIN_RANK else ()))
 
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
