@@ -9,7 +9,7 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 
-from visionpipe.hooks import DistributedHook, FrozenStartupHook, MlflowRunHook, SystemMetricsHook
+from visionpipe.hooks import DistributedHook, FrozenStartupHook, MlflowRunHook, ProjectMlflowHook, SystemMetricsHook
 from visionpipe.hooks import imports as imports_hook
 from visionpipe.io import AtomicJSONDataset
 
@@ -195,6 +195,28 @@ def test_settings_relax_start_up_collections_and_hand_python_s_thresholds_to_the
         assert gc.get_threshold() == (700, 10, 10)
     finally:
         gc.set_threshold(*saved)
+
+
+# ---------------------------------------------------------------- ProjectMlflowHook
+
+def test_a_param_goes_to_the_store_once_per_run_and_a_changed_value_is_still_refused(store, monkeypatch):
+    sent = []
+    real = mlflow.log_param
+    monkeypatch.setattr(mlflow, "log_param", lambda name, value, **kw: (sent.append((name, value)), real(name, value, **kw))[1])
+    hook = ProjectMlflowHook()
+    run = mlflow.start_run()
+    for _ in range(7):  # kedro-mlflow logs a node's params before each of the task's 7 nodes that read them
+        hook._log_param("classification.train.lr", 0.01)
+        hook._log_param("classification.train.resume", False)  # run control: a tag
+    assert sent == [("classification.train.lr", 0.01)]
+    with pytest.raises(mlflow.exceptions.MlflowException, match="[Cc]hanging param values is not allowed"):
+        hook._log_param("classification.train.lr", 0.02)
+    stored = mlflow.get_run(run.info.run_id).data
+    assert stored.params == {"classification.train.lr": "0.01"} and stored.tags["classification.train.resume"] == "False"
+    mlflow.end_run()
+    mlflow.start_run()
+    hook._log_param("classification.train.lr", 0.01)  # another run: logged again
+    assert sent == [("classification.train.lr", 0.01), ("classification.train.lr", 0.02), ("classification.train.lr", 0.01)]
 
 
 # ---------------------------------------------------------------- MlflowRunHook

@@ -33,15 +33,30 @@ def is_run_control(name: str) -> bool:
 
 class ProjectMlflowHook(MlflowHook):
     """kedro-mlflow's hook, with run-control keys (RUN_CONTROL_KEYS) logged as tags rather than params, so
-    resuming, switching device or worker count never meets MLflow's "changing param values is not allowed"."""
+    resuming, switching device or worker count never meets MLflow's "changing param values is not allowed".
+
+    kedro-mlflow logs a node's parameters before every node that reads them, one store transaction each: the
+    ~60 keys of a task's block went to the store 7 times a run (0.1-0.15 s a node on SQLite, docs/benchmarks.md
+    section 12). A key already logged in the active run with the same value is not sent again; a changed value
+    still reaches MLflow, which refuses it as before."""
+
+    def __init__(self):
+        super().__init__()
+        self._logged: set[tuple[str | None, str, str]] = set()  # (run id, name, value) sent to the store
 
     def _log_param(self, name: str, value: Any) -> None:
-        if is_run_control(name):
-            import mlflow
+        import mlflow
 
-            mlflow.set_tag(name, str(value))
+        run = mlflow.active_run()
+        sent = (run.info.run_id if run else None, name, str(value))
+        if sent in self._logged:
             return None
-        return super()._log_param(name, value)
+        if is_run_control(name):
+            mlflow.set_tag(name, str(value))
+        else:
+            super()._log_param(name, value)
+        self._logged.add(sent)
+        return None
 
 
 def model_label(params: dict[str, Any]) -> str:
