@@ -22,9 +22,15 @@ def in_tmp(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def _no_active_mlflow_experiment_leaks():
     """`mlflow.set_experiment` in one test must not point a later test's fresh store at an experiment id
-    it does not have (MLflow keeps it in a module global and in MLFLOW_EXPERIMENT_ID)."""
+    it does not have (MLflow keeps it in a module global and in MLFLOW_EXPERIMENT_ID); nor may an in-process
+    CLI call's `mlflow.set_tracking_uri` (which also sets MLFLOW_TRACKING_URI) send a later test of the same
+    worker to its store."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
     yield
+    import mlflow
     from mlflow.tracking import fluent
 
     fluent._active_experiment_id = None
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    if os.environ.get("MLFLOW_TRACKING_URI") != uri:
+        mlflow.set_tracking_uri(uri)  # None: unset, the variable too
