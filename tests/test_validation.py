@@ -149,3 +149,22 @@ def test_strict_fails_naming_files_and_skip_drops(tmp_path):
     clean, summary = validation.apply_policy(get_task_class(index["task"]), index, report, "skip")
     assert [r["image"] for r in clean["train"]] == ["a/ok.png"]
     assert summary["train"] == {"kept": 1, "dropped": 1}
+
+
+def test_small_image_files_are_checked_on_one_thread_and_photographs_on_several(tmp_path):
+    small = [{"image": f"a/{k}.png", "label": 0} for k in range(5)]
+    for rec in small:
+        save_image(tmp_path / rec["image"])  # a few hundred bytes each
+    assert validation.default_workers(tmp_path, small) == 1
+    big = [{"image": f"b/{k}.bin", "label": 0} for k in range(5)]
+    for rec in big:
+        (tmp_path / rec["image"]).parent.mkdir(exist_ok=True)
+        (tmp_path / rec["image"]).write_bytes(bytes(validation.SMALL_IMAGE_BYTES))
+    assert validation.default_workers(tmp_path, big) >= 2
+    assert validation.default_workers(tmp_path, [{"image": "missing.png", "label": 0}]) >= 2  # nothing to go by
+    sharded = [{"image": "x.png", "shard": "s-0.tar", "members": {"image": [512, 300]}}]
+    assert validation.default_workers(tmp_path, sharded) == 1
+    # the same findings either way
+    index = _cls_index(tmp_path, small, ("a",))
+    assert validation.validate_index(get_task_class("classification"), index, workers=1) == \
+        validation.validate_index(get_task_class("classification"), index, workers=4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import Counter
@@ -103,6 +104,28 @@ def _check_record(task_cls, root: Path, rec: dict, classes: list[str], data_cfg,
 
 
 CHUNK = 64  # records per thread-pool task: one future per image cost more than checking a small one
+SMALL_IMAGE_BYTES = 32 * 1024  # median image file size below which records are checked on one thread
+
+
+def default_workers(root: Path, records: list[dict]) -> int:
+    """Threads for checking ``records``: one when their image files are small (median of the first 64 below
+    SMALL_IMAGE_BYTES), else up to twice the cores. Decoders release the GIL, so threads pay off on photographs
+    (and a second one per core hides file reads); a 32-px PNG decodes faster than a thread takes it over, and
+    the per-image Python work holds the GIL: on 2 cores, 2,000 such images took 0.9-1.3 CPU-s on one thread,
+    0.9-1.9 on four, and up to 3.5 on a busy machine (docs/benchmarks.md section 12)."""
+    sizes = []
+    for rec in records[:64]:
+        if "shard" in rec:
+            sizes.append(rec["members"]["image"][1])
+            continue
+        try:
+            sizes.append((root / rec["image"]).stat().st_size)
+        except OSError:  # missing: reported by the check itself
+            continue
+    if sizes and sorted(sizes)[len(sizes) // 2] < SMALL_IMAGE_BYTES:
+        return 1
+    return min(8, (os.cpu_count() or 1) * 2)
+
 
 
 def validate_index(task_cls, index: dict, data_cfg=None, workers: int | None = None, max_pixels: int | None = None,
@@ -119,7 +142,7 @@ def validate_index(task_cls, index: dict, data_cfg=None, workers: int | None = N
         data_cfg = task_cls.config_model.model_fields["data"].annotation.model_construct(format=index.get("format"))
     max_pixels = max_pixels or data_cfg.max_image_pixels
     findings = [dict(p) for p in index.get("problems", [])]
-    workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    workers = workers or default_workers(root, index.get("train") or index.get("val") or [])
     signature_cache = duplicates.SignatureCache(cache) if cache is not None else None
     checked, signatures = {}, {}
 
@@ -131,8 +154,8 @@ def validate_index(task_cls, index: dict, data_cfg=None, workers: int | None = N
         checked[split] = len(records)
         signatures[split] = []
         chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = (result for part in pool.map(check_chunk, chunks) for result in part)
+        with ThreadPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
+            results = (result for part in (pool.map if pool else map)(check_chunk, chunks) for result in part)
             for rec, (problems, sig) in zip(records, results):
                 findings += [{"split": split, "file": f, "image": rec["image"], "problem": p} for f, p in problems]
                 signatures[split].append(sig)
