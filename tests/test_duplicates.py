@@ -214,3 +214,12 @@ def test_a_damaged_cache_is_ignored_with_a_warning_and_replaced(tmp_path, caplog
     assert len(loaded._old) == 6  # rewritten: 3 train + 3 val images
     sig = next(iter(loaded._old.values()))
     assert sig.thumb.dtype == np.uint8 and sig.thumb.shape == (28, 28) and sig.size == (28, 28)
+
+
+def test_the_cache_lives_in_the_project_even_when_kedro_runs_from_a_subfolder(tmp_path, monkeypatch):
+    from visionpipe.pipelines.validation.nodes import signature_cache_path
+
+    (tmp_path / "pyproject.toml").write_text("[tool.kedro]\npackage_name = 'x'\n")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert signature_cache_path("detection") == tmp_path.resolve() / "data/02_intermediate/detection/image_signatures.npz"

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from visionpipe import stages
 from visionpipe.tasks import get_task_class
 from visionpipe.data import quality
+from visionpipe.project import find_project_root
 
 
-def signature_cache_path(task: str) -> str:
+def signature_cache_path(task: str) -> Path:
     """Where a run keeps the duplicate-search signatures of the task's image files for the next run (beside the
-    dataset index; no DVC out, so ``dvc repro`` keeps it): unchanged files are not decoded again."""
-    return f"data/02_intermediate/{task}/image_signatures.npz"
+    dataset index, in the project a ``kedro run`` started in or below; no DVC out, so ``dvc repro`` keeps it):
+    unchanged files are not decoded again."""
+    return (find_project_root() or Path.cwd()) / "data" / "02_intermediate" / task / "image_signatures.npz"
 
 
 def check_dataset(index: dict, params: dict[str, Any], task: str) -> dict:
