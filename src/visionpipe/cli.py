@@ -155,6 +155,16 @@ def resolve_store(tracking_uri: str | None, cwd: Path | None = None) -> str:
 
 
 MODEL_URI_HELP = "Default: the champion of the registered TASK model a run updated last (the data you trained on latest)."
+PREDICT_MODEL_HELP = (MODEL_URI_HELP + " A local folder (a trained model folder such as data/06_models/TASK/model, or a downloaded registered "
+                  "model) is read in place: no MLflow store, no MLflow import.")
+
+
+def _local_model(model_uri: str | None) -> Path | None:
+    """``model_uri`` as a local folder (a path or ``file://`` URI to an existing directory), else None."""
+    if not model_uri:
+        return None
+    path = Path(model_uri.removeprefix("file://"))
+    return path if path.is_dir() else None
 
 
 def _model_uri(task: str, model_uri: str | None, tracking_uri: str | None) -> str:
@@ -164,29 +174,31 @@ def _model_uri(task: str, model_uri: str | None, tracking_uri: str | None) -> st
     uri = resolve_store(tracking_uri)
     mlflow.set_tracking_uri(uri)
     if model_uri is None:
-        from visionpipe.tracking.registry import default_model_uri  # imports MLflow's registry: slow, only here
+        from visionpipe.tracking.lookup import default_model_uri  # MLflow's client only, not the registration machinery
 
         model_uri = default_model_uri(task, mlflow.MlflowClient(tracking_uri=uri))
         click.echo(f"model: {model_uri} (the champion of the {task} data trained on last; --model-uri to choose)", err=True)
     return model_uri
 
 
-def _load_predictor(task: str, model_uri: str, engine: str, workdir: Path):
-    """The registered model's predictor (its bundle, downloaded into ``workdir``) on ``engine``."""
-    import mlflow
-
+def _load_predictor(task: str, model_uri: str, engine: str, workdir: Path, local: Path | None = None):
+    """The model's predictor on ``engine``: the local folder ``local`` read in place, else the registered model's
+    bundle downloaded into ``workdir`` (only this path imports MLflow)."""
     from visionpipe.serving.bundle import SPEC_FILE
-    from visionpipe.serving.pyfunc import load_predictor
+    from visionpipe.serving.load import load_predictor  # no MLflow, no pandas: a model folder never imports them
 
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(workdir)))
-    except Exception as err:  # MlflowException for a missing model or alias
-        raise click.ClickException(f"cannot load {model_uri} from {mlflow.get_tracking_uri()}: {str(err).splitlines()[0]}. "
-                                   f"Run `kedro run --pipelines={task}` first, or pass --model-uri/--tracking-uri") from None
+    if local is None:
+        import mlflow
+
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(workdir)))
+        except Exception as err:  # MlflowException for a missing model or alias
+            raise click.ClickException(f"cannot load {model_uri} from {mlflow.get_tracking_uri()}: {str(err).splitlines()[0]}. "
+                                       f"Run `kedro run --pipelines={task}` first, or pass --model-uri/--tracking-uri") from None
     specs = sorted(local.rglob(SPEC_FILE))
     if not specs:
         raise click.ClickException(f"{model_uri} is not a visionpipe model (no {SPEC_FILE} inside): pass the model a "
-                                   "visionpipe run registered")
+                                   "visionpipe run registered, or a trained model folder")
     try:
         return load_predictor(specs[0].parent, {"engine": engine})
     except VisionpipeError as err:
@@ -203,7 +215,7 @@ ENGINE_HELP = ("auto: ONNX Runtime on CPU when the model carries model.onnx (mod
               help="Folder of images (searched recursively).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="JSON Lines file to write: one line per image, written as it goes.")
-@click.option("--model-uri", default=None, help=MODEL_URI_HELP)
+@click.option("--model-uri", default=None, help=PREDICT_MODEL_HELP)
 @click.option("--tracking-uri", default=None,
               help="Default: MLFLOW_TRACKING_URI, else the mlflow.db of the project at or above the current folder.")
 @click.option("--engine", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True, help=ENGINE_HELP)
@@ -218,12 +230,14 @@ def predict(task: str, images_dir: Path, output: Path, model_uri: str | None, tr
 
     from visionpipe.serving.batch import find_images, predict_folder
 
-    model_uri = _model_uri(task, model_uri, tracking_uri)
+    local = _local_model(model_uri)
+    if local is None:
+        model_uri = _model_uri(task, model_uri, tracking_uri)
     files = find_images(images_dir)
     if not files:
         raise click.ClickException(f"{images_dir}: no images found")
     with tempfile.TemporaryDirectory(prefix="visionpipe-predict-") as tmp:
-        predictor = _load_predictor(task, model_uri, engine, Path(tmp))
+        predictor = _load_predictor(task, model_uri, engine, Path(tmp), local)
         predictor.batch_size = batch_size
         try:
             summary = predict_folder(predictor, files, images_dir, output, batch_size, on_error, progress)

@@ -15,7 +15,7 @@ from visionpipe import console
 from visionpipe.data.images import is_image_file, load_rgb
 from visionpipe.errors import DataError
 from visionpipe.files import atomic_write
-from visionpipe.serving.pyfunc import predictions_frame
+from visionpipe.serving.load import prediction_rows
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def predict_folder(predictor, files: list[Path], root: Path, output: Path, batch
                         summary.failed.append({"image": name, "error": problem})
                         fh.write(json.dumps({"image": name, "error": problem}) + "\n")
                 if arrays:
-                    for name, record in zip(names, predictions_frame(predictor, arrays).to_dict(orient="records")):
+                    for name, record in zip(names, prediction_rows(predictor, arrays)):
                         fh.write(json.dumps({"image": name, **record}, default=str) + "\n")
                     summary.written += len(arrays)
                 fh.flush()

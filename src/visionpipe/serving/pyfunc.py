@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
 
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
-import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from visionpipe.errors import DataError
-from visionpipe.serving.bundle import ONNX_FILE, load_bundle
-from visionpipe.serving.export import export_bundle
-from visionpipe.serving.predictor import Predictor, decode_image, encode_png, resolve_engine
+from visionpipe.serving.load import MODEL_CONFIG_DEFAULTS, load_predictor, prediction_rows  # noqa: F401 (re-exported)
+from visionpipe.serving.predictor import decode_image
 from visionpipe.tasks import get_task_class
 
 logger = logging.getLogger(__name__)
@@ -30,33 +25,8 @@ def default_params(spec: dict) -> dict:
 
 
 def predictions_frame(predictor, images, **params) -> pd.DataFrame:
-    """The pyfunc's output for ``images``: one row per image; array values (masks) as base64 PNG under
-    ``<key>_png``. ``params`` (see :func:`default_params`) go to ``Predictor.predict`` as keyword arguments."""
-    results = predictor.predict(images, **{k: v for k, v in params.items() if v is not None})
-    rows = [{(f"{k}_png" if isinstance(v, np.ndarray) else k): (encode_png(v) if isinstance(v, np.ndarray) else v) for k, v in r.items()}
-            for r in results]
-    return pd.DataFrame(rows)
-
-
-# model_config of the logged pyfunc: ``engine`` (auto: ONNX Runtime on CPU when the model carries model.onnx,
-# torch on a GPU), ``allow_file_paths`` (read server-local image paths: off unless logged with
-# registry.serve_file_paths). A caller overrides them at load time: ``load_model(uri, model_config={...})``.
-MODEL_CONFIG_DEFAULTS = {"engine": "auto", "allow_file_paths": False}
-
-
-def load_predictor(bundle_dir: str | Path, model_config: dict | None = None):
-    """The pyfunc's Predictor on the engine ``model_config`` asks for (see MODEL_CONFIG_DEFAULTS)."""
-    config = {**MODEL_CONFIG_DEFAULTS, **(model_config or {})}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    onnx = Path(bundle_dir) / ONNX_FILE
-    engine = resolve_engine(str(config["engine"]), onnx, device)
-    if engine == "onnx" and not onnx.is_file():  # a version logged before models carried an ONNX model
-        onnx = Path(tempfile.mkdtemp(prefix="visionpipe-onnx-")) / ONNX_FILE
-        logger.warning("%s was logged without %s: exporting it now for the onnx engine", bundle_dir, ONNX_FILE)
-        export_bundle(load_bundle(bundle_dir), onnx)
-    predictor = Predictor.from_folder(bundle_dir, engine=engine, onnx=onnx, device=device)
-    predictor.allow_paths = bool(config["allow_file_paths"])
-    return predictor
+    """The pyfunc's output for ``images``: one row per image (:func:`visionpipe.serving.load.prediction_rows`)."""
+    return pd.DataFrame(prediction_rows(predictor, images, **params))
 
 
 class VisionPipeModel(mlflow.pyfunc.PythonModel):

@@ -29,6 +29,7 @@ from visionpipe.serving.predictor import Predictor, encode_png
 from visionpipe.serving.pyfunc import MODEL_CONFIG_DEFAULTS, default_params, predictions_frame
 from visionpipe.tracking.callbacks import final_metric_name
 from visionpipe.tracking.champion import classes_note, download_bundle
+from visionpipe.tracking.lookup import default_model_uri  # noqa: F401 (re-exported: predict's default model)
 
 logger = logging.getLogger(__name__)
 
@@ -116,23 +117,6 @@ def registered_model_name(task: str, configured: str | None, index: dict) -> str
     folder = Path(str(index["root"])).resolve().name
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", folder).strip("-.") or "data"
     return f"{base}-{slug}"
-
-
-def default_model_uri(task: str, client: MlflowClient | None = None) -> str:
-    """``models:/<name>@<alias>`` of the registered ``task`` model a run updated last (the champion of the data
-    the user trained on latest): what ``visionpipe predict`` and serving use without an explicit model. Falls
-    back to the built-in data's ``models:/visionpipe-<task>@champion`` when the store has none."""
-    client = client or MlflowClient()
-    candidates = []
-    for found in client.search_registered_models(filter_string=f"tags.`visionpipe.task` = '{task}'"):
-        model = client.get_registered_model(found.name)  # with its aliases
-        alias = model.tags.get("visionpipe.alias", "champion")
-        if alias in (model.aliases or {}):
-            candidates.append((model.last_updated_timestamp or 0, model.name, alias))
-    if not candidates:
-        return f"models:/visionpipe-{task.replace('_', '-')}@champion"
-    _, name, alias = max(candidates)
-    return f"models:/{name}@{alias}"
 
 
 def recover_incomplete(client: MlflowClient, name: str, alias: str) -> list[int]:
