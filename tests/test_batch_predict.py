@@ -88,3 +88,55 @@ def test_predict_command_outside_a_project_explains_and_creates_nothing(folder, 
     result = CliRunner().invoke(cli, ["predict", "--task", "classification", "--images", str(folder), "--output", "p.jsonl"])
     assert result.exit_code == 1 and "no visionpipe project at or above" in result.output and "--tracking-uri" in result.output
     assert "Traceback" not in result.output and list(elsewhere.iterdir()) == []
+
+
+def test_predict_reads_a_local_model_folder_in_place_without_a_store(folder, tmp_path, monkeypatch):
+    """--model-uri DIR: the folder's spec.json is found and loaded there; no project, no MLflow store needed."""
+    from click.testing import CliRunner
+
+    import visionpipe.serving.load
+    from visionpipe.cli import cli
+
+    model = tmp_path / "downloaded" / "artifacts" / "bundle"
+    model.mkdir(parents=True)
+    (model / "spec.json").write_text("{}")
+    loaded = []
+
+    def fake_load(bundle_dir, config):
+        loaded.append((bundle_dir, config))
+        predictor = FakePredictor()
+        predictor.engine = "fake"
+        return predictor
+
+    monkeypatch.setattr(visionpipe.serving.load, "load_predictor", fake_load)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = CliRunner().invoke(cli, ["predict", "--task", "classification", "--images", str(folder), "--output", "p.jsonl",
+                                      "--model-uri", str(tmp_path / "downloaded"), "--engine", "onnx", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert loaded == [(model, {"engine": "onnx"})]
+    rows = {r["image"]: r for r in map(json.loads, (elsewhere / "p.jsonl").read_text().splitlines())}
+    assert rows["a1.png"]["label"] == "bright" and rows["a0.png"]["label"] == "dark" and "error" in rows["broken.png"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["p.jsonl"]  # no mlflow.db, no mlruns
+
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(cli, ["predict", "--task", "classification", "--images", str(folder), "--output", "q.jsonl",
+                                      "--model-uri", str(tmp_path / "empty")])
+    assert result.exit_code == 1 and "no spec.json inside" in result.output and "Traceback" not in result.output
+
+
+def test_predicting_from_a_model_folder_imports_neither_mlflow_nor_pandas(tmp_path):
+    """What `visionpipe predict --model-uri DIR` imports to load and run a model (cli, serving.batch, serving.load):
+    MLflow (its tracking store) and pandas cost seconds of start-up, and only a models:/ URI needs MLflow."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, visionpipe.cli, visionpipe.serving.batch, visionpipe.serving.load; "
+            "print(sorted(m for m in ('mlflow', 'pandas') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
