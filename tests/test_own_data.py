@@ -23,6 +23,20 @@ def test_the_project_itself_declines_kedro_telemetry_and_dvc_analytics(monkeypat
     assert "analytics = false" in (ROOT / ".dvc/config").read_text()
 
 
+def test_every_uncached_dvc_output_is_committable_to_git():
+    """dvc.yaml's `cache: false` outputs, metrics and plots are git's to version (DVC experiment commits, `dvc metrics
+    diff <rev>`): none may be git-ignored, or an experiment commit silently leaves it out."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    uncached = sorted({path for stage in stages.values() for kind in ("outs", "metrics", "plots")
+                       for entry in stage.get(kind, []) if isinstance(entry, dict)
+                       for path, opts in entry.items() if (opts or {}).get("cache") is False})
+    assert any(p.endswith("/all_metrics.json") for p in uncached) and any(p.endswith("/metrics.json") for p in uncached)
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *uncached], cwd=ROOT, capture_output=True, text=True).stdout
+    assert ignored == "", f"git-ignored uncached DVC outputs: {ignored}"
+
+
 def test_run_control_keys_are_tags_and_never_changed_params():
     from visionpipe.hooks.mlflow_runs import is_run_control
     from visionpipe.hooks.run_state import changed_params

@@ -169,8 +169,10 @@ def validate_index(task_cls, index: dict, data_cfg=None, workers: int | None = N
                 findings.append({"split": "train", "file": str(root), "image": None, "problem": f"class '{name}' has no training images"})
     if signature_cache is not None:
         signature_cache.save()
-        logger.info("Validation: %d of %d image(s) unchanged since the last run were not decoded again (cache: %s)",
-                    signature_cache.hits, sum(checked.values()), cache)
+        # a first run (nothing reused) says nothing at INFO: the line is news only when a re-run skipped work
+        logger.log(logging.INFO if signature_cache.hits else logging.DEBUG,
+                   "Validation: %d of %d image(s) unchanged since the last run were not decoded again (cache: %s)",
+                   signature_cache.hits, sum(checked.values()), cache)
     near = getattr(data_cfg, "near_duplicates", None)
     dups = quality.duplicates(index, signatures, **(near.model_dump() if near is not None else {}), workers=workers)
     stats = quality.statistics(task_cls, index)
