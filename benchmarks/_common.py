@@ -12,6 +12,14 @@ import torch
 from torch.utils.data import Dataset
 
 
+def merge(base: dict, override: dict) -> dict:
+    """``override`` merged into a copy of ``base``, nested dicts key by key (a task block and a benchmark's YAML)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def emit(figures: dict) -> None:
     """Print one JSON line with the figures and the command that produced them."""
     figures["command"] = " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], *sys.argv])

@@ -21,18 +21,11 @@ from pathlib import Path
 
 import yaml
 
-from _common import emit
+from _common import emit, merge
 from visionpipe import stages
 from visionpipe.tasks import parse_task_config
 
 PROJECT = Path(__file__).resolve().parents[1]
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def main() -> None:

@@ -18,19 +18,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from _common import GpuSampler, emit
+from _common import GpuSampler, emit, merge
 from visionpipe import stages
 from visionpipe.tasks import parse_task_config
 from visionpipe.engine import distributed
 
 PROJECT = Path(__file__).resolve().parents[1]
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def params(task: str, epochs: int, scale: int, override: dict | None = None) -> dict:

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from _common import emit
+from _common import emit, merge
 
 PROJECT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -169,13 +169,6 @@ def project_copy(work: Path) -> Path:
     shutil.copy(PROJECT / "pyproject.toml", project / "pyproject.toml")
     shutil.copytree(PROJECT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))  # Kedro wants src/
     return project
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def run_visionpipe(task: str, root: Path, override: dict, work: Path) -> dict:

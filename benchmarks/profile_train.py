@@ -21,18 +21,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from _common import emit
+from _common import emit, merge
 from visionpipe import stages
 from visionpipe.tasks import parse_task_config
 
 PROJECT = Path(__file__).resolve().parents[1]
-
-
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def main() -> None:
@@ -44,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     block = copy.deepcopy(yaml.safe_load((PROJECT / "conf/base" / f"parameters_{args.task}.yml").read_text())[args.task])
     block["train"].update(epochs=args.epochs, progress_bar=False)
-    block = _merge(block, yaml.safe_load(args.yaml) or {})
+    block = merge(block, yaml.safe_load(args.yaml) or {})
     cfg = parse_task_config(args.task, block)
     os.chdir(tempfile.mkdtemp())
     raw = stages.ingest(args.task, cfg)
