@@ -142,9 +142,9 @@ def train(task, index: dict, aug: dict, cfg: TaskConfig, callbacks: list[Callbac
     ckpt_dir = Path(tc.checkpoint_dir or f"data/06_models/{task}/checkpoints")
     signature = {"task": task, "model": spec["model"]["name"], "backbone": spec["model"].get("backbone"), "classes": spec["classes"],
                  "image_size": spec["image_size"], "data": index.get("fingerprint")}
-    logger.info("Training %s (%s) on %s: %d train / %d val images, AMP %s, channels_last %s, %d workers",
+    logger.info("Training %s (%s) on %s: %d train / %d val images, AMP %s, channels_last %s, %d loader worker%s",
                 task, spec["model"]["name"], runtime.device, len(train_ds), len(val_ds), runtime.amp_name, runtime.channels_last,
-                runtime.num_workers)
+                runtime.num_workers, "" if runtime.num_workers == 1 else "s")
 
     trainer = Trainer(adapter, model, tc, runtime, ckpt_dir, list(callbacks or []), signature, records=index["val"],
                       selection=(cfg.registry.metric.removeprefix("test/"), cfg.registry.greater),
