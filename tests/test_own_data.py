@@ -120,9 +120,10 @@ def test_gate_and_default_model_say_when_the_champions_classes_differ(tmp_path, 
     import mlflow
 
     from visionpipe.tracking import registry
+    from visionpipe.tracking.lookup import default_model_uri
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert registry.default_model_uri("classification", client) == "models:/visionpipe-classification@champion"  # empty store
+    assert default_model_uri("classification", client) == "models:/visionpipe-classification@champion"  # empty store
     run = client.create_run("0")
     for name in ("visionpipe-classification", "visionpipe-classification-mine"):
         client.create_registered_model(name, tags={"visionpipe.task": "classification", "visionpipe.alias": "champion"})
@@ -131,9 +132,9 @@ def test_gate_and_default_model_say_when_the_champions_classes_differ(tmp_path, 
         client.set_registered_model_alias(name, "champion", version.version)
         time.sleep(0.01)
     client.update_registered_model("visionpipe-classification-mine", description="trained last")
-    assert registry.default_model_uri("classification", client) == "models:/visionpipe-classification-mine@champion"
+    assert default_model_uri("classification", client) == "models:/visionpipe-classification-mine@champion"
     client.update_registered_model("visionpipe-classification", description="the demo again")
-    assert registry.default_model_uri("classification", client) == "models:/visionpipe-classification@champion"
+    assert default_model_uri("classification", client) == "models:/visionpipe-classification@champion"
 
     monkeypatch.setattr(registry, "download_bundle", lambda uri: {})
     verdict = registry.gate(client, version, "top1", 0.5, True, "fp", ["cat", "dog"], lambda bundle: {"top1": 0.0})

@@ -168,7 +168,7 @@ def _local_model(model_uri: str | None) -> Path | None:
 
 
 def _model_uri(task: str, model_uri: str | None, tracking_uri: str | None) -> str:
-    """``model_uri``, or the champion of the data trained on last (``registry.default_model_uri``); sets the store."""
+    """``model_uri``, or the champion of the data trained on last (``tracking.lookup.default_model_uri``); sets the store."""
     import mlflow
 
     uri = resolve_store(tracking_uri)

@@ -127,7 +127,6 @@ def default_workers(root: Path, records: list[dict]) -> int:
     return min(8, (os.cpu_count() or 1) * 2)
 
 
-
 def validate_index(task_cls, index: dict, data_cfg=None, workers: int | None = None, max_pixels: int | None = None,
                    cache: str | os.PathLike | None = None) -> dict:
     """Check every record with ``task_cls`` (the Task class of the index, handed down by the caller); return a

@@ -9,7 +9,6 @@ import gc
 from kedro.framework.hooks import hook_impl
 
 
-
 class FrozenStartupHook:
     """Ends start-up's garbage-collection settings; one instance per process (``settings.HOOKS``).
 

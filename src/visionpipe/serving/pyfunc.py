@@ -10,7 +10,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from visionpipe.errors import DataError
-from visionpipe.serving.load import MODEL_CONFIG_DEFAULTS, load_predictor, prediction_rows  # noqa: F401 (re-exported)
+from visionpipe.serving.load import load_predictor, prediction_rows
 from visionpipe.serving.predictor import decode_image
 from visionpipe.tasks import get_task_class
 

@@ -26,10 +26,10 @@ from visionpipe.ranking import is_better
 from visionpipe.serving.bundle import ONNX_FILE, save_bundle
 from visionpipe.serving.export import export_bundle
 from visionpipe.serving.predictor import Predictor, encode_png
-from visionpipe.serving.pyfunc import MODEL_CONFIG_DEFAULTS, default_params, predictions_frame
+from visionpipe.serving.load import MODEL_CONFIG_DEFAULTS
+from visionpipe.serving.pyfunc import default_params, predictions_frame
 from visionpipe.tracking.callbacks import final_metric_name
 from visionpipe.tracking.champion import classes_note, download_bundle
-from visionpipe.tracking.lookup import default_model_uri  # noqa: F401 (re-exported: predict's default model)
 
 logger = logging.getLogger(__name__)
 
